@@ -1,0 +1,141 @@
+"""The interfaces every task, model, mechanism and probe implements.
+
+A task poses the problem (sampling, loss, metrics); a model answers it and
+exposes TransformerLens hooks; a mechanism is a candidate explanation that can
+both *construct* an exact solution and *fit* itself to a trained model; a probe
+scores a fitted explanation against a model through its weights and hooks.
+Nothing here assumes top-k: a Boolean clause task or a two-layer network fits
+the same shapes (inputs are a dict of tensors, targets are the task's own).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from sparsebench.config import from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of samples. Leading dims may include an instance dim: [*inst, batch, ...]."""
+
+    inputs: dict[str, Tensor]  # what the model is called with: model(**inputs)
+    target: Tensor  # the task's target, e.g. [*, batch, set] probabilities of the input tokens
+    extras: dict[str, Tensor] = field(default_factory=dict)  # task-specific side data
+
+    def to(self, device: torch.device | str) -> "Batch":
+        mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return Batch(mv(self.inputs), self.target.to(device), mv(self.extras))
+
+    def instance(self, i: int) -> "Batch":
+        """Instance `i` of a stacked batch (drops the leading instance dim)."""
+        sel = lambda d: {k: v[i] for k, v in d.items()}  # noqa: E731
+        return Batch(sel(self.inputs), self.target[i], sel(self.extras))
+
+    def __len__(self) -> int:
+        return self.target.shape[-2]
+
+
+class Configurable:
+    """A class configured by a frozen dataclass `Config` defined next to it."""
+
+    Config: ClassVar[type]
+    name: str = ""  # the registry name, set by `create`
+
+    @classmethod
+    def make_config(cls, data: dict[str, Any] | None, where: str | None = None) -> Any:
+        return from_dict(cls.Config, data, where or cls.__name__)
+
+    def config_dict(self) -> dict[str, Any]:
+        return to_dict(self.config)  # type: ignore[attr-defined]
+
+
+class Task(Configurable, ABC):
+    """A sparse-output task: samples, a loss to train on, metrics to compare on."""
+
+    version: ClassVar[int] = 1  # bump when sampling, loss or metrics change meaning
+    family: ClassVar[str] = "weighted-set"  # input/target shape family (probes check it)
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @property
+    @abstractmethod
+    def n_inputs(self) -> int:
+        """Size of the input vocabulary (rows of the embedding)."""
+
+    @property
+    @abstractmethod
+    def n_outputs(self) -> int:
+        """Size of the output vocabulary (logits per sample)."""
+
+    @property
+    @abstractmethod
+    def seq_len(self) -> int:
+        """Tokens per sample (the sequence length for transformers)."""
+
+    @abstractmethod
+    def sample(self, n: int, *, generator: torch.Generator, device: torch.device | str = "cpu") -> Batch:
+        """Draw `n` fresh samples on `device` with `generator` (vectorised, no Python loop over samples)."""
+
+    def sample_stacked(self, n: int, *, generators: list[torch.Generator],
+                       device: torch.device | str = "cpu") -> Batch:
+        """One batch per generator, stacked on a leading instance dim: [inst, n, ...]."""
+        parts = [self.sample(n, generator=g, device=device) for g in generators]
+        stack = lambda key, get: {k: torch.stack([get(p)[k] for p in parts]) for k in key}  # noqa: E731
+        return Batch(stack(parts[0].inputs, lambda p: p.inputs),
+                     torch.stack([p.target for p in parts]),
+                     stack(parts[0].extras, lambda p: p.extras))
+
+    @abstractmethod
+    def loss(self, logits: Tensor, batch: Batch) -> Tensor:
+        """Per-sample loss, shape logits.shape[:-1]; training minimises its mean."""
+
+    @abstractmethod
+    def metrics(self, logits: Tensor, batch: Batch) -> dict[str, float]:
+        """Every metric of the task, averaged over the batch (no instance dim)."""
+
+    def held_out(self, n: int, *, seed: int = 10_000_019, device: torch.device | str = "cpu") -> Batch:
+        """A fixed evaluation batch from a seed no training run uses by default."""
+        g = torch.Generator(device=device).manual_seed(seed)
+        return self.sample(n, generator=g, device=device)
+
+
+@runtime_checkable
+class SparseModel(Protocol):
+    """What probes and mechanisms may rely on (both mlp1 and the transformer provide it).
+
+    Hook names follow TransformerLens: `hook_embed`, `blocks.{l}.hook_resid_pre`,
+    `blocks.{l}.mlp.hook_pre`, `blocks.{l}.mlp.hook_post`, `blocks.{l}.hook_mlp_out`,
+    `blocks.{l}.hook_resid_post`. Weight views follow TransformerLens shapes.
+    """
+
+    config: Any  # the model's frozen config
+    n_layers: int
+
+    def __call__(self, tokens: Tensor, weights: Tensor) -> Tensor: ...  # -> logits [batch, n_outputs]
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Any]: ...
+    def run_with_hooks(self, *args: Any, **kwargs: Any) -> Tensor: ...
+
+    @property
+    def W_E(self) -> Tensor: ...  # [n_inputs, d_model]
+    @property
+    def W_in(self) -> Tensor: ...  # [n_layers, d_model, d_mlp]
+    @property
+    def b_in(self) -> Tensor: ...  # [n_layers, d_mlp]
+    @property
+    def W_out(self) -> Tensor: ...  # [n_layers, d_mlp, d_model]
+    @property
+    def W_U(self) -> Tensor: ...  # [d_model, n_outputs]
+    @property
+    def b_U(self) -> Tensor: ...  # [n_outputs]
+
+
+def last_position(act: Tensor) -> Tensor:
+    """Sequence models cache [batch, pos, ...]; set models cache [batch, ...]. Keep the readout position."""
+    return act[:, -1] if act.dim() == 3 else act

@@ -1,0 +1,49 @@
+"""Make tasks and models by their registered name: the one path the CLI and library share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sparsebench import registry
+from sparsebench.api import Task
+
+
+def make_task(name: str, config: dict[str, Any] | None = None) -> Task:
+    cls = registry.tasks.get(name)
+    task = cls(cls.make_config(config, "task"))
+    task.name = name
+    return task
+
+
+def model_class(name: str) -> Any:
+    return registry.models.get(name)
+
+
+def make_model_config(name: str, config: dict[str, Any] | None = None) -> Any:
+    return model_class(name).make_config(config, "model")
+
+
+def make_model(name: str, config: dict[str, Any] | None, task: Task, *,
+               generator: torch.Generator | None = None) -> Any:
+    """A freshly initialised model `name` for `task` (weights drawn from `generator`)."""
+    cls = model_class(name)
+    model = cls(cls.make_config(config, "model"), task, generator=generator)
+    model.name = name
+    return model
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' (or None) picks CUDA when present, else the CPU; anything else is taken as given."""
+    from sparsebench.errors import UserError
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"invalid device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev

@@ -1,0 +1,127 @@
+"""The model cache: safetensors weights plus a JSON of every config, keyed by a hash of them all.
+
+A checkpoint lives in `<cache>/models/<key>/` with `model.safetensors` and
+`run.json`. The key hashes the task (name, version, full config), the model
+(name, full config), the training config and the seed, so the same settings
+load instead of retraining, and any change trains anew. The folder is written
+under a temporary name and renamed when complete: a killed run leaves no
+half-written checkpoint, only a hidden temporary folder that is ignored.
+
+The cache root is `$SPARSEBENCH_CACHE`, else `~/.cache/sparsebench`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+import sparsebench
+from sparsebench.api import Task
+from sparsebench.build import make_model, make_model_config, make_task
+from sparsebench.config import stable_hash, to_dict
+from sparsebench.io import atomic_path
+from sparsebench.training import TrainConfig, train
+
+CACHE_FORMAT = 1  # bump when the checkpoint layout or training semantics change
+
+
+def cache_root(path: str | os.PathLike | None = None) -> Path:
+    if path is not None:
+        return Path(path)
+    return Path(os.environ.get("SPARSEBENCH_CACHE", Path.home() / ".cache" / "sparsebench"))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a trained model, except the seed."""
+
+    task: str  # registered task name
+    task_config: dict[str, Any]  # full task config (defaults filled in)
+    model: str  # registered model name
+    model_config: dict[str, Any]  # full model config
+    train: TrainConfig  # training settings
+
+    @classmethod
+    def create(cls, task: str, task_config: dict[str, Any] | None, model: str,
+               model_config: dict[str, Any] | None, train: TrainConfig) -> "RunSpec":
+        """Validate and normalise every config (a bad one raises a ConfigError naming its field)."""
+        t = make_task(task, task_config)
+        m = to_dict(make_model_config(model, model_config))
+        return cls(task, t.config_dict(), model, m, train)
+
+    def make_task(self) -> Task:
+        return make_task(self.task, self.task_config)
+
+    def describe(self, seed: int) -> dict[str, Any]:
+        """The JSON form of (spec, seed): what the cache key hashes and what records store."""
+        return {
+            "task": {"name": self.task, "version": self.make_task().version, "config": self.task_config},
+            "model": {"name": self.model, "config": self.model_config},
+            "train": to_dict(self.train),
+            "seed": seed,
+        }
+
+    def key(self, seed: int) -> str:
+        return stable_hash({"format": CACHE_FORMAT, **self.describe(seed)}, length=20)
+
+
+@dataclass
+class Checkpoint:
+    model: Any  # the trained model, on the requested device
+    seed: int
+    key: str  # cache key
+    sha256: str  # hash of the weights file
+    info: dict[str, Any]  # run.json: configs, seed, training time, final loss, versions
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(spec: RunSpec, seed: int, *, device: torch.device, cache: Path | None = None) -> Checkpoint | None:
+    """The cached checkpoint of (spec, seed), or None if there is none."""
+    folder = cache_root(cache) / "models" / spec.key(seed)
+    weights, info_path = folder / "model.safetensors", folder / "run.json"
+    if not (weights.exists() and info_path.exists()):
+        return None
+    task = spec.make_task()
+    model = make_model(spec.model, spec.model_config, task)
+    safetensors.torch.load_model(model, str(weights), device=str(device))
+    model.to(device).eval()
+    return Checkpoint(model, seed, spec.key(seed), file_sha256(weights), json.loads(info_path.read_text()))
+
+
+def save(spec: RunSpec, seed: int, model: Any, info: dict[str, Any], *, cache: Path | None = None) -> Checkpoint:
+    folder = cache_root(cache) / "models" / spec.key(seed)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return Checkpoint(model, seed, spec.key(seed), file_sha256(folder / "model.safetensors"), info)
+
+
+def train_or_load(spec: RunSpec, seeds: list[int], *, device: torch.device, cache: Path | None = None,
+                  progress: bool = True) -> list[Checkpoint]:
+    """One checkpoint per seed: cached ones load, the missing ones train together and are saved."""
+    found = {s: load(spec, s, device=device, cache=cache) for s in seeds}
+    missing = [s for s in seeds if found[s] is None]
+    if missing:
+        task = spec.make_task()
+        result = train(task, spec.model, spec.model_config, spec.train, missing, device=device, progress=progress)
+        for seed, model, loss in zip(missing, result.models, result.final_loss):
+            info = {**spec.describe(seed), "final_train_loss": loss, "train_seconds": result.seconds,
+                    "trained_together": len(missing), "device": str(device),
+                    "sparsebench_version": sparsebench.__version__, "torch_version": torch.__version__}
+            found[seed] = save(spec, seed, model, info, cache=cache)
+    return [found[s] for s in seeds]  # type: ignore[misc]

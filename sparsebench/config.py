@@ -1,0 +1,139 @@
+"""Frozen config dataclasses: strict loading from dicts and TOML, and stable hashing.
+
+Every task, model, mechanism and training run is configured by a small frozen
+dataclass that lives next to its class. Each field carries a comment in the
+class body; validation happens in the dataclass's `__post_init__` through
+`check`, so a bad value raises a `ConfigError` that names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sparsebench.errors import ConfigError, UserError
+from sparsebench.io import canonical_json
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+C = TypeVar("C")
+
+
+def check(where: str, ok: bool, field: str, message: str) -> None:
+    """Raise a ConfigError naming `field` unless `ok`."""
+    if not ok:
+        raise ConfigError(where, field, message)
+
+
+def _coerce(where: str, name: str, hint: Any, value: Any) -> Any:
+    """Check `value` against the field's type hint; widen int to float, list to tuple."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(where, name, arg, value)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        check(where, value in allowed, name, f"must be one of {', '.join(map(repr, allowed))} (got {value!r})")
+        return value
+    if hint is bool:
+        check(where, isinstance(value, bool), name, f"must be true or false (got {value!r})")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        check(where, isinstance(value, int) and not isinstance(value, bool), name,
+              f"must be an integer (got {value!r})")
+        return value
+    if hint is float:
+        check(where, isinstance(value, (int, float)) and not isinstance(value, bool), name,
+              f"must be a number (got {value!r})")
+        return float(value)
+    if hint is str:
+        check(where, isinstance(value, str), name, f"must be a string (got {value!r})")
+        return value
+    if origin is tuple:
+        check(where, isinstance(value, (list, tuple)), name, f"must be a list (got {value!r})")
+        (item,) = typing.get_args(hint)[:1]
+        return tuple(_coerce(where, name, item, v) for v in value)
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any] | None, where: str) -> C:
+    """Build config `cls` from a plain dict, rejecting unknown fields and wrong types."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(where, unknown[0], f"unknown field; known fields: {', '.join(fields)}")
+    kwargs = {k: _coerce(where, k, hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a JSON-ready dict (tuples become lists)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short hex digest of `obj`'s canonical JSON form."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file is a UserError."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `--set section.field=value`; the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects section.field=value (got {text!r})")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of nested dict `base` with each `--set a.b=v` applied."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {text}: {part!r} is not a section")
+        node[path[-1]] = value
+    return out

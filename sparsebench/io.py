@@ -1,0 +1,44 @@
+"""Files appear whole or not at all: write to a temporary sibling, then rename."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only on success.
+
+    Works for files and for directories (the caller creates what it wants at the
+    yielded path). A crash or kill leaves at most a hidden `.tmp-*` sibling, never a
+    half-written `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    target = tmp / "payload"
+    try:
+        yield target
+        if path.is_dir() and target.is_dir():
+            # Someone else finished the same directory first: keep theirs.
+            return
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def canonical_json(obj: Any) -> str:
+    """A stable text form of `obj` for hashing (sorted keys, no whitespace)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

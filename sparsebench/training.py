@@ -1,0 +1,138 @@
+"""Training: online batches, AdamW with warm-up and a cosine schedule, many seeds at once.
+
+Every step draws a fresh batch (there is no data set). Models that can stack
+(`mlp1`) train all requested seeds in one batched module with a leading instance
+dim; the loss is the sum over instances of each instance's batch mean, so each
+instance gets exactly the gradient it would get alone, and AdamW is elementwise:
+N seeds together equal N separate runs (tests/unit/test_training.py checks it).
+Each seed's data come from its own generator, so the stream does not depend on
+which other seeds share the batch.
+
+Randomness: seed s initialises weights from generator(s, "init") and draws data
+from generator(s, "data"); the same config and seed give the same weights on the
+same device (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from sparsebench.api import Task
+from sparsebench.build import make_model
+from sparsebench.config import check, stable_hash
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000  # optimiser steps, one fresh batch each
+    batch_size: int = 1024  # samples per step (per instance)
+    lr: float = 1e-2  # peak learning rate
+    warmup: int = 100  # linear warm-up steps before the cosine decay
+    min_lr_frac: float = 0.0  # the cosine ends at lr * min_lr_frac
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.999  # AdamW second-moment decay
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls on CUDA (the post's setting)
+
+    def __post_init__(self) -> None:
+        w = "train"
+        check(w, self.steps >= 1, "steps", f"must be at least 1 (got {self.steps})")
+        check(w, self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
+        check(w, self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
+        check(w, 0 <= self.warmup <= self.steps, "warmup", f"must be in [0, steps] (got {self.warmup})")
+        check(w, 0 <= self.min_lr_frac <= 1, "min_lr_frac", f"must be in [0, 1] (got {self.min_lr_frac})")
+        check(w, self.weight_decay >= 0, "weight_decay", f"must be >= 0 (got {self.weight_decay})")
+        for f in ("beta1", "beta2"):
+            check(w, 0 <= getattr(self, f) < 1, f, f"must be in [0, 1) (got {getattr(self, f)})")
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the peak lr at `step`: linear warm-up, then cosine to min_lr_frac."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def seed_generator(seed: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """An independent generator for (seed, stream), e.g. (3, "init") or (3, "data")."""
+    derived = int(stable_hash({"seed": seed, "stream": stream}), 16) % (2**63)
+    return torch.Generator(device=device).manual_seed(derived)
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """bf16 autocast where it helps (CUDA); a no-op otherwise (CPU autocast is slower for these sizes)."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@dataclass
+class TrainResult:
+    models: list[Any]  # one trained model per seed, in seed order, on the training device
+    final_loss: list[float]  # mean training loss over the last 5% of steps, per seed
+    seconds: float  # wall time of the whole (batched) training
+
+
+def init_models(task: Task, model_name: str, model_cfg: dict[str, Any], seeds: list[int]) -> list[Any]:
+    """Freshly initialised models, one per seed, built on the CPU (so init is device-independent)."""
+    return [make_model(model_name, model_cfg, task, generator=seed_generator(s, "init")) for s in seeds]
+
+
+def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: list[int], *,
+          device: torch.device, progress: bool = True) -> TrainResult:
+    """Train one model per seed; stackable models train all seeds in one batched module."""
+    models = init_models(task, model_name, model_cfg, seeds)
+    start = time.perf_counter()
+    if hasattr(type(models[0]), "stacked"):
+        stacked = type(models[0]).stacked(models).to(device)
+        losses = _optimise(stacked, task, cfg, seeds, device, progress, stacked=True)
+        trained = [m.to(device) for m in stacked.unstack(models[0].to(device))]
+    else:
+        trained, losses = [], []
+        for seed, model in zip(seeds, models):
+            model = model.to(device)
+            losses += _optimise(model, task, cfg, [seed], device, progress, stacked=False)
+            trained.append(model)
+    for m in trained:
+        m.eval()
+        m.name = model_name
+    return TrainResult(trained, losses, time.perf_counter() - start)
+
+
+def _optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[int], device: torch.device,
+              progress: bool, stacked: bool) -> list[float]:
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    gens = [seed_generator(s, "data", device) for s in seeds]
+    tail = max(1, cfg.steps // 20)
+    tail_sum = torch.zeros(len(seeds), device=device)
+    module.train()
+    label = f"train {getattr(task, 'name', '')} x{len(seeds)}".strip()
+    bar = tqdm(range(cfg.steps), desc=label, disable=not progress, leave=False, mininterval=0.5)
+    for step in bar:
+        if stacked:
+            batch = task.sample_stacked(cfg.batch_size, generators=gens, device=device)
+        else:
+            batch = task.sample(cfg.batch_size, generator=gens[0], device=device)
+        with autocast(device, cfg.precision):
+            logits = module(**batch.inputs)
+        per_instance = task.loss(logits.float(), batch).mean(-1)  # [inst] or scalar
+        opt.zero_grad(set_to_none=True)
+        per_instance.sum().backward()
+        opt.step()
+        sched.step()
+        if step >= cfg.steps - tail:
+            tail_sum += per_instance.detach().reshape(-1)
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{per_instance.detach().mean().item():.4f}")
+    bar.close()
+    return (tail_sum / tail).tolist()

@@ -1,0 +1,1 @@
+"""Built-in tasks (installed as `sparsebench.tasks`)."""

@@ -1,0 +1,209 @@
+"""The top-k tasks of the Bloom-filter post (SCIENCE.md §1).
+
+A sample is a set S of k distinct tokens drawn uniformly from [V] with weights
+w_i ~ U[w_lo, w_hi]; the model must put the target distribution on S:
+uniform (`topk-uniform`) or a function of the weights (`topk-conditional`).
+The target is kept sparse, aligned with the input tokens ([batch, k]), so no
+batch x vocab target is ever built.
+
+Sampling turns uniforms into samples with Floyd's algorithm, vectorised over the
+batch: k steps of O(batch * k) work, exactly uniform k-subsets, then a random
+order (the sequence form for transformers reads the set as a sequence).
+
+False positives (one definition, used everywhere): a token j outside S is a
+false positive of a sample when q_j >= FP_TIER * min_{i in S} q_i, FP_TIER = 1/2:
+it sits in the model's top tier next to the true members. `fp_rate` divides the
+count by V - k, so it is comparable with the Bloom formula's per-non-member rate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from sparsebench.api import Batch, Task
+from sparsebench.config import check
+from sparsebench.errors import UserError
+
+FP_TIER = 0.5  # a non-member is a false positive if q_j >= FP_TIER * min_{i in S} q_i
+
+
+@dataclass(frozen=True)
+class TopKUniformConfig:
+    V: int = 1000  # vocabulary size (inputs and outputs)
+    k: int = 5  # tokens per sample, 1 <= k <= V
+    w_lo: float = 1.0  # lowest input weight (> 0)
+    w_hi: float = 2.0  # highest input weight (>= w_lo)
+
+    def __post_init__(self) -> None:
+        where = "task"
+        check(where, self.V >= 2, "V", f"must be at least 2 (got {self.V})")
+        check(where, self.k >= 1, "k", f"must be at least 1 (got {self.k})")
+        check(where, self.k <= self.V, "k", f"must be at most V={self.V} (got {self.k})")
+        check(where, self.w_lo > 0, "w_lo", f"must be > 0 (got {self.w_lo})")
+        check(where, self.w_lo <= self.w_hi, "w_hi", f"must be >= w_lo={self.w_lo} (got {self.w_hi})")
+
+
+@dataclass(frozen=True)
+class TopKConditionalConfig(TopKUniformConfig):
+    target: str = "proportional"  # "proportional" (w_i / sum w), "softmax" (exp(beta w_i)), or "module:function"
+    beta: float = 1.0  # inverse temperature of the "softmax" target
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check("task", self.target in TARGETS or ":" in self.target, "target",
+              f"must be one of {', '.join(TARGETS)} or 'module:function' (got {self.target!r})")
+
+
+def _proportional(weights: Tensor, cfg: TopKConditionalConfig) -> Tensor:
+    return weights / weights.sum(-1, keepdim=True)
+
+
+def _softmax(weights: Tensor, cfg: TopKConditionalConfig) -> Tensor:
+    return torch.softmax(cfg.beta * weights, dim=-1)
+
+
+TARGETS: dict[str, Callable[[Tensor, TopKConditionalConfig], Tensor]] = {
+    "proportional": _proportional,
+    "softmax": _softmax,
+}
+
+
+def resolve_target(spec: str) -> Callable[[Tensor, TopKConditionalConfig], Tensor]:
+    """A built-in target name, or 'module:function' taking (weights [..., k], config) -> probs [..., k]."""
+    if spec in TARGETS:
+        return TARGETS[spec]
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"invalid task config: target: cannot import {spec!r} ({e})") from None
+
+
+def floyd_sample(u: Tensor, V: int) -> Tensor:
+    """k distinct tokens from [V] per row, uniformly; u: [..., k] uniforms in [0, 1) -> [..., k] long."""
+    k = u.shape[-1]
+    chosen = torch.empty(u.shape, dtype=torch.long, device=u.device)
+    for i, j in enumerate(range(V - k, V)):
+        t = (u[..., i] * (j + 1)).long().clamp_(max=j)  # uniform in [0, j]
+        if i:
+            taken = (chosen[..., :i] == t.unsqueeze(-1)).any(-1)
+            t = torch.where(taken, torch.full_like(t, j), t)
+        chosen[..., i] = t
+    return chosen
+
+
+class TopKUniform(Task):
+    """Put probability 1/k on each of the k input tokens."""
+
+    Config = TopKUniformConfig
+    version = 1
+
+    def __init__(self, config: TopKUniformConfig):
+        super().__init__(config)
+
+    @property
+    def n_inputs(self) -> int:
+        return self.config.V
+
+    @property
+    def n_outputs(self) -> int:
+        return self.config.V
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.k
+
+    def target_probs(self, weights: Tensor) -> Tensor:
+        """Target probability of each input token: weights [..., k] -> [..., k]."""
+        return torch.full_like(weights, 1.0 / self.config.k)
+
+    def sample(self, n: int, *, generator: torch.Generator, device: torch.device | str = "cpu") -> Batch:
+        c = self.config
+        # One draw of all uniforms per batch: k for the set, k for the order, k for the weights.
+        # float64 keeps the token index unbiased for large V.
+        u = torch.rand(n, 3 * c.k, generator=generator, device=device, dtype=torch.float64)
+        tokens = floyd_sample(u[:, : c.k], c.V)  # [n, k]
+        order = u[:, c.k: 2 * c.k].argsort(dim=-1)  # a random permutation per sample
+        tokens = tokens.gather(-1, order)
+        weights = (c.w_lo + (c.w_hi - c.w_lo) * u[:, 2 * c.k:]).float()  # [n, k]
+        return Batch({"tokens": tokens, "weights": weights}, self.target_probs(weights))
+
+    def loss(self, logits: Tensor, batch: Batch) -> Tensor:
+        """KL(p* || softmax(logits)) per sample, using only the k target entries.
+
+        logits: [..., batch, V]; returns [..., batch].
+        """
+        p = batch.target  # [..., batch, k]
+        z_s = logits.gather(-1, batch.inputs["tokens"])  # [..., batch, k]
+        lse = torch.logsumexp(logits.float(), dim=-1)
+        entropy_term = torch.xlogy(p, p).sum(-1)
+        return entropy_term - (p * z_s.float()).sum(-1) + lse
+
+    @torch.no_grad()
+    def metrics(self, logits: Tensor, batch: Batch) -> dict[str, float]:
+        """KL, TV, top-k mass, exact-set accuracy and false positives, averaged over the batch."""
+        k, V = self.config.k, self.config.V
+        logits = logits.float()
+        tokens, p = batch.inputs["tokens"], batch.target
+        logq = torch.log_softmax(logits, dim=-1)  # [batch, V]
+        q = logq.exp()
+        q_s = q.gather(-1, tokens)  # [batch, k]
+        mass = q_s.sum(-1)
+        in_s = torch.zeros_like(q, dtype=torch.bool).scatter_(-1, tokens, True)
+        q_out = q.masked_fill(in_s, -1.0)
+        max_out = q_out.max(-1).values
+        min_in = q_s.min(-1).values
+        fp = (q_out >= FP_TIER * min_in.unsqueeze(-1)).sum(-1).float()
+        tv = 0.5 * ((p - q_s).abs().sum(-1) + (1 - mass).clamp(min=0))
+        out = {
+            "kl": self.loss(logits, batch).mean().item(),
+            "tv": tv.mean().item(),
+            "topk_mass": mass.mean().item(),
+            "exact_set": (min_in > max_out).float().mean().item(),
+            "fp_per_sample": fp.mean().item(),
+            "fp_rate": (fp / max(V - k, 1)).mean().item(),
+            "fp_any": (fp > 0).float().mean().item(),
+        }
+        if k > 1:
+            # Within-sample correlation of log q_i with the target's log p_i (conditional) or,
+            # for the uniform task, with the input weight w_i: the post saw weights leak into
+            # the output; this measures it (0 = no leak).
+            w = batch.inputs["weights"]
+            ref = w if torch.allclose(p, p[..., :1].expand_as(p)) else p.clamp_min(1e-12).log()
+            lq = logq.gather(-1, tokens)
+            a, b = lq - lq.mean(-1, keepdim=True), ref - ref.mean(-1, keepdim=True)
+            denom = (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+            out["within_set_corr"] = ((a * b).sum(-1) / denom).mean().item()
+        return out
+
+    def bloom_fp_rate(self, m: int, h: int) -> float:
+        """The Bloom filter's false-positive probability per non-member (SCIENCE.md §3)."""
+        return (1 - (1 - h / m) ** self.config.k) ** h
+
+    def optimal_hash_size(self, m: int) -> int:
+        """h = (m / k) ln 2, rounded, at least 1, at most m."""
+        return max(1, min(m, round(m / self.config.k * math.log(2))))
+
+
+class TopKConditional(TopKUniform):
+    """Put the target distribution p(w) on the k input tokens (proportional to w by default)."""
+
+    Config = TopKConditionalConfig
+    version = 1
+
+    def __init__(self, config: TopKConditionalConfig):
+        super().__init__(config)
+        self._target = resolve_target(config.target)
+
+    def target_probs(self, weights: Tensor) -> Tensor:
+        p = self._target(weights, self.config)
+        if p.shape != weights.shape:
+            raise UserError(f"target function {self.config.target!r} returned shape {tuple(p.shape)}, "
+                            f"expected {tuple(weights.shape)}")
+        return p

@@ -139,3 +139,63 @@ class SparseModel(Protocol):
 def last_position(act: Tensor) -> Tensor:
     """Sequence models cache [batch, pos, ...]; set models cache [batch, ...]. Keep the readout position."""
     return act[:, -1] if act.dim() == 3 else act
+
+
+class Fitted(ABC):
+    """One mechanism's explanation of one model: what it predicts, for probes to check.
+
+    Each capability returns None when the mechanism makes no such prediction; a
+    probe that needs it then records "not applicable" with `why_not`, never a number.
+    """
+
+    mechanism: str = ""  # registry name of the mechanism that produced this
+
+    @abstractmethod
+    def summary(self) -> dict[str, float | int | str]:
+        """Scalars describing the fit (e.g. mean hash size, sign, scale) for the record."""
+
+    def predict_logits(self, batch: Batch) -> Tensor | None:
+        """The mechanism's own logits for the batch: [batch, n_outputs]."""
+        return None
+
+    def token_code(self) -> Tensor | None:
+        """Per-token binary code over hidden units (e.g. Bloom hashes): [n_inputs, d_mlp] bool."""
+        return None
+
+    def output_code(self) -> Tensor | None:
+        """The code read off the output side (e.g. the mask of W_out @ W_U, transposed): [n_outputs, d_mlp] bool."""
+        return None
+
+    def hidden_active(self, batch: Batch) -> Tensor | None:
+        """Which hidden units (layer 0) the mechanism says fire: [batch, d_mlp] bool."""
+        return None
+
+    def predict_candidates(self, batch: Batch) -> Tensor | None:
+        """The mechanism's predicted top tier (members plus predicted false positives): [batch, n_outputs] bool."""
+        return None
+
+    def ideal_activation(self, batch: Batch) -> tuple[str, Tensor] | None:
+        """(hook name, idealised activation at that hook) for a causal patch, readout position only."""
+        return None
+
+    why_not: str = ""  # one line: what this mechanism does not predict (for 'not applicable')
+
+
+class Mechanism(Configurable, ABC):
+    """A candidate explanation that can build an exact solution and fit itself to a model."""
+
+    version: ClassVar[int] = 1
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    def validate(self, task: Task, width: int) -> None:
+        """Raise a ConfigError (naming the field) if the mechanism cannot be built at `width`."""
+
+    @abstractmethod
+    def construct(self, task: Task, width: int, *, generator: torch.Generator) -> Any:
+        """A model of the same family with exact weights (width = residual width d)."""
+
+    @abstractmethod
+    def fit(self, model: Any, task: Task, *, generator: torch.Generator) -> Fitted:
+        """Read the mechanism's parameters off a (trained) model."""

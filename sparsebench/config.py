@@ -66,6 +66,9 @@ def _coerce(where: str, name: str, hint: Any, value: Any) -> Any:
     if hint is str:
         check(where, isinstance(value, str), name, f"must be a string (got {value!r})")
         return value
+    if origin is dict:
+        check(where, isinstance(value, dict), name, f"must be a table (got {value!r})")
+        return value
     if origin is tuple:
         check(where, isinstance(value, (list, tuple)), name, f"must be a list (got {value!r})")
         (item,) = typing.get_args(hint)[:1]

@@ -171,16 +171,20 @@ class TopKUniform(Task):
             "fp_any": (fp > 0).float().mean().item(),
         }
         if k > 1:
-            # Within-sample correlation of log q_i with the target's log p_i (conditional) or,
-            # for the uniform task, with the input weight w_i: the post saw weights leak into
-            # the output; this measures it (0 = no leak).
-            w = batch.inputs["weights"]
-            ref = w if torch.allclose(p, p[..., :1].expand_as(p)) else p.clamp_min(1e-12).log()
+            name, ref = self._within_set_reference(batch)
             lq = logq.gather(-1, tokens)
             a, b = lq - lq.mean(-1, keepdim=True), ref - ref.mean(-1, keepdim=True)
             denom = (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
-            out["within_set_corr"] = ((a * b).sum(-1) / denom).mean().item()
+            out[name] = ((a * b).sum(-1) / denom).mean().item()
         return out
+
+    def _within_set_reference(self, batch: Batch) -> tuple[str, Tensor]:
+        """Uniform task: correlate log q_i with the input weight w_i within each sample.
+
+        The target ignores the weights, so any correlation is the weights leaking into
+        the output (the post saw it dominate the remaining error): 0 is perfect.
+        """
+        return "weight_leak", batch.inputs["weights"]
 
     def bloom_fp_rate(self, m: int, h: int) -> float:
         """The Bloom filter's false-positive probability per non-member (SCIENCE.md §3)."""
@@ -207,3 +211,7 @@ class TopKConditional(TopKUniform):
             raise UserError(f"target function {self.config.target!r} returned shape {tuple(p.shape)}, "
                             f"expected {tuple(weights.shape)}")
         return p
+
+    def _within_set_reference(self, batch: Batch) -> tuple[str, Tensor]:
+        """Conditional task: correlate log q_i with the target's log p_i (1 = the ratios are right)."""
+        return "target_corr", batch.target.clamp_min(1e-12).log()

@@ -1,0 +1,58 @@
+"""Null models: every probe score is recorded next to the same probe on these.
+
+- `untrained`: the same architecture and config at its initial weights for the
+  same seed (what the pipeline finds in a model that learned nothing).
+- `shuffled`: the trained model with its input-embedding rows permuted, so each
+  token gets another token's code. Weight statistics (bimodality) survive, the
+  token-to-output correspondence does not: it separates "the weights look like
+  a code" from "the code explains what the model does".
+
+A null takes the trained model and returns a new model; it never modifies its input.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from sparsebench.api import Task
+
+
+class Null(ABC):
+    name: str = ""
+    description: str = ""
+
+    @abstractmethod
+    def make(self, trained: Any, task: Task, *, seed: int, generator: torch.Generator) -> Any:
+        """A null model shaped like `trained` (on the same device)."""
+
+
+class Untrained(Null):
+    description = "same architecture and config, initial weights of the same seed"
+
+    def make(self, trained, task, *, seed, generator):
+        from sparsebench.build import make_model
+        from sparsebench.config import to_dict
+        from sparsebench.training import seed_generator
+
+        device = next(trained.parameters()).device
+        model = make_model(trained.name, to_dict(trained.config), task, generator=seed_generator(seed, "init"))
+        return model.to(device).eval()
+
+
+class Shuffled(Null):
+    description = "trained weights with the input-embedding rows permuted"
+
+    def make(self, trained, task, *, seed, generator):
+        model = copy.deepcopy(trained)
+        with torch.no_grad():
+            W_E = model.W_E
+            perm = torch.randperm(W_E.shape[0], generator=generator).to(W_E.device)
+            W_E.copy_(W_E[perm].clone())
+        if torch.equal(model.W_E, trained.W_E):
+            raise RuntimeError(f"{type(trained).__name__}.W_E is not a view of its parameter; cannot shuffle")
+        model.name = trained.name
+        return model.eval()

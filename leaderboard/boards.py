@@ -1,0 +1,327 @@
+"""The two boards as pure functions of the record frames (see docs/leaderboard.md).
+
+Solutions board
+    Per task (name + version + config): every solver (a trained model config
+    with its training config, or a mechanism's construction) at every width,
+    each metric as mean, spread (sample standard deviation over seeds, ddof=1;
+    undefined for one seed) and n (seeds). At each width the best solver per
+    metric is flagged. Direction per metric: `METRIC_DIRECTION` (lower is
+    better unless listed; `weight_leak` is best nearest 0).
+
+    A trained solver's config usually scales with width (`d_model = width`,
+    `d_mlp = 2 * width`). So that one solver forms one series across widths, a
+    numeric config field is rewritten relative to the width (`2w`) when, among
+    that solver's records, it takes fewer distinct ratios to the width than
+    distinct values; a field that stays fixed keeps its absolute value.
+
+Explanations board
+    Per trained-model configuration (task, model name + config, train config):
+    each mechanism's probe scores as mean, spread (std over seeds) and n, next
+    to each null's mean over seeds.
+
+    Ranking rule:
+    * per probe: mechanisms whose probe applies are ranked by the mean of the
+      probe's main score (by its `higher_is_better`); n/a ranks nowhere.
+    * margin of a score, per seed: value minus the strongest null of that seed
+      (the null that scores best: max if higher is better, min otherwise),
+      signed so positive means "better than every null"; then mean ± std.
+    * overall: mechanisms ranked by the mean, over the probes that apply to them,
+      of their main score's mean margin; ties broken by more applicable probes,
+      then name. A mechanism with no applicable probe (or no nulls) is unranked.
+    Not-applicable probes carry no number anywhere: value, nulls and margin are
+    NaN in the frames and shown as "n/a" by the renderers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sparsebench.leaderboard.records import RecordWarning, config_label
+
+METRIC_DIRECTION = {"topk_mass": "max", "exact_set": "max", "target_corr": "max", "weight_leak": "abs"}
+METRIC_ORDER = ["kl", "tv", "fp_rate", "fp_per_sample", "fp_any", "topk_mass", "exact_set", "weight_leak",
+                "target_corr"]
+SOLUTION_META = {"task", "task_version", "task_config", "task_key", "solver_type", "solver", "solver_config",
+                 "train_config", "width", "seed", "id", "date", "path"}
+
+
+def direction(metric: str) -> str:
+    """'min', 'max' or 'abs' (best nearest zero)."""
+    return METRIC_DIRECTION.get(metric, "min")
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The metric columns of a solutions frame, well-known ones first."""
+    cols = [c for c in df.columns if c not in SOLUTION_META and not c.startswith("theory_")]
+    return [m for m in METRIC_ORDER if m in cols] + sorted(c for c in cols if c not in METRIC_ORDER)
+
+
+def _goodness(values: pd.Series, metric: str) -> pd.Series:
+    """Larger is better."""
+    d = direction(metric)
+    return values if d == "max" else (-values.abs() if d == "abs" else -values)
+
+
+def _spread(x: pd.Series) -> float:
+    x = x.dropna()
+    return float(x.std(ddof=1)) if len(x) > 1 else math.nan
+
+
+def _ratio_text(r: Fraction) -> str:
+    return "w" if r == 1 else (f"{r.numerator}w" if r.denominator == 1 else f"{r.numerator}w/{r.denominator}")
+
+
+def _scale_configs(configs: list[dict[str, Any]], widths: list[int]) -> list[dict[str, Any]]:
+    """Rewrite width-scaled numeric fields as ratios to the width (see the module docstring)."""
+    keys = sorted({k for c in configs for k in c})
+    out = [dict(c) for c in configs]
+    for k in keys:
+        vals = [c.get(k) for c in configs]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            continue
+        ratios = [Fraction(v, w) for v, w in zip(vals, widths)]
+        if len(set(vals)) > 1 and len(set(ratios)) < len(set(vals)):
+            for c, r in zip(out, ratios):
+                c[k] = _ratio_text(r)
+    return out
+
+
+def _differing_keys(configs: list[dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for c in configs:
+        keys += [k for k in c if k not in keys]
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+
+
+def task_label(name: str, config_json: str, version: Any = None) -> str:
+    label = config_label(name, json.loads(config_json) if config_json else {})
+    return label + (f" v{version}" if version not in (None, 1) else "")
+
+
+# ---------------------------------------------------------------------------- solutions
+
+def add_series(sol: pd.DataFrame) -> pd.DataFrame:
+    """Add `series` (a key) and `label` (a short, unique-per-task name) to a solutions frame."""
+    df = sol.copy()
+    if df.empty:
+        return df.assign(series=pd.Series(dtype=str), label=pd.Series(dtype=str))
+    df["series"] = ""
+    df["norm_config"] = ""
+    for _, idx in df.groupby(["task_key", "solver_type", "solver", "train_config"], sort=False).groups.items():
+        sub = df.loc[idx]
+        cfgs = _scale_configs([json.loads(c) for c in sub["solver_config"]], list(sub["width"]))
+        df.loc[idx, "norm_config"] = [json.dumps(c, sort_keys=True) for c in cfgs]
+    df["series"] = df["solver_type"] + "|" + df["solver"] + "|" + df["norm_config"] + "|" + df["train_config"]
+    df["label"] = ""
+    for _, idx in df.groupby(["task_key", "solver_type", "solver"], sort=False).groups.items():
+        sub = df.loc[idx].drop_duplicates("series")
+        cfgs = [json.loads(c) for c in sub["norm_config"]]
+        trains = [json.loads(t) if t else {} for t in sub["train_config"]]
+        ck, tk = _differing_keys(cfgs), _differing_keys(trains)
+        for (_, row), c, t in zip(sub.iterrows(), cfgs, trains):
+            merged = {**{k: c[k] for k in ck if k in c}, **{f"train.{k}": t[k] for k in tk if k in t}}
+            df.loc[df["series"] == row["series"], "label"] = config_label(row["solver"], merged)
+    # The same name as a trained model and as a construction: say which is which.
+    for _, idx in df.groupby("task_key", sort=False).groups.items():
+        sub = df.loc[idx]
+        clash = sub.groupby("label")["solver_type"].nunique()
+        for lab in clash[clash > 1].index:
+            m = df.index.isin(idx) & (df["label"] == lab)
+            df.loc[m, "label"] = df.loc[m, "label"] + " [" + df.loc[m, "solver_type"] + "]"
+    return df.drop(columns="norm_config")
+
+
+def _dedupe_seeds(df: pd.DataFrame, keys: list[str], what: str) -> pd.DataFrame:
+    """One record per (keys, seed): the newest (by provenance date) wins, with a warning."""
+    dup = df.duplicated(keys + ["seed"], keep=False)
+    if dup.any():
+        n = int(df[dup].groupby(keys + ["seed"]).ngroups)
+        warnings.warn(f"{n} {what} seed(s) had more than one record (different evaluation settings?); "
+                      f"the newest record of each is used", RecordWarning, stacklevel=3)
+        df = df.sort_values("date", kind="stable").drop_duplicates(keys + ["seed"], keep="last")
+    return df
+
+
+def solutions_board(sol: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate over seeds: one row per (task, series, width).
+
+    Columns: task_key, task, task_label, series, label, solver_type, solver, width,
+    n_seeds, and per metric `<m>_mean`, `<m>_std`, `<m>_n`, `<m>_best` (bool: best mean
+    at this width for this task; ties all flagged); `theory_<t>_mean` where present.
+    """
+    if sol.empty:
+        return pd.DataFrame()
+    df = add_series(sol)
+    keys = ["task_key", "series", "width"]
+    df = _dedupe_seeds(df, keys, "solution")
+    metrics = metric_columns(sol)
+    theory = sorted(c for c in df.columns if c.startswith("theory_"))
+    rows = []
+    for (tk, series, width), g in df.groupby(keys, sort=True):
+        first = g.iloc[0]
+        row = {"task_key": tk, "task": first["task"], "task_label": task_label(first["task"], first["task_config"],
+                                                                              first["task_version"]),
+               "series": series, "label": first["label"], "solver_type": first["solver_type"],
+               "solver": first["solver"], "solver_config": first["solver_config"],
+               "train_config": first["train_config"], "width": int(width), "n_seeds": int(g["seed"].nunique())}
+        for m in metrics:
+            x = g[m].dropna()
+            row[f"{m}_mean"] = float(x.mean()) if len(x) else math.nan
+            row[f"{m}_std"] = _spread(x)
+            row[f"{m}_n"] = int(len(x))
+        for t in theory:
+            x = g[t].dropna()
+            row[f"{t}_mean"] = float(x.mean()) if len(x) else math.nan
+        rows.append(row)
+    board = pd.DataFrame(rows)
+    for m in metrics:
+        good = _goodness(board[f"{m}_mean"], m)
+        best = good.groupby([board["task_key"], board["width"]]).transform("max")
+        board[f"{m}_best"] = good.notna() & np.isclose(good, best, rtol=1e-12, atol=0.0)
+    return board.sort_values(["task_label", "width", "kl_mean" if "kl" in metrics else "label", "label"],
+                             kind="stable").reset_index(drop=True)
+
+
+def best_at_width(board: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """Who is best at each width: one row per (task, width, metric) with the winner(s) and value."""
+    if board.empty:
+        return pd.DataFrame(columns=["task_key", "task_label", "width", "metric", "best", "mean", "std"])
+    metrics = metrics or [c[: -len("_best")] for c in board.columns if c.endswith("_best")]
+    rows = []
+    for (tk, width), g in board.groupby(["task_key", "width"], sort=True):
+        for m in metrics:
+            win = g[g[f"{m}_best"]]
+            if win.empty:
+                continue
+            rows.append({"task_key": tk, "task_label": g["task_label"].iloc[0], "width": int(width), "metric": m,
+                         "best": " = ".join(sorted(win["label"])), "mean": float(win[f"{m}_mean"].iloc[0]),
+                         "std": float(win[f"{m}_std"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- explanations
+
+GROUP_KEYS = ["task_key", "model", "model_config", "train_config"]
+
+
+def _margin(row: pd.Series, null_cols: list[str]) -> float:
+    nulls = [row[c] for c in null_cols if not pd.isna(row[c])]
+    if pd.isna(row["value"]) or not nulls:
+        return math.nan
+    return float(row["value"] - max(nulls)) if row["higher_is_better"] else float(min(nulls) - row["value"])
+
+
+def explanations_board(exp: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate probe scores over seeds: one row per (model group, mechanism, probe, score).
+
+    Columns: the GROUP_KEYS, task_label, group_label, width, mechanism, mechanism_config,
+    mech_label, probe, score, is_main, higher_is_better, status ("ok", "n/a", or the
+    recorded status when no seed scored), reason, n (seeds scored), n_na (seeds where
+    the probe did not apply), value_mean, value_std, `null_<x>_mean` per null,
+    margin_mean, margin_std, probe_rank (main scores only; 1 = best).
+    """
+    if exp.empty:
+        return pd.DataFrame()
+    df = exp.copy()
+    null_cols = sorted(c for c in df.columns if c.startswith("null_"))
+    df["margin"] = df.apply(_margin, axis=1, null_cols=null_cols) if len(df) else math.nan
+    df = _dedupe_seeds(df, GROUP_KEYS + ["mechanism", "mechanism_config", "probe", "score"], "explanation")
+    # A probe that did not apply has one row with score = its main (or ""); align it with the ok rows.
+    rows = []
+    keys = GROUP_KEYS + ["mechanism", "mechanism_config", "probe"]
+    for key, g in df.groupby(keys, sort=True):
+        ok = g[g["status"] == "ok"]
+        na = g[g["status"] == "not_applicable"]
+        other = g[~g["status"].isin(["ok", "not_applicable"])]
+        first = g.iloc[0]
+        base = dict(zip(keys, key))
+        base.update(task=first["task"], task_label=task_label(first["task"], first["task_config"],
+                                                              first["task_version"]),
+                    width=int(first["width"]), n_na=int(na["seed"].nunique()))
+        if ok.empty:
+            status = "n/a" if len(other) == 0 else str(other["status"].iloc[0])
+            reasons = sorted({r for r in g["reason"] if r})
+            rows.append({**base, "score": first["score"], "is_main": True, "higher_is_better": True,
+                         "status": status, "reason": "; ".join(reasons), "n": 0, "value_mean": math.nan,
+                         "value_std": math.nan, **{f"{c}_mean": math.nan for c in null_cols},
+                         "margin_mean": math.nan, "margin_std": math.nan})
+            continue
+        note = f"not applicable on {base['n_na']} seed(s)" if base["n_na"] else ""
+        for score, s in ok.groupby("score", sort=True):
+            rows.append({**base, "score": score, "is_main": bool(s["is_main"].iloc[0]),
+                         "higher_is_better": bool(s["higher_is_better"].iloc[0]), "status": "ok", "reason": note,
+                         "n": int(s["value"].notna().sum()), "value_mean": float(s["value"].mean()),
+                         "value_std": _spread(s["value"]),
+                         **{f"{c}_mean": float(s[c].mean()) if s[c].notna().any() else math.nan
+                            for c in null_cols},
+                         "margin_mean": float(s["margin"].mean()) if s["margin"].notna().any() else math.nan,
+                         "margin_std": _spread(s["margin"])})
+    board = pd.DataFrame(rows)
+    board["probe_rank"] = math.nan
+    main_ok = board["is_main"] & (board["status"] == "ok") & board["value_mean"].notna()
+    for _, g in board[main_ok].groupby(GROUP_KEYS + ["probe"]):
+        good = g["value_mean"].where(g["higher_is_better"], -g["value_mean"])
+        board.loc[g.index, "probe_rank"] = good.rank(ascending=False, method="min")
+    _label_groups(board)
+    return board.sort_values(GROUP_KEYS + ["mech_label", "probe", "is_main", "score"],
+                             ascending=[True] * 6 + [False, True], kind="stable").reset_index(drop=True)
+
+
+def _label_groups(board: pd.DataFrame) -> None:
+    """`group_label` (model + differing config) and `mech_label` (mechanism + differing config)."""
+    board["group_label"] = ""
+    for (tk, model), g in board.groupby(["task_key", "model"], sort=False):
+        pairs = g[["model_config", "train_config"]].drop_duplicates()
+        cfgs = [json.loads(c) for c in pairs["model_config"]]
+        trains = [json.loads(t) if t else {} for t in pairs["train_config"]]
+        ck, tk2 = _differing_keys(cfgs), _differing_keys(trains)
+        for (_, p), c, t in zip(pairs.iterrows(), cfgs, trains):
+            lab = config_label(model, {**{k: c[k] for k in ck if k in c},
+                                       **{f"train.{k}": t[k] for k in tk2 if k in t}})
+            m = ((board["task_key"] == tk) & (board["model"] == model) & (board["model_config"] == p["model_config"])
+                 & (board["train_config"] == p["train_config"]))
+            board.loc[m, "group_label"] = lab
+    board["mech_label"] = board["mechanism"]
+    for (_, mech), g in board.groupby(GROUP_KEYS[:1] + ["mechanism"], sort=False):
+        cfgs_json = list(dict.fromkeys(g["mechanism_config"]))
+        cfgs = [json.loads(c) for c in cfgs_json]
+        ck = _differing_keys(cfgs)
+        for cj, c in zip(cfgs_json, cfgs):
+            board.loc[g.index[g["mechanism_config"] == cj], "mech_label"] = config_label(mech, {k: c[k] for k in ck
+                                                                                           if k in c})
+
+
+def explanation_ranking(board: pd.DataFrame) -> pd.DataFrame:
+    """The overall ranking per model group (rule in the module docstring).
+
+    Columns: GROUP_KEYS, task_label, group_label, width, mechanism, mechanism_config, mech_label,
+    overall_margin (mean over applicable probes of the main score's mean margin), applicable,
+    probes (how many probes the group has), rank (1 = best; NaN = unranked).
+    """
+    if board.empty:
+        return pd.DataFrame()
+    main = board[board["is_main"]]
+    rows = []
+    for key, g in main.groupby(GROUP_KEYS + ["mechanism", "mechanism_config"], sort=True):
+        ok = g[g["status"] == "ok"]
+        margins = ok["margin_mean"].dropna()
+        n_probes = board[(board[GROUP_KEYS] == pd.Series(dict(zip(GROUP_KEYS, key)))).all(axis=1)]["probe"].nunique()
+        rows.append({**dict(zip(GROUP_KEYS + ["mechanism", "mechanism_config"], key)),
+                     "task_label": g["task_label"].iloc[0], "group_label": g["group_label"].iloc[0],
+                     "width": int(g["width"].iloc[0]), "mech_label": g["mech_label"].iloc[0],
+                     "overall_margin": float(margins.mean()) if len(margins) else math.nan,
+                     "applicable": int(ok["probe"].nunique()), "probes": int(n_probes)})
+    rk = pd.DataFrame(rows)
+    rk["rank"] = math.nan
+    for _, g in rk.groupby(GROUP_KEYS):
+        ranked = g[g["overall_margin"].notna()].sort_values(["overall_margin", "applicable", "mech_label"],
+                                                              ascending=[False, False, True], kind="stable")
+        rk.loc[ranked.index, "rank"] = range(1, len(ranked) + 1)
+    return rk.sort_values(GROUP_KEYS + ["rank", "mech_label"], na_position="last", kind="stable").reset_index(drop=True)

@@ -1,0 +1,240 @@
+"""`bloom`: the Bloom-filter mechanism of the post (SCIENCE.md §3), as a construction and as a fit.
+
+Construction (an `mlp1` with d = m = width): token t gets a hash H(t), an h-subset
+of the m hidden units, all hashes distinct. With
+
+    E[t] = (1/w_lo) 1_H(t),  W_in = I,  b_in = -1,  W_out = -I,  b_out = 0,
+    W_U[:, t] = alpha 1_H(t),  b_U[t] = -alpha h,
+
+the residual after the block is r1_j = min(x_j, 1) = 1[j in U], U the union of the
+input tokens' hashes, and z_t = alpha (|H(t) ∩ U| - h) <= 0 with equality iff H(t) ⊆ U.
+The top tier is the candidate set C = {t : H(t) ⊆ U}, which always contains S.
+A hidden unit of the construction fires (post > 0) iff its bit is in U.
+
+Seed-independent choices: the hashes are a uniformly random set of V distinct
+h-subsets (drawn with the caller's generator); h = 0 means the Bloom optimum
+`task.optimal_hash_size(m)`, or, when that h has fewer than V distinct subsets
+(C(m, h) < V, e.g. m = 16, k = 5, V = 1000), the smallest larger h that has enough
+(the false-positive rate is unimodal in h, so this is the best feasible h).
+
+Fit (to any model with `W_E`, `W_in`, `W_out`, `W_U`, `b_U`): the effective
+token-to-hidden map M = W_E @ W_in[0] (V x m) is split into two clusters (one global
+threshold); the MINORITY cluster is the hash. Trained models learn the complemented
+code (SCIENCE.md §4: the hash is the negative cluster and a unit fires when its bit
+is NOT in the union), so no sign is assumed: `sign` = +1 if the hash is the high
+cluster (a unit fires iff its bit is in U, as in the construction), -1 if it is the
+low cluster (a unit fires iff its bit is not in U). The sign is read off the weights
+only; activations are never used to choose it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsebench.api import Batch, Fitted, Mechanism, Task, last_position
+from sparsebench.config import check
+from sparsebench.errors import UserError
+from sparsebench.models.mlp import MLP, MLPConfig
+from sparsebench.stats import kl_logits, minimize_log_scalar, two_means
+
+HIDDEN_HOOK = "blocks.0.mlp.hook_post"
+
+
+@dataclass(frozen=True)
+class BloomConfig:
+    h: int = 0  # hash size (bits per token); 0 = the Bloom optimum (m/k) ln 2, raised until C(m, h) >= V
+    alpha: float = 20.0  # logit scale of the construction; 20 puts the next tier e^-20 below the top one
+    fit_samples: int = 2048  # samples (drawn with the fit generator) to fit alpha and calibrate activations
+
+    def __post_init__(self) -> None:
+        check("mechanism", self.h >= 0, "h", f"must be >= 0 (0 = the Bloom optimum) (got {self.h})")
+        check("mechanism", self.alpha > 0 and math.isfinite(self.alpha), "alpha",
+              f"must be a finite number > 0 (got {self.alpha})")
+        check("mechanism", self.fit_samples >= 16, "fit_samples", f"must be at least 16 (got {self.fit_samples})")
+
+
+def _task_params(task: Task) -> tuple[int, int, float]:
+    """(V, k, w_lo) of a weighted-set top-k task; a UserError for any other task."""
+    cfg = task.config
+    if not all(hasattr(cfg, f) for f in ("V", "k", "w_lo")) or task.n_inputs != task.n_outputs:
+        raise UserError(f"mechanism bloom needs a top-k weighted-set task (config with V, k, w_lo and "
+                        f"n_inputs == n_outputs); got {type(task).__name__}")
+    return int(cfg.V), int(cfg.k), float(cfg.w_lo)
+
+
+def resolve_hash_size(task: Task, m: int, h: int) -> int:
+    """The hash size used at width m: `h` if given, else the best h with at least V distinct hashes."""
+    if h:
+        return h
+    V, _, _ = _task_params(task)
+    h = task.optimal_hash_size(m)  # type: ignore[attr-defined]
+    while h < m // 2 and math.comb(m, h) < V:
+        h += 1
+    return h
+
+
+def sample_hashes(V: int, m: int, h: int, generator: torch.Generator) -> Tensor:
+    """V distinct h-subsets of [m], a uniformly random such set in random order: [V, m] bool.
+
+    Few subsets (C(m, h) <= 4 V): enumerate them all and pick V by a random permutation.
+    Otherwise draw each row uniformly and redraw duplicates until all rows differ
+    (equivariant under relabelling the subsets, hence uniform over distinct sets).
+    """
+    total = math.comb(m, h)
+    if total < V:
+        raise ValueError(f"only C({m}, {h}) = {total} distinct hashes for V = {V} tokens")
+    if total <= 4 * V:
+        combos = torch.combinations(torch.arange(m), h) if h > 0 else torch.zeros(1, 0, dtype=torch.long)
+        pick = combos[torch.randperm(total, generator=generator)[:V]]  # [V, h]
+        return torch.zeros(V, m, dtype=torch.bool).scatter_(1, pick, True)
+    code = torch.zeros(V, m, dtype=torch.bool)
+    redo = torch.arange(V)
+    while redo.numel():
+        idx = torch.rand(redo.numel(), m, generator=generator).argsort(dim=1)[:, :h]
+        code[redo] = torch.zeros(redo.numel(), m, dtype=torch.bool).scatter_(1, idx, True)
+        _, inverse = torch.unique(code.to(torch.uint8), dim=0, return_inverse=True)
+        first = torch.full((V,), V, dtype=torch.long).scatter_reduce(0, inverse, torch.arange(V), "amin")
+        redo = torch.nonzero(first[inverse] != torch.arange(V)).flatten()  # all but the first of each group
+    return code
+
+
+def union(code: Tensor, batch: Batch) -> Tensor:
+    """U: the union of the hashes of each sample's tokens (tokens with weight <= 0 excluded): [batch, m] bool."""
+    tokens, weights = batch.inputs["tokens"], batch.inputs["weights"]
+    member = code[tokens] & (weights > 0).unsqueeze(-1)  # [batch, set, m]
+    return member.any(dim=-2)
+
+
+def misses(code: Tensor, U: Tensor) -> Tensor:
+    """|H(t) \\ U| for every token t: [batch, V] float (0 exactly for candidates)."""
+    return (~U).to(torch.float32) @ code.to(torch.float32).T
+
+
+class Bloom(Mechanism):
+    """Bloom filter: hidden units = union of hashes; logits = alpha (|H(t) ∩ U| - |H(t)|)."""
+
+    Config = BloomConfig
+    version = 1
+
+    def validate(self, task: Task, width: int) -> None:
+        V, _, _ = _task_params(task)
+        m = width
+        check("mechanism", m >= 1, "width", f"must be at least 1 (got {m})")
+        h = resolve_hash_size(task, m, self.config.h)
+        field = "h" if self.config.h else "width"  # an automatic h that does not fit is the width's fault
+        check("mechanism", h <= m, field, f"must be <= m={m} (got {h})")
+        check("mechanism", math.comb(m, h) >= V, field,
+              f"C(m={m}, h={h}) = {math.comb(m, h)} distinct hashes < V={V} tokens; "
+              f"{'choose another h or a larger width' if self.config.h else 'width too small for distinct hashes'}")
+
+    def construct(self, task: Task, width: int, *, generator: torch.Generator) -> MLP:
+        self.validate(task, width)
+        V, _, w_lo = _task_params(task)
+        m = width
+        h = resolve_hash_size(task, m, self.config.h)
+        a = self.config.alpha
+        code = sample_hashes(V, m, h, generator).to(torch.float32)  # [V, m]
+        cfg = MLPConfig(d_model=m, d_mlp=m, n_layers=1)
+        model = MLP(cfg, n_inputs=V, n_outputs=task.n_outputs, generator=torch.Generator().manual_seed(0))
+        eye = torch.eye(m)
+        with torch.no_grad():
+            model.embed.W_E.copy_(code / w_lo)
+            blk = model.blocks[0].mlp
+            blk.W_in.copy_(eye)
+            blk.b_in.fill_(-1.0)
+            blk.W_out.copy_(-eye)
+            blk.b_out.zero_()
+            model.unembed.W_U.copy_(a * code.T)
+            model.unembed.b_U.copy_(-a * code.sum(1))
+        model.name = "mlp1"
+        model.eval()
+        return model
+
+    @torch.no_grad()
+    def fit(self, model: Any, task: Task, *, generator: torch.Generator) -> "BloomFit":
+        if int(getattr(model, "n_layers", 0)) < 1:
+            raise UserError("mechanism bloom needs a model with at least one MLP layer (n_layers >= 1)")
+        device = model.W_E.device
+        M = (model.W_E @ model.W_in[0]).detach().float().cpu()  # [V, m]
+        split = two_means(M)
+        code = split.minority_mask(M)  # [V, m] bool: the hash of each token
+        sign = 1 if split.minority_is_high else -1
+        N = (model.W_out[0] @ model.W_U).detach().float().cpu()  # [m, V]
+        out_split = two_means(N)
+        out_code = out_split.minority_mask(N).T.contiguous()  # [V, m]
+        fitted = BloomFit(model, code.to(device), out_code.to(device), sign, split.r2, out_split.r2)
+
+        batch = task.sample(self.config.fit_samples, generator=generator, device=device)
+        logits, cache = model.run_with_cache(**batch.inputs, names_filter=lambda n: n == HIDDEN_HOOK)
+        miss = misses(fitted.code, union(fitted.code, batch))
+        fitted.alpha_fit, fitted.kl_fit = minimize_log_scalar(
+            lambda a: kl_logits(logits, -a * miss).mean().item(), 1e-2, 1e3)
+        post = last_position(cache[HIDDEN_HOOK]).float()  # [batch, m]
+        active = fitted.hidden_active(batch).float()
+        n_on, n_off = active.sum(0), (1 - active).sum(0)
+        mean_all = post.mean(0)
+        fitted.post_on = torch.where(n_on > 0, (post * active).sum(0) / n_on.clamp_min(1), mean_all)
+        fitted.post_off = torch.where(n_off > 0, (post * (1 - active)).sum(0) / n_off.clamp_min(1), mean_all)
+        fitted.mechanism = self.name or "bloom"
+        return fitted
+
+
+class BloomFit(Fitted):
+    """A Bloom filter read off a model: hashes, output code, sign, fitted logit scale."""
+
+    why_not = "bloom predicts no final-residual activation (its idealised activation is the hidden union)"
+
+    def __init__(self, model: Any, code: Tensor, out_code: Tensor, sign: int, r2: float, r2_out: float):
+        self.model = model
+        self.code = code  # [V, m] bool: H(t)
+        self.out_code = out_code  # [V, m] bool: minority mask of W_out[0] @ W_U, transposed
+        self.sign = sign  # +1: hash = high cluster of W_E @ W_in, unit fires iff in U; -1: fires iff NOT in U
+        self.r2 = r2  # two-means R^2 of W_E @ W_in (bimodality)
+        self.r2_out = r2_out  # two-means R^2 of W_out @ W_U
+        self.alpha_fit = float("nan")  # logit scale minimising KL(model || prediction) on the fit batch
+        self.kl_fit = float("nan")  # that KL
+        self.post_on: Tensor | None = None  # [m] mean hook_post of unit j when predicted active
+        self.post_off: Tensor | None = None  # [m] ... when predicted inactive
+
+    def summary(self) -> dict[str, float | int | str]:
+        sizes = self.code.sum(1).float()
+        return {
+            "h_mean": sizes.mean().item(),
+            "h_std": sizes.std().item() if sizes.numel() > 1 else 0.0,
+            "sign": self.sign,
+            "r2": self.r2,
+            "r2_out": self.r2_out,
+            "alpha_fit": self.alpha_fit,
+            "kl_fit": self.kl_fit,
+            "n_distinct_hashes": int(torch.unique(self.code.to(torch.uint8), dim=0).shape[0]),
+            "n_empty_hashes": int((sizes == 0).sum()),
+        }
+
+    def token_code(self) -> Tensor:
+        return self.code
+
+    def output_code(self) -> Tensor:
+        return self.out_code
+
+    def union(self, batch: Batch) -> Tensor:
+        """U, the union of the sample's hashes: [batch, m] bool."""
+        return union(self.code, batch)
+
+    def hidden_active(self, batch: Batch) -> Tensor:
+        U = self.union(batch)
+        return U if self.sign > 0 else ~U
+
+    def predict_candidates(self, batch: Batch) -> Tensor:
+        return misses(self.code, self.union(batch)) == 0
+
+    def predict_logits(self, batch: Batch) -> Tensor:
+        return -self.alpha_fit * misses(self.code, self.union(batch))
+
+    def ideal_activation(self, batch: Batch) -> tuple[str, Tensor]:
+        active = self.hidden_active(batch)
+        return HIDDEN_HOOK, torch.where(active, self.post_on, self.post_off)  # type: ignore[arg-type]

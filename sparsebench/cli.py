@@ -1,0 +1,156 @@
+"""The `sparsebench` command line: list, train, evaluate, leaderboard, report, bench.
+
+Settings convention (every command that takes configs): a TOML file given with
+`--config` holds sections `[task]`, `[model]`, `[train]` (each with a `name` where
+the section names a registry entry, plus that entry's config fields); flags
+such as `--task`, `--model`, `--seed` override it, and `--set section.field=value`
+overrides any single field (the value is read as TOML: `--set task.k=5`,
+`--set train.lr=3e-3`, `--set model.embed=fixed`). Bad input prints one line,
+`error: ...`, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+
+from sparsebench.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark superposition mechanisms: tasks, models, mechanisms, probes, leaderboards.")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file with [task], [model], [train] sections.")
+SetOpt = typer.Option(None, "--set", "-s", help="Override one field: section.field=value (repeatable).")
+DeviceOpt = typer.Option("auto", "--device", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
+CacheOpt = typer.Option(None, "--cache", help="Model cache folder [default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench].")
+
+
+def _settings(config: Optional[Path], sets: Optional[list[str]], **flags: Any) -> dict[str, Any]:
+    """Merge a TOML file, then flags ("section.field" -> value; None = not given), then --set overrides."""
+    from sparsebench.config import apply_overrides, load_toml
+
+    data = load_toml(config) if config else {}
+    for key, value in flags.items():
+        if value is not None:
+            section, field = key.split(".")
+            data.setdefault(section, {})[field] = value
+    return apply_overrides(data, sets or [])
+
+
+def _section(data: dict[str, Any], name: str, default_name: str | None) -> tuple[str | None, dict[str, Any]]:
+    section = dict(data.get(name, {}))
+    if not isinstance(section, dict):
+        raise UserError(f"[{name}] must be a table in the config file")
+    return section.pop("name", default_name), section
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Print every registered task, model, mechanism, probe and baseline, and where it came from."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sparsebench import registry
+
+    table = Table("kind", "name", "from", "version", "object")
+    for kind, reg in registry.REGISTRIES.items():
+        for e in reg:
+            obj = f"{getattr(e.obj, '__module__', '?')}:{getattr(e.obj, '__qualname__', type(e.obj).__name__)}"
+            table.add_row(reg.singular, e.name, e.source, e.version, obj)
+        for name, why in reg.failed.items():
+            table.add_row(reg.singular, name, "[red]failed to load[/red]", "", why)
+    Console(width=160).print(table)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = ConfigOpt,
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name [default: topk-uniform]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name [default: mlp1]."),
+    seed: Optional[list[int]] = typer.Option(None, "--seed", help="Seed (repeatable) [default: 0]."),
+    set_: Optional[list[str]] = SetOpt,
+    device: str = DeviceOpt,
+    cache: Optional[Path] = CacheOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train models (one per seed, batched together where the model allows) or load them from the cache."""
+    import time
+
+    import torch
+
+    from sparsebench.build import resolve_device
+    from sparsebench.checkpoints import RunSpec, cache_root, load, train_or_load
+    from sparsebench.config import from_dict
+    from sparsebench.training import TrainConfig
+
+    data = _settings(config, set_, **{"task.name": task, "model.name": model})
+    task_name, task_cfg = _section(data, "task", "topk-uniform")
+    model_name, model_cfg = _section(data, "model", "mlp1")
+    train_cfg = from_dict(TrainConfig, data.get("train", {}), "train")
+    seeds = list(seed) if seed else list(data.get("seeds", [0]))
+    spec = RunSpec.create(task_name, task_cfg, model_name, model_cfg, train_cfg)  # type: ignore[arg-type]
+    dev = resolve_device(device)
+    cached = {s for s in seeds if load(spec, s, device=dev, cache=cache) is not None}
+    start = time.perf_counter()
+    checkpoints = train_or_load(spec, seeds, device=dev, cache=cache, progress=progress)
+    elapsed = time.perf_counter() - start
+    task_obj = spec.make_task()
+    held = task_obj.held_out(4096, device=dev)
+    for ck in checkpoints:
+        with torch.no_grad():
+            m = task_obj.metrics(ck.model(**held.inputs), held)
+        how = "loaded" if ck.seed in cached else "trained"
+        summary = " ".join(f"{k}={v:.4g}" for k, v in m.items())
+        typer.echo(f"seed {ck.seed}: {how} {cache_root(cache) / 'models' / ck.key}  held-out {summary}")
+    typer.echo(f"{len(seeds)} model(s) in {elapsed:.1f}s on {dev}")
+
+
+def _register_optional_commands() -> None:
+    """Commands whose modules live in other packages; imported lazily inside their bodies."""
+    from sparsebench.evaluate import evaluate_command
+
+    app.command("evaluate")(evaluate_command)
+    try:
+        from sparsebench.leaderboard.cli import leaderboard, report
+    except ImportError:  # pragma: no cover - the leaderboard package is part of the install
+        pass
+    else:
+        app.command("leaderboard")(leaderboard)
+        app.command("report")(report)
+    try:
+        from sparsebench.bench import bench
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        app.command("bench")(bench)
+
+
+def _format_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                    line: Any = None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main() -> None:
+    """Entry point: run the app; user errors become one line on stderr and exit code 2."""
+    from sparsebench.registry import PluginWarning
+
+    warnings.showwarning = _format_warning  # one line per warning, no source echo
+    warnings.simplefilter("always", PluginWarning)
+    _register_optional_commands()
+    try:
+        rc = app(standalone_mode=False)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(rc if isinstance(rc, int) else 0)

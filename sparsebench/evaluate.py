@@ -1,0 +1,388 @@
+"""`sparsebench evaluate`: train or load, construct, fit, probe, and write one record per evaluation.
+
+The suite becomes a list of jobs (one per trained (run, width), one per
+construction (task, width, mechanism)). Each job knows the ids of the records it
+will write before it runs, so a job whose records all exist is skipped: rerunning
+an interrupted evaluation loses nothing and redoes nothing (`--force` redoes).
+Everything is validated before the first job runs, so bad input writes nothing.
+Jobs return records to the driver, which writes each file atomically: the same
+jobs run in-process or as Ray tasks (`--executor ray`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import typer
+
+import sparsebench
+from sparsebench import registry
+from sparsebench.build import make_model, make_task, resolve_device
+from sparsebench.checkpoints import RunSpec, train_or_load
+from sparsebench.config import from_dict, stable_hash, to_dict
+from sparsebench.errors import UserError
+from sparsebench.io import write_json
+from sparsebench.probes import NotApplicable, model_hook_names
+from sparsebench.suite import Run, Suite
+from sparsebench.training import TrainConfig, seed_generator
+
+SCHEMA_VERSION = 1
+EVAL_SEED = 10_000_019  # held-out samples come from this seed, never a training seed
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "trained" (train/load a run at a width, then score and explain it) or "construction"
+    run: Run  # the run (for a construction: its task)
+    width: int | None  # the width of the sweep, None = model config as given
+    mechanism: str | None = None  # construction jobs: which mechanism
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(sparsebench.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _static_provenance() -> dict[str, Any]:
+    return {"sparsebench_version": sparsebench.__version__, "git_commit": _git_commit(),
+            "torch_version": torch.__version__, "python": platform.python_version(),
+            "hostname": platform.node(), "plugins": registry.plugin_versions()}
+
+
+def provenance(device: torch.device, seconds: float) -> dict[str, Any]:
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {**_static_provenance(), "device": str(device), "wall_seconds": round(seconds, 3), "date": now}
+
+
+class Plan:
+    """A validated suite: run specs per width, mechanisms, probes, nulls, and every record id."""
+
+    def __init__(self, suite: Suite):
+        self.suite = suite
+        self.mechanisms = {m: self._mechanism(m) for m in suite.mechanisms}
+        self.probes = {p: registry.probes.get(p)() for p in (suite.probes or registry.probes.names())}
+        self.nulls = {n: registry.baselines.get(n)() for n in (suite.nulls or registry.baselines.names())}
+        for name, obj in (*self.probes.items(), *self.nulls.items(), *self.mechanisms.items()):
+            obj.name = name
+        self.widths: list[int | None] = list(suite.widths) or [None]
+        self.specs = {(run, w): self.spec(run, w) for run in suite.runs for w in self.widths}
+        self._check_probes_against_models()
+        if suite.construct:
+            for run in suite.runs:
+                task = make_task(run.task, run.task_config)
+                for w in self.widths:
+                    for mech in self.mechanisms.values():
+                        mech.validate(task, w if w is not None else self._width(self.specs[(run, w)]))
+
+    def _mechanism(self, name: str) -> Any:
+        cls = registry.mechanisms.get(name)
+        return cls(cls.make_config(self.suite.mechanism_config.get(name, {}), "mechanism"))
+
+    def spec(self, run: Run, width: int | None) -> RunSpec:
+        model_cfg = dict(run.model_config)
+        if width is not None:
+            model_cfg.update({f: width for f in run.width_fields})
+        train = from_dict(TrainConfig, {**to_dict(self.suite.train), **run.train}, "train")
+        return RunSpec.create(run.task, run.task_config, run.model, model_cfg, train)
+
+    @staticmethod
+    def _width(spec: RunSpec) -> int:
+        return int(spec.model_config.get("d_model", 0))
+
+    def _check_probes_against_models(self) -> None:
+        """A probe that reads a hook the model lacks is bad input: say so before anything runs."""
+        for (run, w), spec in self.specs.items():
+            task = spec.make_task()
+            model = make_model(spec.model, spec.model_config, task)
+            batch = task.sample(2, generator=torch.Generator().manual_seed(0))
+            hooks = model_hook_names(model, batch)
+            for name, probe in self.probes.items():
+                if task.family not in probe.families:
+                    raise UserError(f"probe {name!r} does not apply to task {run.task!r} "
+                                    f"(family {task.family!r}; it understands {', '.join(probe.families)})")
+                missing = [h for h in probe.reads if h not in hooks]
+                if missing:
+                    raise UserError(f"probe {name!r} reads {missing[0]!r}, which model {run.model!r} does not have")
+
+    # Record ids: hashes of everything that determines a record's numbers.
+    def _eval_block(self) -> dict[str, Any]:
+        return {"n_samples": self.suite.eval_samples, "probe_samples": self.suite.probe_samples, "seed": EVAL_SEED}
+
+    def trained_ids(self, run: Run, width: int | None, seed: int) -> dict[str, str]:
+        spec = self.specs[(run, width)]
+        base = {"schema": SCHEMA_VERSION, **spec.describe(seed), "eval": self._eval_block()}
+        ids = {"solution": stable_hash({**base, "kind": "solution"})}
+        for m, mech in self.mechanisms.items():
+            ids[f"explanation/{m}"] = stable_hash({**base, "kind": "explanation", "mechanism": m,
+                                                   "mechanism_config": mech.config_dict(),
+                                                   "probes": sorted(self.probes), "nulls": sorted(self.nulls)})
+        return ids
+
+    def construction_id(self, run: Run, width: int, mechanism: str, seed: int) -> str:
+        task = make_task(run.task, run.task_config)
+        return stable_hash({"schema": SCHEMA_VERSION, "kind": "solution", "task": run.task, "version": task.version,
+                            "task_config": task.config_dict(), "mechanism": mechanism,
+                            "config": self.mechanisms[mechanism].config_dict(), "width": width, "seed": seed,
+                            "eval": self._eval_block()})
+
+    def jobs(self) -> list[Job]:
+        jobs = [Job("trained", run, w) for run in self.suite.runs for w in self.widths]
+        if self.suite.construct:
+            seen = set()
+            for run in self.suite.runs:
+                key = (run.task, tuple(sorted(make_task(run.task, run.task_config).config_dict().items())))
+                if key in seen:
+                    continue
+                seen.add(key)
+                for w in self.widths:
+                    width = w if w is not None else self._width(self.specs[(run, w)])
+                    jobs += [Job("construction", run, width, m) for m in self.mechanisms]
+        return jobs
+
+    def record_paths(self, job: Job) -> list[str]:
+        if job.kind == "construction":
+            return [f"solution/{self.construction_id(job.run, job.width, job.mechanism, s)}.json"  # type: ignore[arg-type]
+                    for s in self.suite.seeds]
+        out = []
+        for s in self.suite.seeds:
+            for key, rid in self.trained_ids(job.run, job.width, s).items():
+                out.append(f"{key.split('/')[0]}/{rid}.json")
+        return out
+
+
+def _task_block(task: Any) -> dict[str, Any]:
+    return {"name": task.name, "version": task.version, "config": task.config_dict()}
+
+
+def _score_probes(plan: Plan, model: Any, fitted: Any, nulls: dict[str, tuple[Any, Any]], task: Any,
+                  batch: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, probe in plan.probes.items():
+        result = probe.score(model, fitted, task, batch)
+        if isinstance(result, NotApplicable):
+            out[name] = {"status": "not_applicable", "reason": result.reason}
+            continue
+        null_results = {n: probe.score(nm, nf, task, batch) for n, (nm, nf) in nulls.items()}
+        scores = {}
+        for key, value in result.items():
+            scores[key] = {"value": value, "higher_is_better": probe.higher_is_better.get(key, True),
+                           "nulls": {n: (r.get(key) if isinstance(r, dict) else None)
+                                     for n, r in null_results.items()}}
+        out[name] = {"status": "ok", "level": probe.level, "reads": list(probe.reads), "main": probe.main,
+                     "scores": scores}
+    return out
+
+
+def run_trained(plan: Plan, job: Job, device: torch.device, cache: Path | None, progress: bool,
+                skip: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Train or load every seed of (run, width); write its solution and explanation records."""
+    spec = plan.specs[(job.run, job.width)]
+    task = spec.make_task()
+    width = job.width if job.width is not None else plan._width(spec)
+    checkpoints = train_or_load(spec, list(plan.suite.seeds), device=device, cache=cache, progress=progress)
+    held = task.held_out(plan.suite.eval_samples, seed=EVAL_SEED, device=device)
+    probe_batch = task.held_out(plan.suite.probe_samples, seed=EVAL_SEED + 1, device=device)
+    out = []
+    for ck in checkpoints:
+        ids = plan.trained_ids(job.run, job.width, ck.seed)
+        common = {"schema_version": SCHEMA_VERSION, "task": _task_block(task), "width": width, "seed": ck.seed,
+                  "eval": plan._eval_block(), "model": {"name": spec.model, "config": spec.model_config},
+                  "train": to_dict(spec.train), "checkpoint": {"key": ck.key, "sha256": ck.sha256}}
+        if f"solution/{ids['solution']}.json" not in skip:
+            start = time.perf_counter()
+            with torch.no_grad():
+                metrics = task.metrics(ck.model(**held.inputs), held)
+            out.append((f"solution/{ids['solution']}.json", {
+                **common, "kind": "solution", "id": ids["solution"],
+                "solver": {"type": "trained", "name": spec.model, "config": spec.model_config},
+                "metrics": metrics, "theory": {}, "provenance": provenance(device, time.perf_counter() - start)}))
+        null_models = {n: null.make(ck.model, task, seed=ck.seed, generator=seed_generator(ck.seed, f"null-{n}"))
+                       for n, null in plan.nulls.items()}
+        for m, mech in plan.mechanisms.items():
+            path = f"explanation/{ids[f'explanation/{m}']}.json"
+            if path in skip:
+                continue
+            start = time.perf_counter()
+            fitted = mech.fit(ck.model, task, generator=seed_generator(ck.seed, "fit"))
+            nulls = {n: (nm, mech.fit(nm, task, generator=seed_generator(ck.seed, "fit")))
+                     for n, nm in null_models.items()}
+            probes = _score_probes(plan, ck.model, fitted, nulls, task, probe_batch)
+            out.append((path, {
+                **common, "kind": "explanation", "id": ids[f"explanation/{m}"],
+                "mechanism": {"name": m, "config": mech.config_dict()}, "fit": fitted.summary(),
+                "nulls": {n: plan.nulls[n].description for n in null_models},
+                "probes": probes, "provenance": provenance(device, time.perf_counter() - start)}))
+    return out
+
+
+def run_construction(plan: Plan, job: Job, device: torch.device, skip: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Build the mechanism's exact solution at this width for every seed and score it on the task."""
+    task = make_task(job.run.task, job.run.task_config)
+    mech = plan.mechanisms[job.mechanism]  # type: ignore[index]
+    held = task.held_out(plan.suite.eval_samples, seed=EVAL_SEED, device=device)
+    out = []
+    for seed in plan.suite.seeds:
+        rid = plan.construction_id(job.run, job.width, job.mechanism, seed)  # type: ignore[arg-type]
+        if f"solution/{rid}.json" in skip:
+            continue
+        start = time.perf_counter()
+        model = mech.construct(task, job.width, generator=seed_generator(seed, f"construct-{job.mechanism}"))
+        model = model.to(device).eval()
+        with torch.no_grad():
+            metrics = task.metrics(model(**held.inputs), held)
+        theory = mech.theory(task, job.width) if hasattr(mech, "theory") else {}
+        out.append((f"solution/{rid}.json", {
+            "schema_version": SCHEMA_VERSION, "kind": "solution", "id": rid, "task": _task_block(task),
+            "width": job.width, "seed": seed, "eval": plan._eval_block(),
+            "solver": {"type": "construction", "name": job.mechanism, "config": mech.config_dict()},
+            "train": None, "checkpoint": None, "metrics": metrics, "theory": theory,
+            "provenance": provenance(device, time.perf_counter() - start)}))
+    return out
+
+
+def run_job(plan: Plan, job: Job, device: torch.device, cache: Path | None, progress: bool,
+            skip: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    if job.kind == "construction":
+        return run_construction(plan, job, device, skip)
+    return run_trained(plan, job, device, cache, progress, skip)
+
+
+def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | None = None, force: bool = False,
+             progress: bool = True, executor: str = "local", ray_address: str | None = None) -> dict[str, int]:
+    """Run the suite; write records under `out`. Returns counts of written and skipped records."""
+    plan = Plan(suite)  # validates everything before any work
+    dev = resolve_device(device)
+    jobs = plan.jobs()
+    existing = set() if force else {str(p.relative_to(out)) for p in out.glob("*/*.json")} if out.exists() else set()
+    todo = [(j, existing & set(plan.record_paths(j))) for j in jobs
+            if not set(plan.record_paths(j)) <= existing]
+    skipped = sum(len(plan.record_paths(j)) for j in jobs) - sum(len(plan.record_paths(j)) - len(s) for j, s in todo)
+    written = 0
+    for records in _execute(plan, todo, dev, cache, progress, executor, ray_address):
+        for rel, record in records:
+            write_json(out / rel, record)
+            written += 1
+    return {"written": written, "skipped": skipped, "jobs": len(todo)}
+
+
+def _execute(plan: Plan, todo: list[tuple[Job, set[str]]], dev: torch.device, cache: Path | None, progress: bool,
+             executor: str, ray_address: str | None) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    if executor == "local":
+        from tqdm.auto import tqdm
+
+        for job, skip in tqdm(todo, desc="evaluate", disable=not progress, leave=False):
+            yield run_job(plan, job, dev, cache, progress, skip)
+    elif executor == "ray":
+        from sparsebench.ray_executor import run_on_ray
+
+        yield from run_on_ray(plan, todo, dev, cache, ray_address)
+    else:
+        raise UserError(f"unknown executor {executor!r}; choose 'local' or 'ray'")
+
+
+def _csv_ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise UserError(f"{flag} expects comma-separated integers (got {text!r})") from None
+
+
+def apply_cli(suite: Suite, *, task: str | None, model: str | None, mechanisms: list[str] | None,
+              probes: list[str] | None, seeds: tuple[int, ...] | None, widths: tuple[int, ...] | None,
+              sets: list[str]) -> Suite:
+    """Flags override the suite: --task/--model replace the runs, --set edits any field.
+
+    `--set task.k=7` and `--set model.d_mlp=32` apply to every run; `--set train.lr=3e-3` to training;
+    `--set mechanism.bloom.alpha=30` to a mechanism; any other key is a top-level suite field.
+    """
+    from sparsebench.config import parse_override
+    from sparsebench.suite import suite_from_dict
+
+    runs = list(suite.runs)
+    if task or model:
+        base = runs[0]
+        runs = [Run(task=task or base.task, model=model or base.model,
+                    task_config=base.task_config if (task or base.task) == base.task else {},
+                    model_config=base.model_config if (model or base.model) == base.model else {},
+                    width_fields=base.width_fields if (model or base.model) == base.model else ("d_model", "d_mlp"))]
+    data: dict[str, Any] = {k: v for k, v in vars(suite).items() if k not in ("runs", "train")}
+    data["train"] = to_dict(suite.train)
+    data["runs"] = [vars(r) | {"width_fields": list(r.width_fields)} for r in runs]
+    data["mechanism_config"] = {k: dict(v) for k, v in suite.mechanism_config.items()}
+    for text in sets:
+        path, value = parse_override(text)
+        head = path[0]
+        if head in ("task", "model") and len(path) == 2:
+            for r in data["runs"]:
+                r[f"{head}_config"] = {**r[f"{head}_config"], path[1]: value}
+        elif head == "train" and len(path) == 2:
+            data["train"][path[1]] = value
+        elif head == "mechanism" and len(path) == 3:
+            data["mechanism_config"].setdefault(path[1], {})[path[2]] = value
+        elif len(path) == 1:
+            data[head] = value
+        else:
+            raise UserError(f"--set {text}: expected task.F, model.F, train.F, mechanism.NAME.F or a suite field")
+    for key, value in (("mechanisms", mechanisms), ("probes", probes), ("seeds", seeds), ("widths", widths)):
+        if value:
+            data[key] = list(value)
+    for key in ("seeds", "widths", "mechanisms", "probes", "nulls"):
+        data[key] = list(data[key])
+    return suite_from_dict(data, default_name=suite.name)
+
+
+def evaluate_command(
+    suite: str = typer.Argument("default", help="A built-in suite name or a TOML file (copy the default's)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Evaluate this task instead of the suite's runs."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Evaluate this model instead of the suite's."),
+    mechanism: Optional[list[str]] = typer.Option(None, "--mechanism", help="Mechanism to evaluate (repeatable)."),
+    probe: Optional[list[str]] = typer.Option(None, "--probe", help="Probe to run (repeatable) [default: all]."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+    widths: Optional[str] = typer.Option(None, "--widths", help="Comma-separated widths, e.g. 24,32,48,64."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override: task.F=, model.F=, train.F=, "
+                                             "mechanism.NAME.F=, or a suite field (repeatable)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder."),
+    force: bool = typer.Option(False, "--force", help="Redo evaluations whose records exist."),
+    device: str = typer.Option("auto", "--device", help="'auto', 'cpu', 'cuda', ..."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Model cache folder."),
+    executor: str = typer.Option("local", "--executor", help="'local' (in-process) or 'ray'."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster."),
+    board: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Render the boards afterwards."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Run a suite (default: the built-in 'default'): train or load, construct, fit, probe, write records."""
+    from sparsebench.suite import load_suite
+
+    s = apply_cli(load_suite(suite), task=task, model=model, mechanisms=mechanism, probes=probe,
+                  seeds=_csv_ints(seeds, "--seeds"), widths=_csv_ints(widths, "--widths"), sets=set_ or [])
+    start = time.perf_counter()
+    counts = evaluate(s, out, device=device, cache=cache, force=force, progress=progress, executor=executor,
+                      ray_address=ray_address)
+    print(f"suite {s.name!r}: {counts['written']} record(s) written, {counts['skipped']} already there, "
+          f"{counts['jobs']} job(s) run in {time.perf_counter() - start:.1f}s -> {out}")
+    if board:
+        render_boards(out)
+
+
+def render_boards(out: Path) -> None:
+    """Print both boards and write leaderboard.md / leaderboard.html next to the records."""
+    try:
+        from sparsebench.leaderboard.cli import leaderboard
+    except ImportError:
+        return
+    leaderboard(results=[out], format="terminal", out=None)

@@ -1,0 +1,211 @@
+"""Hook-based probes: score a fitted explanation against a model (SCIENCE.md §5).
+
+Each probe declares the hook names it reads, the Fitted capabilities it needs,
+its main score and which direction is better. `score` returns the scores, or a
+`NotApplicable` with a one-line reason when the mechanism makes no such
+prediction (e.g. JL predicts no hidden code): a probe never makes up a number.
+Probes read activations at the readout position, so the same probe works on
+`mlp1` ([batch, d]) and on a transformer ([batch, pos, d]).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from sparsebench.api import Batch, Fitted, Task, last_position
+
+FP_TIER = 0.5  # the task's top-tier rule: q_j >= FP_TIER * min_{i in S} q_i (see tasks/topk.py)
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    reason: str  # one line: why this probe has no number for this (model, mechanism)
+
+
+class Probe(ABC):
+    """A named set of scores for (model, fitted explanation, task, evaluation batch)."""
+
+    level: ClassVar[str]  # "weights", "activations", "behaviour" or "causal"
+    reads: ClassVar[tuple[str, ...]] = ()  # hook names read through run_with_cache / run_with_hooks
+    main: ClassVar[str]  # the score the leaderboard ranks by
+    higher_is_better: ClassVar[dict[str, bool]]  # every score this probe reports
+    families: ClassVar[tuple[str, ...]] = ("weighted-set",)  # task families it understands
+    name: str = ""
+
+    @abstractmethod
+    def score(self, model: Any, fitted: Fitted, task: Task, batch: Batch) -> dict[str, float] | NotApplicable:
+        ...
+
+
+def _f1(pred: Tensor, actual: Tensor) -> dict[str, float]:
+    """Precision, recall and F1 of boolean `pred` against boolean `actual` (pooled over all entries)."""
+    tp = (pred & actual).sum().item()
+    p = tp / max(pred.sum().item(), 1)
+    r = tp / max(actual.sum().item(), 1)
+    return {"precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-12)}
+
+
+def model_hook_names(model: Any, batch: Batch) -> set[str]:
+    """Every hook name the model answers (from its hook_dict, else from one cached forward)."""
+    names = getattr(model, "hook_dict", None)
+    if names:
+        return set(names)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(**{k: v[:1] for k, v in batch.inputs.items()})
+    return set(cache.keys())
+
+
+def top_tier(logits: Tensor, tokens: Tensor) -> Tensor:
+    """The model's top tier: the members S plus every token with q_j >= FP_TIER * min_S q. -> [batch, V] bool."""
+    q = torch.softmax(logits.float(), dim=-1)
+    min_in = q.gather(-1, tokens).min(-1, keepdim=True).values
+    return (q >= FP_TIER * min_in).scatter(-1, tokens, True)
+
+
+class Bimodality(Probe):
+    """Weights: how well E @ W_in splits into two clusters (two-means R^2); the code's footprint."""
+
+    level = "weights"
+    main = "r2"
+    higher_is_better = {"r2": True, "code_density": False}
+
+    def score(self, model, fitted, task, batch):
+        from sparsebench.stats import two_means
+
+        if fitted.token_code() is None:
+            return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no binary token code")
+        with torch.no_grad():
+            M = (model.W_E @ model.W_in[0]).float()
+        split = two_means(M.flatten())
+        code = fitted.token_code()
+        return {"r2": float(split.r2), "code_density": code.float().mean().item()}
+
+
+class MaskAgreement(Probe):
+    """Weights: Jaccard of the hash mask of E @ W_in with the (transposed) mask of W_out @ W_U."""
+
+    level = "weights"
+    main = "jaccard"
+    higher_is_better = {"jaccard": True}
+
+    def score(self, model, fitted, task, batch):
+        a, b = fitted.token_code(), fitted.output_code()
+        if a is None or b is None:
+            return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no token code")
+        inter = (a & b).sum().item()
+        return {"jaccard": inter / max((a | b).sum().item(), 1)}
+
+
+class HiddenCode(Probe):
+    """Activations: is hidden unit j active exactly when the mechanism says (e.g. j in the union)?"""
+
+    level = "activations"
+    reads = ("blocks.0.mlp.hook_post",)
+    main = "f1"
+    higher_is_better = {"precision": True, "recall": True, "f1": True}
+
+    def score(self, model, fitted, task, batch):
+        predicted = fitted.hidden_active(batch)
+        if predicted is None:
+            return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no hidden code")
+        with torch.no_grad():
+            _, cache = model.run_with_cache(**batch.inputs, names_filter=list(self.reads))
+        post = last_position(cache[self.reads[0]]).float()  # [batch, d_mlp]
+        # "Active" relative to each unit's scale, so a unit idling at a tiny positive value
+        # (a bias that has not quite reached 0) still counts as off.
+        active = post > 1e-3 * post.amax(0, keepdim=True).clamp_min(1e-6)
+        return _f1(predicted.to(active.device), active)
+
+
+class Candidates(Probe):
+    """Behaviour: the mechanism's predicted top tier against the model's, and whose false positives."""
+
+    level = "behaviour"
+    main = "f1"
+    higher_is_better = {"precision": True, "recall": True, "f1": True, "fp_explained": True}
+
+    def score(self, model, fitted, task, batch):
+        tokens = batch.inputs["tokens"]
+        predicted = fitted.predict_candidates(batch)
+        if predicted is None:
+            logits = fitted.predict_logits(batch)
+            if logits is None:
+                return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no outputs")
+            predicted = top_tier(logits, tokens)
+        with torch.no_grad():
+            actual = top_tier(model(**batch.inputs), tokens)
+        predicted = predicted.to(actual.device)
+        out = _f1(predicted, actual)
+        members = torch.zeros_like(actual).scatter_(-1, tokens, True)
+        model_fp = actual & ~members
+        n_fp = model_fp.sum().item()
+        # Of the model's false positives, the share the mechanism predicted (None-free: if the
+        # model has none, the score is undefined and left out rather than invented).
+        if n_fp:
+            out["fp_explained"] = (model_fp & predicted).sum().item() / n_fp
+        return out
+
+
+class Prediction(Probe):
+    """Behaviour: KL(model || mechanism's own prediction) on held-out samples."""
+
+    level = "behaviour"
+    main = "kl"
+    higher_is_better = {"kl": False}
+
+    def score(self, model, fitted, task, batch):
+        logits = fitted.predict_logits(batch)
+        if logits is None:
+            return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no outputs")
+        with torch.no_grad():
+            m = torch.log_softmax(model(**batch.inputs).float(), -1)
+        f = torch.log_softmax(logits.float().to(m.device), -1)
+        return {"kl": (m.exp() * (m - f)).sum(-1).mean().item()}
+
+
+class Patch(Probe):
+    """Causal: patch the mechanism's idealised activation in; loss recovered vs mean ablation."""
+
+    level = "causal"
+    main = "loss_recovered"
+    higher_is_better = {"loss_recovered": True, "kl_to_clean": False}
+    reads = ()  # the hook comes from the mechanism (Fitted.ideal_activation)
+
+    def score(self, model, fitted, task, batch):
+        ideal = fitted.ideal_activation(batch)
+        if ideal is None:
+            return NotApplicable(fitted.why_not or f"{fitted.mechanism} offers no idealised activation")
+        hook_name, value = ideal
+        if hook_name not in model_hook_names(model, batch):
+            return NotApplicable(f"the model has no hook {hook_name!r} to patch")
+        with torch.no_grad():
+            clean_logits, cache = model.run_with_cache(**batch.inputs, names_filter=[hook_name])
+            act = cache[hook_name]
+            mean = last_position(act).mean(0, keepdim=True)
+
+            def replace(new: Tensor):
+                def hook(activation: Tensor, hook: Any = None) -> Tensor:
+                    out = activation.clone()
+                    if out.dim() == 3:
+                        out[:, -1] = new.to(out.dtype).expand_as(out[:, -1])
+                    else:
+                        out[:] = new.to(out.dtype).expand_as(out)
+                    return out
+                return hook
+
+            patched = model.run_with_hooks(**batch.inputs, fwd_hooks=[(hook_name, replace(value))])
+            ablated = model.run_with_hooks(**batch.inputs, fwd_hooks=[(hook_name, replace(mean))])
+            l_clean, l_patch, l_abl = (task.loss(x.float(), batch).mean().item()
+                                       for x in (clean_logits, patched, ablated))
+            gap = l_abl - l_clean
+            if abs(gap) < 1e-6:
+                return NotApplicable(f"mean-ablating {hook_name} does not change the loss")
+            c = torch.log_softmax(clean_logits.float(), -1)
+            p = torch.log_softmax(patched.float(), -1)
+            kl = (c.exp() * (c - p)).sum(-1).mean().item()
+        return {"loss_recovered": (l_abl - l_patch) / gap, "kl_to_clean": kl}

@@ -1,0 +1,143 @@
+"""Small numerical helpers shared by mechanisms and probes.
+
+- `two_means`: the exact 1-D two-cluster split (k-means with k=2 is exact in 1-D:
+  the optimal split is contiguous in sorted order, so scanning every split point
+  finds the global optimum).
+- `minimize_log_scalar`: golden-section search of a unimodal function of a
+  positive scale, in log space (used to fit logit scales such as Bloom's alpha).
+- `kl_logits`: KL(softmax(a) || softmax(b)) per sample.
+- Reading models: `input_sum` (the weighted sum of input embeddings) and
+  `final_residual` (the last block's residual at the readout position).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from sparsebench.api import Batch, last_position
+
+
+@dataclass(frozen=True)
+class TwoMeans:
+    threshold: float  # midpoint between the largest low value and the smallest high value
+    low_mean: float  # mean of the low cluster
+    high_mean: float  # mean of the high cluster
+    r2: float  # between-cluster / total sum of squares (1 = two points; one Gaussian gives 2/pi ~ 0.64)
+    minority_is_high: bool  # the high cluster has fewer members than the low one (ties: False)
+    n_high: int  # members of the high cluster
+
+    def minority_mask(self, values: Tensor) -> Tensor:
+        """Bool mask (same shape as `values`) of the minority cluster."""
+        v = values.detach().double()  # compare in the precision the threshold was computed in
+        return v > self.threshold if self.minority_is_high else v <= self.threshold
+
+
+def two_means(values: Tensor) -> TwoMeans:
+    """Exact two-cluster split of the entries of `values` (any shape), maximising the between-cluster SS.
+
+    Sort once, then every split point i (low = the i smallest) has between-cluster
+    SS = n1 n2 / n (mean1 - mean2)^2 from cumulative sums: O(n log n), no Python loop.
+    Computed in float64. Needs at least two distinct values.
+    """
+    v = values.detach().reshape(-1).to(torch.float64).cpu()
+    n = v.numel()
+    if n < 2:
+        raise ValueError(f"two_means needs at least 2 values (got {n})")
+    s, _ = v.sort()
+    if s[0] == s[-1]:
+        raise ValueError("two_means needs at least two distinct values (all values are equal)")
+    c = s.cumsum(0)
+    total = c[-1]
+    n1 = torch.arange(1, n, dtype=torch.float64)  # low-cluster sizes 1..n-1
+    n2 = n - n1
+    mean1 = c[:-1] / n1
+    mean2 = (total - c[:-1]) / n2
+    between = n1 * n2 / n * (mean1 - mean2) ** 2
+    between = torch.where(s[1:] > s[:-1], between, torch.full_like(between, -1.0))  # split only between distinct values
+    i = int(between.argmax())
+    tss = float(((v - v.mean()) ** 2).sum())
+    n_low = i + 1
+    return TwoMeans(
+        threshold=float((s[i] + s[i + 1]) / 2),
+        low_mean=float(mean1[i]),
+        high_mean=float(mean2[i]),
+        r2=float(between[i]) / tss,
+        minority_is_high=(n - n_low) < n_low,
+        n_high=n - n_low,
+    )
+
+
+def minimize_log_scalar(f: Callable[[float], float], lo: float, hi: float, iters: int = 40) -> tuple[float, float]:
+    """Minimise f over [lo, hi] (lo > 0) by golden-section search in log space: (argmin, min).
+
+    Exact for unimodal f (e.g. a cross-entropy in a logit scale, which is convex in the
+    scale). A coarse grid first keeps it sane when f is not quite unimodal. The result
+    may be an endpoint: callers should say so if that matters.
+    """
+    a, b = math.log(lo), math.log(hi)
+    grid = [a + (b - a) * i / 12 for i in range(13)]
+    vals = [f(math.exp(g)) for g in grid]
+    j = min(range(13), key=vals.__getitem__)
+    a, b = grid[max(j - 1, 0)], grid[min(j + 1, 12)]
+    best = (math.exp(grid[j]), vals[j])
+    g = (math.sqrt(5) - 1) / 2
+    x1, x2 = b - g * (b - a), a + g * (b - a)
+    f1, f2 = f(math.exp(x1)), f(math.exp(x2))
+    for _ in range(iters):
+        if f1 <= f2:
+            b, x2, f2 = x2, x1, f1
+            x1 = b - g * (b - a)
+            f1 = f(math.exp(x1))
+        else:
+            a, x1, f1 = x1, x2, f2
+            x2 = a + g * (b - a)
+            f2 = f(math.exp(x2))
+    for x, fx in ((x1, f1), (x2, f2)):
+        if fx < best[1]:
+            best = (math.exp(x), fx)
+    return best
+
+
+def kl_logits(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+    """KL(softmax(p_logits) || softmax(q_logits)) over the last dim: [..., V] -> [...]."""
+    lp = torch.log_softmax(p_logits.float(), dim=-1)
+    lq = torch.log_softmax(q_logits.float(), dim=-1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+# ----- reading models -------------------------------------------------------------------------
+
+
+def input_sum(model: Any, batch: Batch) -> Tensor:
+    """x = sum_i w_i W_E[t_i]: the weighted sum of the input tokens' embeddings, [batch, d_model].
+
+    For `mlp1` this is exactly `blocks.0.hook_resid_pre`; for a sequence model it is
+    the embedding-level summary of the input (positional embeddings excluded).
+    """
+    tokens, weights = batch.inputs["tokens"], batch.inputs["weights"]
+    W_E = model.W_E.detach()
+    return torch.einsum("bs,bsd->bd", weights.to(W_E.dtype), W_E[tokens])
+
+
+def final_residual_hook(model: Any) -> str | None:
+    """Name of the final residual hook (`blocks.{L-1}.hook_resid_post`), None for a 0-layer model."""
+    n = int(model.n_layers)
+    return f"blocks.{n - 1}.hook_resid_post" if n > 0 else None
+
+
+@torch.no_grad()
+def final_residual(model: Any, batch: Batch) -> tuple[Tensor, Tensor]:
+    """(logits [batch, V], final residual at the readout position [batch, d_model]).
+
+    A 0-layer model's final residual is its input sum (see `input_sum`).
+    """
+    name = final_residual_hook(model)
+    if name is None:
+        return model(**batch.inputs), input_sum(model, batch)
+    logits, cache = model.run_with_cache(**batch.inputs, names_filter=lambda n: n == name)
+    return logits, last_position(cache[name])

@@ -238,3 +238,83 @@ class BloomFit(Fitted):
     def ideal_activation(self, batch: Batch) -> tuple[str, Tensor]:
         active = self.hidden_active(batch)
         return HIDDEN_HOOK, torch.where(active, self.post_on, self.post_off)  # type: ignore[arg-type]
+
+
+# ----- closed-form predictions for the construction ----------------------------------------------
+
+
+def _log_comb_prefix(a: int, n: int) -> Tensor:
+    """log C(a, j) for j = 0..n (float64; -inf where j > a): [n + 1]."""
+    i = torch.arange(n, dtype=torch.float64)
+    rem = float(a) - i
+    terms = torch.where(rem > 0, rem.clamp_min(1).log() - (i + 1).log(), torch.full_like(i, -math.inf))
+    return torch.cat([torch.zeros(1, dtype=torch.float64), terms.cumsum(0)])
+
+
+def union_size_pmf(m: int, h: int, k: int, distinct: bool = True) -> Tensor:
+    """P(|U| = u), u = 0..m, for the union of k uniformly random h-subsets of [m]: [m + 1] float64.
+
+    distinct=True: the k subsets are drawn without replacement (the construction's
+    hashes are distinct); False: independently. Exact (a Markov chain on |U|; the
+    i subsets drawn so far all lie inside U, which is all distinctness needs).
+    """
+    total = math.comb(m, h)
+    pmf = [0.0] * (m + 1)
+    pmf[0] = 1.0
+    for i in range(k):
+        denom = total - (i if distinct else 0)
+        new = [0.0] * (m + 1)
+        for u, pu in enumerate(pmf):
+            if pu == 0.0:
+                continue
+            for j in range(0, min(h, m - u) + 1):
+                ways = math.comb(m - u, j) * math.comb(u, h - j)
+                if j == 0 and distinct:
+                    ways -= i
+                if ways > 0:
+                    new[u + j] += pu * (ways / denom)
+        pmf = new
+    return torch.tensor(pmf, dtype=torch.float64)
+
+
+def bloom_theory(V: int, k: int, m: int, h: int) -> dict[str, float]:
+    """What the construction (alpha -> infinity) should score, exactly, over random hash tables and samples.
+
+    - fp_rate_formula: the textbook (1 - (1 - h/m)^k)^h of SCIENCE.md §3, which treats
+      the h bits of a query hash as independent (it is slightly low for h-subsets).
+    - fp_rate_indep: exact per-non-member rate for independent uniform h-subset hashes,
+      E[C(|U|, h)] / C(m, h).
+    - fp_rate: exact for this construction (V distinct hashes): given U, the V - k
+      non-member hashes are a uniform draw without replacement from the C(m, h) - k
+      subsets other than the members', C(|U|, h) - k of which lie inside U.
+    - kl_limit = E[log(|C| / k)], tv_limit = E[(|C| - k) / |C|], fp_per_sample = E[|C| - k],
+      with |C| - k hypergeometric given |U| (exact).
+    """
+    total = math.comb(m, h)
+    n, N = V - k, total - k
+    p_u = union_size_pmf(m, h, k, distinct=True)
+    p_u_ind = union_size_pmf(m, h, k, distinct=False)
+    fp = kl = tv = 0.0
+    fp_ind = 0.0
+    x = torch.arange(n + 1, dtype=torch.float64)
+    lc_N = _log_comb_prefix(N, n)[n]
+    for u in range(m + 1):
+        fp_ind += float(p_u_ind[u]) * (math.comb(u, h) / total)
+        pu = float(p_u[u])
+        if pu == 0.0:
+            continue
+        K = math.comb(u, h) - k  # non-member subsets inside U
+        fp += pu * (K / N if N > 0 else 0.0)
+        logpmf = _log_comb_prefix(K, n) + _log_comb_prefix(N - K, n).flip(0) - lc_N  # x = 0..n
+        pmf = logpmf.exp()
+        pmf = pmf / pmf.sum()
+        kl += pu * float((pmf * torch.log((k + x) / k)).sum())
+        tv += pu * float((pmf * x / (k + x)).sum())
+    return {
+        "fp_rate_formula": (1 - (1 - h / m) ** k) ** h,
+        "fp_rate_indep": fp_ind,
+        "fp_rate": fp,
+        "fp_per_sample": fp * n,
+        "kl_limit": kl,
+        "tv_limit": tv,
+    }

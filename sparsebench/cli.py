@@ -16,7 +16,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 
 from sparsebench.errors import UserError
@@ -143,14 +142,7 @@ def main() -> None:
     warnings.simplefilter("always", PluginWarning)
     _register_optional_commands()
     try:
-        rc = app(standalone_mode=False)
+        app()  # typer reports usage errors itself (exit code 2)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    sys.exit(rc if isinstance(rc, int) else 0)

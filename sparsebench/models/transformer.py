@@ -168,6 +168,18 @@ class Transformer(nn.Module, Configurable):
         self.bridge.to(*args, print_details=False, **kwargs)  # also updates the bridge's cfg.device
         return super().to(*args, **kwargs)
 
+    # Checkpoints (safetensors save_model/load_model) use the bridge's TransformerLens-format keys
+    # ("embed.weight", "blocks.0.mlp.in.weight", "unembed.bias", ...): one key per tensor, none
+    # shared, and no dependence on the bridge's internal `_original_component` paths. Nested
+    # calls (a parent module's state_dict, with a prefix) keep the standard module-tree keys.
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        if args or destination is not None or prefix:
+            return super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        return self.bridge.state_dict(keep_vars=keep_vars)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.bridge.load_state_dict(state_dict, strict=strict, assign=assign)
+
     @property
     def hook_dict(self) -> dict[str, Any]:
         return self.bridge.hook_dict

@@ -1,0 +1,299 @@
+"""Render the boards: terminal (rich), Markdown, CSV and one self-contained HTML page.
+
+The boards become a list of display `Table`s once (`board_tables`), and each
+format renders those, so every format shows the same numbers. CSV is the
+exception: it is the tidy numeric data (one row per aggregated entry, a `board`
+column telling which), for analysis rather than reading.
+
+Numbers: mean ± spread (sample std over seeds) to 4 / 2 significant digits, `n`
+seeds beside; one seed shows no ± (a spread of one seed does not exist). The
+best value at a width is marked ★ (terminal, HTML: also bold; Markdown: bold).
+Not-applicable probes show "n/a", never a number.
+
+HTML: everything inline (CSS, a small vanilla-JS table sorter, figures as base64
+PNG), no network access, and every string that came from a record goes through
+`html.escape` (task, solver, mechanism and probe names are plugin-defined).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMATS = ("terminal", "markdown", "csv", "html")
+
+
+@dataclass
+class Cell:
+    text: str
+    sort: float | str | None = None  # the value a sortable table sorts by (None: the text)
+    best: bool = False
+
+
+@dataclass
+class Table:
+    board: str  # "solutions" | "explanations"
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    note: str = ""
+
+
+def fmt_num(x: float, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e5 or abs(x) < 1e-3:
+        return f"{x:.{max(digits - 1, 0)}e}"
+    return f"{x:.{digits}g}"
+
+
+def fmt_mean(mean: float, std: float, n: int | None = None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    s = fmt_num(mean)
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        s += f" ± {fmt_num(std, 2)}"
+    return s
+
+
+def _num(x: Any) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+# ---------------------------------------------------------------------------- tables
+
+def solution_tables(board, best) -> list[Table]:
+    """Per task: the full board (width × solver) and the best-at-width summary."""
+    from sparsebench.leaderboard.boards import direction
+
+    if board is None or board.empty:
+        return []
+    metrics = [c[: -len("_mean")] for c in board.columns
+               if c.endswith("_mean") and not c.startswith("theory_") and f"{c[:-5]}_best" in board.columns]
+    theory = [c for c in board.columns if c.startswith("theory_") and c.endswith("_mean")]
+    arrows = {"min": "↓", "max": "↑", "abs": "→0"}
+    tables = []
+    for tk, g in board.groupby("task_key", sort=False):
+        label = g["task_label"].iloc[0]
+        cols = ["width", "solver", "type", "seeds"] + [f"{m} {arrows[direction(m)]}" for m in metrics]
+        cols += [f"{c[len('theory_'):-len('_mean')]} (theory)" for c in theory]
+        t = Table("solutions", f"Solutions: {label}", cols,
+                  note="mean ± std over seeds; ★ = best at this width; ↓ lower is better, ↑ higher, →0 nearest 0")
+        for _, r in g.iterrows():
+            row = [Cell(str(r["width"]), r["width"]), Cell(r["label"]), Cell(r["solver_type"]),
+                   Cell(str(r["n_seeds"]), r["n_seeds"])]
+            for m in metrics:
+                txt = fmt_mean(r[f"{m}_mean"], r[f"{m}_std"])
+                row.append(Cell(txt + (" ★" if r[f"{m}_best"] else ""), _num(r[f"{m}_mean"]), bool(r[f"{m}_best"])))
+            for c in theory:
+                row.append(Cell(fmt_num(r[c]), _num(r[c])))
+            t.rows.append(row)
+        tables.append(t)
+        bw = best[best["task_key"] == tk] if best is not None and not best.empty else None
+        if bw is not None and not bw.empty:
+            ms = [m for m in metrics if m in set(bw["metric"])]
+            t2 = Table("solutions", f"Best at each width: {label}", ["width"] + ms,
+                       note="winner (mean over seeds) per metric")
+            for width, gw in bw.groupby("width", sort=True):
+                by = {r["metric"]: r for _, r in gw.iterrows()}
+                t2.rows.append([Cell(str(width), width)] + [
+                    Cell(f"{by[m]['best']} ({fmt_num(by[m]['mean'], 3)})", by[m]["best"]) if m in by else Cell("")
+                    for m in ms])
+            tables.append(t2)
+    return tables
+
+
+def explanation_tables(board, ranking) -> list[Table]:
+    """Per trained-model configuration: the overall ranking and every probe score beside its nulls."""
+    if board is None or board.empty:
+        return []
+    from sparsebench.leaderboard.boards import GROUP_KEYS
+
+    null_cols = sorted(c for c in board.columns if c.startswith("null_") and c.endswith("_mean"))
+    tables = []
+    for key, g in board.groupby(GROUP_KEYS, sort=False):
+        first = g.iloc[0]
+        title = f"{first['task_label']} · {first['group_label']} · width {first['width']}"
+        rk = ranking[(ranking[GROUP_KEYS] == list(key)).all(axis=1)] if ranking is not None else None
+        if rk is not None and not rk.empty:
+            t = Table("explanations", f"Explanations ranking: {title}",
+                      ["rank", "mechanism", "mean margin over strongest null", "probes applicable"],
+                      note="margin = main score minus the strongest null (sign: + is better), per seed, "
+                           "averaged; overall = mean over the probes that apply")
+            for _, r in rk.iterrows():
+                rank = "–" if math.isnan(r["rank"]) else str(int(r["rank"]))
+                t.rows.append([Cell(rank, _num(r["rank"])), Cell(r["mech_label"]),
+                               Cell(fmt_num(r["overall_margin"]), _num(r["overall_margin"])),
+                               Cell(f"{r['applicable']}/{r['probes']}", r["applicable"])])
+            tables.append(t)
+        cols = ["mechanism", "probe", "score", "seeds", "value"] + \
+               [f"null: {c[len('null_'):-len('_mean')]}" for c in null_cols] + ["margin", "probe rank", "note"]
+        t = Table("explanations", f"Probe scores: {title}", cols,
+                  note="value = mean ± std over seeds (↑ higher / ↓ lower is better); nulls = mean over seeds; "
+                       "* = the probe's main score; probe rank by main score")
+        for _, r in g.iterrows():
+            ok = r["status"] == "ok"
+            arrow = ("↑" if r["higher_is_better"] else "↓") if ok else ""
+            score = f"{r['score']}{'*' if r['is_main'] and ok else ''} {arrow}".strip() if r["score"] else ""
+            val = fmt_mean(r["value_mean"], r["value_std"]) if ok else ("n/a" if r["status"] == "n/a"
+                                                                         else str(r["status"]))
+            row = [Cell(r["mech_label"]), Cell(r["probe"]), Cell(score), Cell(str(r["n"]), r["n"]),
+                   Cell(val, _num(r["value_mean"]), ok and r.get("probe_rank") == 1)]
+            row += [Cell(fmt_num(r[c]) if ok else "n/a", _num(r[c])) for c in null_cols]
+            row.append(Cell(fmt_mean(r["margin_mean"], r["margin_std"]) if ok else "n/a", _num(r["margin_mean"])))
+            pr = r.get("probe_rank")
+            row.append(Cell("" if pr is None or math.isnan(pr) else str(int(pr)), _num(pr)))
+            row.append(Cell(str(r["reason"] or "")))
+            t.rows.append(row)
+        tables.append(t)
+    return tables
+
+
+def board_tables(sol_board, best, exp_board, ranking) -> list[Table]:
+    return solution_tables(sol_board, best) + explanation_tables(exp_board, ranking)
+
+
+# ---------------------------------------------------------------------------- formats
+
+def to_terminal(tables: list[Table], width: int | None = None) -> str:
+    from rich.console import Console
+    from rich.table import Table as RTable
+    from rich.text import Text
+
+    console = Console(record=True, width=width or 200, force_terminal=False, highlight=False)
+    if not tables:
+        console.print("no records")
+    for t in tables:
+        rt = RTable(title=Text(t.title, style="bold"), caption=Text(t.note) if t.note else None, show_lines=False)
+        for c in t.columns:
+            rt.add_column(Text(c), overflow="fold")
+        for row in t.rows:
+            rt.add_row(*[Text(c.text, style="bold green" if c.best else "") for c in row])
+        console.print(rt)
+        console.print()
+    return console.export_text(styles=False)
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def to_markdown(tables: list[Table]) -> str:
+    """GitHub-flavoured Markdown; `|` is escaped and `<`/`>` become entities (safe to paste anywhere)."""
+    out = ["# sparsebench leaderboard", ""]
+    if not tables:
+        out.append("_no records_")
+    for t in tables:
+        out += [f"## {_md_cell(t.title)}", ""]
+        if t.note:
+            out += [f"_{_md_cell(t.note)}_", ""]
+        out.append("| " + " | ".join(_md_cell(c) for c in t.columns) + " |")
+        out.append("|" + "|".join("---" for _ in t.columns) + "|")
+        for row in t.rows:
+            out.append("| " + " | ".join(f"**{_md_cell(c.text)}**" if c.best else _md_cell(c.text)
+                                         for c in row) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def tidy_frame(sol_board, exp_board, ranking):
+    """The numeric data behind the boards as one long frame (`board` column: solutions/explanations/ranking)."""
+    import pandas as pd
+
+    parts = []
+    for name, df in (("solutions", sol_board), ("explanations", exp_board), ("ranking", ranking)):
+        if df is not None and not df.empty:
+            parts.append(df.assign(board=name))
+    if not parts:
+        return pd.DataFrame(columns=["board"])
+    out = pd.concat(parts, ignore_index=True, sort=False)
+    return out[["board"] + [c for c in out.columns if c != "board"]]
+
+
+def to_csv(sol_board, exp_board, ranking) -> str:
+    return tidy_frame(sol_board, exp_board, ranking).to_csv(index=False)
+
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:1400px;color:#222;
+ padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;white-space:nowrap}
+td.text,th.text{text-align:left}th{background:#f3f3f3;cursor:pointer;user-select:none}
+th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
+td.best{font-weight:bold;background:#e8f6e8}td.na{color:#999}
+p.note{color:#555;font-size:.85em;margin:.2em 0}figure{display:inline-block;margin:1em}
+figure img{max-width:680px;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:680px}
+"""
+
+_JS = """
+(function(){
+ function key(td){var s=td.getAttribute('data-sort');if(s===null)s=td.textContent;
+  var n=parseFloat(s);return (s!==''&&!isNaN(n)&&isFinite(s))?{n:true,v:n}:{n:false,v:s.toLowerCase()};}
+ function cmp(a,b){if(a.n&&b.n)return a.v-b.v;if(a.n)return -1;if(b.n)return 1;return a.v<b.v?-1:a.v>b.v?1:0;}
+ document.querySelectorAll('table.sortable').forEach(function(table){
+  var ths=table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(ths,function(th,i){th.addEventListener('click',function(){
+   var asc=th.getAttribute('aria-sort')!=='ascending';
+   Array.prototype.forEach.call(ths,function(h){h.removeAttribute('aria-sort');});
+   th.setAttribute('aria-sort',asc?'ascending':'descending');
+   var body=table.tBodies[0];var rows=Array.prototype.slice.call(body.rows);
+   rows.sort(function(r1,r2){var k1=key(r1.cells[i]),k2=key(r2.cells[i]);
+    /* missing values (n/a) always last */
+    var e1=k1.v==='n/a'||k1.v==='',e2=k2.v==='n/a'||k2.v==='';if(e1!==e2)return e1?1:-1;
+    var c=cmp(k1,k2);return asc?c:-c;});
+   rows.forEach(function(r){body.appendChild(r);});});});});
+})();
+"""
+
+
+def to_html(tables: list[Table], figures: list[tuple[str, bytes]] | None = None,
+            title: str = "sparsebench leaderboard", intro: str = "") -> str:
+    """One self-contained page. `figures`: (caption, PNG bytes) pairs, embedded as base64."""
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    if intro:
+        parts.append(f'<p class="note">{e(intro)}</p>')
+    if not tables and not figures:
+        parts.append("<p>No records.</p>")
+    for i, t in enumerate(tables):
+        parts.append(f'<h2 id="t{i}">{e(t.title)}</h2>')
+        if t.note:
+            parts.append(f'<p class="note">{e(t.note)} · click a column header to sort</p>')
+        parts.append(f'<table class="sortable" data-board="{e(t.board)}"><thead><tr>')
+        for j, c in enumerate(t.columns):
+            cls = "text" if t.rows and t.rows[0][j].sort is None else ""
+            parts.append(f'<th class="{cls}" title="sort by {e(c)}">{e(c)}</th>')
+        parts.append("</tr></thead><tbody>")
+        for row in t.rows:
+            parts.append("<tr>")
+            for c in row:
+                classes = ["best"] if c.best else []
+                if c.sort is None:
+                    classes.append("text")
+                if c.text == "n/a":
+                    classes.append("na")
+                ds = "" if c.sort is None else f' data-sort="{e(str(c.sort))}"'
+                parts.append(f'<td class="{" ".join(classes)}"{ds}>{e(c.text)}</td>')
+            parts.append("</tr>")
+        parts.append("</tbody></table>")
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for caption, png in figures:
+            b64 = base64.b64encode(png).decode("ascii")
+            parts.append(f'<figure><img alt="{e(caption)}" src="data:image/png;base64,{b64}">'
+                         f"<figcaption>{e(caption)}</figcaption></figure>")
+    parts.append(f"<script>{_JS}</script></body></html>")
+    return "\n".join(parts)

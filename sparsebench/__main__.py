@@ -1,0 +1,5 @@
+"""`python -m sparsebench` is the `sparsebench` command."""
+
+from sparsebench.cli import main
+
+main()

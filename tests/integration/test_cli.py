@@ -1,0 +1,81 @@
+"""The command line: help everywhere, one-line errors with exit 2, caching, safe interruption."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = ["--set", "train.steps=30", "--set", "train.warmup=3", "--set", "train.batch_size=64",
+        "--set", "task.V=50", "--set", "task.k=3", "--set", "model.d_model=8", "--set", "model.d_mlp=8"]
+
+
+def cli(*args: str, cache: Path, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SPARSEBENCH_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "sparsebench", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", ["", "list", "train", "evaluate", "leaderboard", "report", "bench"])
+def test_help_on_every_command(command, tmp_path):
+    r = cli(*([command] if command else []), "--help", cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Usage" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--task", "topk-unifrom"], "error: unknown task 'topk-unifrom'; did you mean 'topk-uniform'?"),
+    (["train", "--set", "task.k=0"], "error: invalid task config: k: must be at least 1 (got 0)"),
+    (["train", "--set", "task.k=2000"], "error: invalid task config: k: must be at most V=1000 (got 2000)"),
+    (["train", "--set", "task.w_lo=0"], "error: invalid task config: w_lo: must be > 0 (got 0.0)"),
+    (["train", "--set", "task.w_lo=3"], "error: invalid task config: w_hi: must be >= w_lo=3.0 (got 2.0)"),
+    (["train", "--set", "task.V=100.5"], "error: invalid task config: V: must be an integer (got 100.5)"),
+    (["train", "--set", "task.colour=1"], "error: invalid task config: colour: unknown field; known fields: V, k, "
+                                           "w_lo, w_hi"),
+    (["train", "--set", "train.lr=-1"], "error: invalid train config: lr: must be > 0 (got -1.0)"),
+    (["train", "--model", "mlp2"], "error: unknown model 'mlp2'; did you mean 'mlp1'?"),
+    (["train", "--config", "missing.toml"], "error: config file not found: missing.toml"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    r = cli(*args, cache=tmp_path, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == [message]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_train_from_toml_then_load_from_cache(tmp_path):
+    (tmp_path / "run.toml").write_text(
+        '[task]\nname = "topk-uniform"\nV = 50\nk = 3\n\n[model]\nname = "mlp1"\nd_model = 8\nd_mlp = 8\n\n'
+        '[train]\nsteps = 30\nwarmup = 3\nbatch_size = 64\n')
+    first = cli("train", "--config", "run.toml", "--seed", "0", "--seed", "1", "--no-progress", cache=tmp_path,
+                cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count(": trained ") == 2
+    second = cli("train", "--config", "run.toml", "--seed", "1", "--no-progress", cache=tmp_path, cwd=tmp_path)
+    assert second.returncode == 0 and "seed 1: loaded" in second.stdout
+    # The same settings given as flags hit the same cache entry (keys hash full, normalised configs).
+    third = cli("train", "--seed", "1", "--no-progress", *TINY, cache=tmp_path, cwd=tmp_path)
+    assert "seed 1: loaded" in third.stdout, third.stdout + third.stderr
+    ckpts = [p for p in (tmp_path / "models").iterdir()]
+    assert len(ckpts) == 2 and all((p / "model.safetensors").exists() and (p / "run.json").exists() for p in ckpts)
+
+
+def test_killed_training_leaves_no_checkpoint_and_reruns(tmp_path):
+    args = ["train", "--no-progress", "--set", "train.steps=100000", "--set", "task.V=50", "--set", "task.k=3",
+            "--set", "model.d_model=8", "--set", "model.d_mlp=8", "--set", "train.batch_size=64"]
+    env = {**os.environ, "SPARSEBENCH_CACHE": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    time.sleep(12)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    models = tmp_path / "models"
+    visible = [p for p in models.iterdir() if not p.name.startswith(".")] if models.exists() else []
+    assert visible == [], "a killed run must not leave a checkpoint"

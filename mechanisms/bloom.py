@@ -40,7 +40,7 @@ from sparsebench.api import Batch, Fitted, Mechanism, Task, last_position
 from sparsebench.config import check
 from sparsebench.errors import UserError
 from sparsebench.models.mlp import MLP, MLPConfig
-from sparsebench.stats import kl_logits, minimize_log_scalar, two_means
+from sparsebench.stats import minimize_log_scalar, two_means
 
 HIDDEN_HOOK = "blocks.0.mlp.hook_post"
 
@@ -115,6 +115,41 @@ def misses(code: Tensor, U: Tensor) -> Tensor:
     return (~U).to(torch.float32) @ code.to(torch.float32).T
 
 
+def _minority(values: Tensor) -> tuple[Tensor, bool, float]:
+    """(minority-cluster mask, whether it is the high cluster, two-means R^2) of a weight matrix.
+
+    A constant matrix (e.g. a zeroed MLP) has no clusters: an empty mask, R^2 = 0.
+    """
+    if values.numel() < 2 or bool((values == values.reshape(-1)[0]).all()):
+        return torch.zeros_like(values, dtype=torch.bool), True, 0.0
+    split = two_means(values)
+    return split.minority_mask(values), split.minority_is_high, split.r2
+
+
+def fit_scale(logits: Tensor, miss: Tensor) -> tuple[float, float]:
+    """(alpha, mean KL(model || softmax(-alpha * miss))) minimising that KL; alpha in [1e-2, 1e3].
+
+    The prediction's logits take integer values -alpha * c, so with n_c(sample) tokens at
+    each miss count c, log-sum-exp = log sum_c n_c e^{-alpha c}: each evaluation costs
+    O(batch * m), not O(batch * V). Float64 throughout (KLs near 0 differ by e^-alpha).
+    """
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    p = lp.exp()
+    neg_entropy = (p * lp).sum(-1).mean().item()
+    miss_l = miss.round().long()
+    p_dot_miss = (p * miss_l.double()).sum(-1)  # [batch]
+    counts = torch.zeros(miss.shape[0], int(miss_l.max()) + 1, dtype=torch.float64)
+    counts.scatter_add_(1, miss_l.cpu(), torch.ones_like(miss_l, dtype=torch.float64).cpu())  # [batch, c]
+    log_counts = counts.log().to(p.device)
+    c = torch.arange(counts.shape[1], dtype=torch.float64, device=p.device)
+
+    def kl(a: float) -> float:
+        lse = torch.logsumexp(log_counts - a * c, dim=-1)
+        return neg_entropy + (a * p_dot_miss + lse).mean().item()
+
+    return minimize_log_scalar(kl, 1e-2, 1e3)
+
+
 class Bloom(Mechanism):
     """Bloom filter: hidden units = union of hashes; logits = alpha (|H(t) ∩ U| - |H(t)|)."""
 
@@ -155,25 +190,32 @@ class Bloom(Mechanism):
         model.eval()
         return model
 
+    def theory(self, task: Task, width: int) -> dict[str, float]:
+        """Closed-form scores of the construction at `width` (alpha -> infinity), for a record's "theory".
+
+        fp_rate and kl_limit are exact expectations over hash tables and samples (see
+        `bloom_theory`); fp_rate_formula is SCIENCE.md's textbook approximation.
+        """
+        self.validate(task, width)
+        V, k, _ = _task_params(task)
+        h = resolve_hash_size(task, width, self.config.h)
+        return {"h": h, **bloom_theory(V, k, width, h)}
+
     @torch.no_grad()
     def fit(self, model: Any, task: Task, *, generator: torch.Generator) -> "BloomFit":
         if int(getattr(model, "n_layers", 0)) < 1:
             raise UserError("mechanism bloom needs a model with at least one MLP layer (n_layers >= 1)")
         device = model.W_E.device
         M = (model.W_E @ model.W_in[0]).detach().float().cpu()  # [V, m]
-        split = two_means(M)
-        code = split.minority_mask(M)  # [V, m] bool: the hash of each token
-        sign = 1 if split.minority_is_high else -1
+        code, high, r2 = _minority(M)  # [V, m] bool: the hash of each token
+        sign = 1 if high else -1
         N = (model.W_out[0] @ model.W_U).detach().float().cpu()  # [m, V]
-        out_split = two_means(N)
-        out_code = out_split.minority_mask(N).T.contiguous()  # [V, m]
-        fitted = BloomFit(model, code.to(device), out_code.to(device), sign, split.r2, out_split.r2)
+        out_code, _, r2_out = _minority(N)
+        fitted = BloomFit(model, code.to(device), out_code.T.contiguous().to(device), sign, r2, r2_out)
 
         batch = task.sample(self.config.fit_samples, generator=generator, device=device)
         logits, cache = model.run_with_cache(**batch.inputs, names_filter=lambda n: n == HIDDEN_HOOK)
-        miss = misses(fitted.code, union(fitted.code, batch))
-        fitted.alpha_fit, fitted.kl_fit = minimize_log_scalar(
-            lambda a: kl_logits(logits, -a * miss).mean().item(), 1e-2, 1e3)
+        fitted.alpha_fit, fitted.kl_fit = fit_scale(logits, misses(fitted.code, union(fitted.code, batch)))
         post = last_position(cache[HIDDEN_HOOK]).float()  # [batch, m]
         active = fitted.hidden_active(batch).float()
         n_on, n_off = active.sum(0), (1 - active).sum(0)

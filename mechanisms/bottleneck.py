@@ -37,7 +37,7 @@ from transformer_lens.hook_points import HookPoint
 from sparsebench.api import Batch, Fitted, Mechanism, Task
 from sparsebench.config import check
 from sparsebench.errors import UserError
-from sparsebench.stats import final_residual, final_residual_hook, kl_logits, minimize_log_scalar
+from sparsebench.stats import final_residual, final_residual_hook, kl_from, kl_logits, minimize_log_scalar
 
 S_RANGE = (1e-2, 1e3)  # search range of the tuned / fitted scale s
 
@@ -153,7 +153,8 @@ class SoftmaxBottleneck(Mechanism):
         if self.config.s > 0:
             s = self.config.s
         else:
-            s, _ = minimize_log_scalar(lambda s: kl_logits(logits, s * a + c).mean().item(), *S_RANGE)
+            kl = kl_from(logits)
+            s, _ = minimize_log_scalar(lambda s: kl(s * a + c).mean().item(), *S_RANGE)
         fitted = BottleneckFit(model, s)
         r_star = s * r1 + r0
         fitted.kl_fit = kl_logits(logits, s * a + c).mean().item()

@@ -114,6 +114,17 @@ def kl_logits(p_logits: Tensor, q_logits: Tensor) -> Tensor:
     return (lp.exp() * (lp - lq)).sum(-1)
 
 
+def kl_from(p_logits: Tensor) -> Callable[[Tensor], Tensor]:
+    """q_logits -> KL(softmax(p_logits) || softmax(q_logits)) per sample, with p's terms computed once.
+
+    For scale searches, which evaluate many q against one fixed p (float64, like `kl_logits`).
+    """
+    lp = torch.log_softmax(p_logits.double(), dim=-1)
+    p = lp.exp()
+    neg_entropy = (p * lp).sum(-1)
+    return lambda q_logits: neg_entropy - (p * torch.log_softmax(q_logits.double(), dim=-1)).sum(-1)
+
+
 # ----- reading models -------------------------------------------------------------------------
 
 

@@ -8,6 +8,12 @@ N seeds together equal N separate runs (tests/unit/test_training.py checks it).
 Each seed's data come from its own generator, so the stream does not depend on
 which other seeds share the batch.
 
+Speed (docs/performance.md): when the task has a sparse KL target (`fused.supports_fused`)
+and the model exposes `residual` and `unembed_params` (StackedMLP does), the CPU trainer
+replaces "logits, then task.loss" by `fused.unembed_kl`, which never builds a batch x
+vocab tensor; any other task or model trains through `task.loss` (the generic path).
+AdamW uses its fused kernel where the device has one.
+
 Randomness: seed s initialises weights from generator(s, "init") and draws data
 from generator(s, "data"); the same config and seed give the same weights on the
 same device (bitwise on CPU).
@@ -27,6 +33,7 @@ from tqdm.auto import tqdm
 from sparsebench.api import Task
 from sparsebench.build import make_model
 from sparsebench.config import check, stable_hash
+from sparsebench.fused import sparse_kl_target, supports_fused, unembed_kl
 
 
 @dataclass(frozen=True)
@@ -86,20 +93,34 @@ def init_models(task: Task, model_name: str, model_cfg: dict[str, Any], seeds: l
     return [make_model(model_name, model_cfg, task, generator=seed_generator(s, "init")) for s in seeds]
 
 
+def use_fused(task: Task, module: torch.nn.Module, device: torch.device, fused: bool | None = None) -> bool:
+    """Whether the fused unembedding + loss applies: asked for (None = auto: on the CPU), and supported."""
+    possible = supports_fused(task) and hasattr(module, "residual") and hasattr(module, "unembed_params")
+    if fused is None:
+        return possible and device.type == "cpu"
+    return bool(fused) and possible
+
+
 def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: list[int], *,
-          device: torch.device, progress: bool = True) -> TrainResult:
-    """Train one model per seed; stackable models train all seeds in one batched module."""
+          device: torch.device, progress: bool = True, fused: bool | None = None) -> TrainResult:
+    """Train one model per seed; stackable models train all seeds in one batched module.
+
+    fused: use the fused unembedding + sparse KL loss when the task and model support it
+    (None: automatically on the CPU; False: always the generic `task.loss` path).
+    """
+    device = torch.device(device)
     models = init_models(task, model_name, model_cfg, seeds)
     start = time.perf_counter()
     if hasattr(type(models[0]), "stacked"):
         stacked = type(models[0]).stacked(models).to(device)
-        losses = _optimise(stacked, task, cfg, seeds, device, progress, stacked=True)
+        losses = _optimise(stacked, task, cfg, seeds, device, progress, stacked=True,
+                           fused=use_fused(task, stacked, device, fused))
         trained = [m.to(device) for m in stacked.unstack(models[0].to(device))]
     else:
         trained, losses = [], []
         for seed, model in zip(seeds, models):
             model = model.to(device)
-            losses += _optimise(model, task, cfg, [seed], device, progress, stacked=False)
+            losses += _optimise(model, task, cfg, [seed], device, progress, stacked=False, fused=False)
             trained.append(model)
     for m in trained:
         m.eval()
@@ -107,10 +128,40 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
     return TrainResult(trained, losses, time.perf_counter() - start)
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, with the fused (one kernel per tensor) implementation where the device supports it.
+
+    On the CPU the default is a Python loop of ~10 ops per tensor; the fused kernel is one op
+    per tensor (a large share of a step when the model is tiny). Elementwise either way, so
+    instances stay independent.
+    """
+    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if params and all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return torch.optim.AdamW(params, fused=True, **kw)
+        except (RuntimeError, ValueError):  # an older torch without the fused CPU kernel
+            pass
+    return torch.optim.AdamW(params, **kw)
+
+
+def step_loss(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig, device: torch.device,
+              fused: bool) -> torch.Tensor:
+    """Per-instance mean training loss of one batch ([inst], or a scalar for an unstacked model)."""
+    if fused:
+        index, probs = sparse_kl_target(task, batch)  # type: ignore[misc]
+        W_U, b_U = module.unembed_params()  # type: ignore[operator]
+        r = module.residual(**batch.inputs)  # type: ignore[operator]
+        mm_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+        return unembed_kl(r, W_U, b_U, index, probs, mm_dtype=mm_dtype)
+    with autocast(device, cfg.precision):
+        logits = module(**batch.inputs)
+    return task.loss(logits.float(), batch).mean(-1)  # [inst] or scalar
+
+
 def _optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[int], device: torch.device,
-              progress: bool, stacked: bool) -> list[float]:
+              progress: bool, stacked: bool, fused: bool = False) -> list[float]:
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     gens = [seed_generator(s, "data", device) for s in seeds]
     tail = max(1, cfg.steps // 20)
@@ -123,9 +174,7 @@ def _optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list
             batch = task.sample_stacked(cfg.batch_size, generators=gens, device=device)
         else:
             batch = task.sample(cfg.batch_size, generator=gens[0], device=device)
-        with autocast(device, cfg.precision):
-            logits = module(**batch.inputs)
-        per_instance = task.loss(logits.float(), batch).mean(-1)  # [inst] or scalar
+        per_instance = step_loss(module, task, batch, cfg, device, fused)
         opt.zero_grad(set_to_none=True)
         per_instance.sum().backward()
         opt.step()

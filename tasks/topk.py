@@ -190,10 +190,12 @@ class TopKUniform(Task):
         return (1 - (1 - h / m) ** self.config.k) ** h
 
     def optimal_hash_size(self, m: int) -> int:
-        """The hash size h in [1, m] that minimises the exact false-positive rate at width m.
+        """The hash size h in [1, m] that minimises `bloom_fp_rate` (the standard formula) at width m.
 
-        The textbook optimum (m / k) ln 2 is the large-k limit of this; at small k it
-        overshoots (k=5, m=128: 18 against the exact 15), so the exact argmin is used.
+        The textbook optimum (m / k) ln 2 is the large-k limit of this argmin; at small k
+        it overshoots (k=5, m=128: 18 against 15), so the argmin itself is used. The
+        standard formula treats a hash's h bits as independent draws; the exact rate
+        for distinct bits is in `sparsebench.mechanisms.bloom.bloom_theory` (see docs/science.md).
         """
         return min(range(1, m + 1), key=lambda h: self.bloom_fp_rate(m, h))
 

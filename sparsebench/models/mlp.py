@@ -16,7 +16,7 @@ built from N `MLP`s) and `tests/unit/test_mlp.py` pins their forwards equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +161,31 @@ class MLP(HookedRootModule, Configurable):
         return StackedMLP(models)
 
 
+class _WeightedBag(torch.autograd.Function):
+    """x_b = sum_i w_bi E[t_bi] (an embedding bag with per-sample weights) with an index_add backward.
+
+    The forward is `F.embedding_bag`; its stock CPU backward sorts the indices and is 2-10x
+    slower than one `index_add_` of the weighted output gradients, which is what this does.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tokens: Tensor, weights: Tensor, E: Tensor) -> Tensor:
+        # tokens, weights: [rows, set]; E: [n_embeddings, d] -> [rows, d]
+        ctx.save_for_backward(tokens, weights, E)
+        return F.embedding_bag(tokens, E, mode="sum", per_sample_weights=weights)
+
+    @staticmethod
+    def backward(ctx: Any, grad_x: Tensor) -> tuple[None, Tensor | None, Tensor | None]:
+        tokens, weights, E = ctx.saved_tensors
+        grad_w = grad_E = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.einsum("bd,bsd->bs", grad_x, E[tokens])
+        if ctx.needs_input_grad[2]:
+            rows = (grad_x.unsqueeze(1) * weights.unsqueeze(-1)).reshape(-1, E.shape[1])  # [rows * set, d]
+            grad_E = torch.zeros_like(E).index_add_(0, tokens.reshape(-1), rows)
+        return None, grad_w, grad_E
+
+
 class StackedMLP(nn.Module):
     """N independent `MLP`s with a leading instance dim, for batched training (no hooks)."""
 
@@ -179,19 +204,29 @@ class StackedMLP(nn.Module):
     def p(self, name: str) -> Tensor:
         return self.params[name.replace(".", "__")]
 
-    def forward(self, tokens: Tensor, weights: Tensor) -> Tensor:
-        """tokens, weights: [inst, batch, set] -> logits [inst, batch, n_outputs]."""
+    def residual(self, tokens: Tensor, weights: Tensor) -> Tensor:
+        """tokens, weights: [inst, batch, set] -> final residual r1 [inst, batch, d_model] (before W_U)."""
         W_E = self.p("embed.W_E")  # [inst, n_inputs, d_model]
         n, V, d = W_E.shape
         offset = torch.arange(n, device=tokens.device).view(n, 1, 1) * V
-        emb = F.embedding(tokens + offset, W_E.reshape(n * V, d))  # [inst, batch, set, d_model]
-        x = torch.einsum("nbs,nbsd->nbd", weights.to(emb.dtype), emb)
+        x = _WeightedBag.apply((tokens + offset).flatten(0, 1), weights.to(W_E.dtype).flatten(0, 1),
+                               W_E.reshape(n * V, d))  # sum_i w_i E[t_i]: [inst * batch, d_model]
+        x = x.view(n, tokens.shape[1], d)
         for layer in range(self.config.n_layers):
             pre = torch.baddbmm(self.p(f"blocks.{layer}.mlp.b_in").unsqueeze(1), x,
                                 self.p(f"blocks.{layer}.mlp.W_in"))  # [inst, batch, d_mlp]
             x = x + torch.baddbmm(self.p(f"blocks.{layer}.mlp.b_out").unsqueeze(1), F.relu(pre),
                                   self.p(f"blocks.{layer}.mlp.W_out"))
-        return torch.baddbmm(self.p("unembed.b_U").unsqueeze(1), x, self.p("unembed.W_U"))
+        return x
+
+    def unembed_params(self) -> tuple[Tensor, Tensor]:
+        """(W_U [inst, d_model, n_outputs], b_U [inst, n_outputs]): for a fused unembedding + loss."""
+        return self.p("unembed.W_U"), self.p("unembed.b_U")
+
+    def forward(self, tokens: Tensor, weights: Tensor) -> Tensor:
+        """tokens, weights: [inst, batch, set] -> logits [inst, batch, n_outputs]."""
+        W_U, b_U = self.unembed_params()
+        return torch.baddbmm(b_U.unsqueeze(1), self.residual(tokens, weights), W_U)
 
     def unstack(self, template: MLP) -> list[MLP]:
         """Split into N `MLP`s shaped like `template` (whose weights are overwritten in copies)."""

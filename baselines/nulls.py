@@ -24,6 +24,7 @@ from sparsebench.api import Task
 class Null(ABC):
     name: str = ""
     description: str = ""
+    preserves_input_side: bool = False  # input-side probes score it exactly like the model: no null for them
 
     @abstractmethod
     def make(self, trained: Any, task: Task, *, seed: int, generator: torch.Generator) -> Any:
@@ -45,6 +46,7 @@ class Untrained(Null):
 
 class Shuffled(Null):
     description = "trained weights with the input-embedding rows permuted"
+    preserves_input_side = True  # a permutation of tokens changes no input-side statistic
 
     def make(self, trained, task, *, seed, generator):
         model = copy.deepcopy(trained)

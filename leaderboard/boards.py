@@ -242,7 +242,7 @@ def explanations_board(exp: pd.DataFrame) -> pd.DataFrame:
         other = g[~g["status"].isin(["ok", "not_applicable"])]
         first = g.iloc[0]
         base = dict(zip(keys, key))
-        base.update(task=first["task"], task_label=task_label(first["task"], first["task_config"],
+        base.update(oracle=bool(first.get("oracle", False)), task=first["task"], task_label=task_label(first["task"], first["task_config"],
                                                               first["task_version"]),
                     width=int(first["width"]), n_na=int(na["seed"].nunique()))
         if ok.empty:
@@ -308,12 +308,15 @@ def explanation_ranking(board: pd.DataFrame) -> pd.DataFrame:
     if board.empty:
         return pd.DataFrame()
     main = board[board["is_main"]]
+    exp_oracle = ({(r["mechanism"], r["mechanism_config"]): r["oracle"] for _, r in board.iterrows()}
+                  if "oracle" in board.columns else {})
     rows = []
     for key, g in main.groupby(GROUP_KEYS + ["mechanism", "mechanism_config"], sort=True):
         ok = g[g["status"] == "ok"]
         margins = ok["margin_mean"].dropna()
         n_probes = board[(board[GROUP_KEYS] == pd.Series(dict(zip(GROUP_KEYS, key)))).all(axis=1)]["probe"].nunique()
-        rows.append({**dict(zip(GROUP_KEYS + ["mechanism", "mechanism_config"], key)),
+        oracle = bool(exp_oracle.get((key[-2], key[-1]), False))
+        rows.append({**dict(zip(GROUP_KEYS + ["mechanism", "mechanism_config"], key)), "oracle": oracle,
                      "task_label": g["task_label"].iloc[0], "group_label": g["group_label"].iloc[0],
                      "width": int(g["width"].iloc[0]), "mech_label": g["mech_label"].iloc[0],
                      "overall_margin": float(margins.mean()) if len(margins) else math.nan,
@@ -321,7 +324,9 @@ def explanation_ranking(board: pd.DataFrame) -> pd.DataFrame:
     rk = pd.DataFrame(rows)
     rk["rank"] = math.nan
     for _, g in rk.groupby(GROUP_KEYS):
-        ranked = g[g["overall_margin"].notna()].sort_values(["overall_margin", "applicable", "mech_label"],
+        # An oracle is given the answer (e.g. the target set): an upper bound, never ranked
+        # against mechanisms that must compute it.
+        ranked = g[g["overall_margin"].notna() & ~g["oracle"]].sort_values(["overall_margin", "applicable", "mech_label"],
                                                               ascending=[False, False, True], kind="stable")
         rk.loc[ranked.index, "rank"] = range(1, len(ranked) + 1)
     return rk.sort_values(GROUP_KEYS + ["rank", "mech_label"], na_position="last", kind="stable").reset_index(drop=True)

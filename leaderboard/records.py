@@ -209,6 +209,7 @@ def explanations_frame(records: list[dict[str, Any]]):
             "train_config": _cj(rec.get("train")) if rec.get("train") else "",
             "width": int(rec["width"]), "seed": rec["seed"],
             "mechanism": mech["name"], "mechanism_config": _cj(mech.get("config")),
+            "oracle": bool(mech.get("oracle", False)),
             "id": rec.get("id", ""), "date": _date(rec), "path": rec.get("_path", ""),
         }
         for probe, pr in sorted(rec["probes"].items()):

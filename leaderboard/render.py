@@ -130,7 +130,7 @@ def explanation_tables(board, ranking) -> list[Table]:
                       note="margin = main score minus the strongest null (sign: + is better), per seed, "
                            "averaged; overall = mean over the probes that apply")
             for _, r in rk.iterrows():
-                rank = "–" if math.isnan(r["rank"]) else str(int(r["rank"]))
+                rank = "oracle" if r.get("oracle", False) else "–" if math.isnan(r["rank"]) else str(int(r["rank"]))
                 t.rows.append([Cell(rank, _num(r["rank"])), Cell(r["mech_label"]),
                                Cell(fmt_num(r["overall_margin"]), _num(r["overall_margin"])),
                                Cell(f"{r['applicable']}/{r['probes']}", r["applicable"])])

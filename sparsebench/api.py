@@ -185,6 +185,7 @@ class Mechanism(Configurable, ABC):
     """A candidate explanation that can build an exact solution and fit itself to a model."""
 
     version: ClassVar[int] = 1
+    oracle: ClassVar[bool] = False  # True if its predictions are given the answer (the target set): an upper bound
 
     def __init__(self, config: Any):
         self.config = config

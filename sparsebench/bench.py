@@ -102,13 +102,11 @@ def trainer_runner(task: Any, d: int, m: int, batch: int, n: int, precision: str
     """The sparsebench trainer's loop on an N-instance StackedMLP; returns run(steps)."""
     import torch
 
-    from sparsebench.training import TrainConfig, _optimise, init_models
+    from sparsebench.training import TrainConfig, _optimise, init_models, use_fused
 
     models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, list(range(n)))
     module = type(models[0]).stacked(models)
     device = torch.device("cpu")
-    from sparsebench.training import use_fused
-
     on = use_fused(task, module, device, fused)
 
     def run(steps: int) -> None:
@@ -124,19 +122,29 @@ def bench(
                                         "max(2, steps/N) steps, the same samples). Default: 48 small, 6 default."),
     regime: str = typer.Option("both", help="small (V=500, d=m=32, batch 256), default (V=2000, d=m=64, "
                                "batch 1024), or both."),
-    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's own setting)."),
+    threads: int = typer.Option(1, help="torch intra-op threads for every loop. 1 is the fair and fastest "
+                                "setting for tiny models (use processes for more cores; see docs/performance.md)."),
     bf16: bool = typer.Option(False, help="Also time the trainer with bf16 matmuls in the fused loss (N=16)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Save all figures to this JSON file."),
 ) -> dict[str, Any]:
     """Training throughput: plain PyTorch loop vs the sparsebench trainer, and % of the matmul FLOP rate."""
     import torch
 
-    from sparsebench.build import make_task
-
     if regime not in ("small", "default", "both"):
         raise typer.BadParameter(f"regime must be small, default or both (got {regime!r})")
-    if threads is not None:
-        torch.set_num_threads(threads)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _bench(repeats, steps, regime, bf16, json_path)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _bench(repeats: int, steps: int | None, regime: str, bf16: bool, json_path: Path | None) -> dict[str, Any]:
+    import torch
+
+    from sparsebench.build import make_task
+
     names = ["small", "default"] if regime == "both" else [regime]
     report: dict[str, Any] = {"threads": torch.get_num_threads(), "torch": torch.__version__,
                               "repeats": repeats, "regimes": {}}
@@ -171,7 +179,7 @@ def bench(
                 rows[label]["of_matmul"].append(3 * fwd * sps / mm)
         med = {label: {k: statistics.median(v) for k, v in row.items()} for label, row in rows.items()}
         report["regimes"][name] = {
-            "config": r, "forward_flops_per_sample": fwd, "matmul_gflops": statistics.median(mm_rates) / 1e9,
+            "config": {**r, "steps": n_steps}, "forward_flops_per_sample": fwd, "matmul_gflops": statistics.median(mm_rates) / 1e9,
             "median": med, "raw": rows}
     _print(report)
     if json_path is not None:

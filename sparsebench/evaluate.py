@@ -41,7 +41,7 @@ EVAL_SEED = 10_000_019  # held-out samples come from this seed, never a training
 @dataclass(frozen=True)
 class Job:
     kind: str  # "trained" (train/load a run at a width, then score and explain it) or "construction"
-    run: Run  # the run (for a construction: its task)
+    run: int  # index of the run in the suite (for a construction: the run whose task it uses)
     width: int | None  # the width of the sweep, None = model config as given
     mechanism: str | None = None  # construction jobs: which mechanism
 
@@ -78,14 +78,14 @@ class Plan:
         for name, obj in (*self.probes.items(), *self.nulls.items(), *self.mechanisms.items()):
             obj.name = name
         self.widths: list[int | None] = list(suite.widths) or [None]
-        self.specs = {(run, w): self.spec(run, w) for run in suite.runs for w in self.widths}
+        self.specs = {(i, w): self.spec(run, w) for i, run in enumerate(suite.runs) for w in self.widths}
         self._check_probes_against_models()
         if suite.construct:
-            for run in suite.runs:
+            for i, run in enumerate(suite.runs):
                 task = make_task(run.task, run.task_config)
                 for w in self.widths:
                     for mech in self.mechanisms.values():
-                        mech.validate(task, w if w is not None else self._width(self.specs[(run, w)]))
+                        mech.validate(task, w if w is not None else self._width(self.specs[(i, w)]))
 
     def _mechanism(self, name: str) -> Any:
         cls = registry.mechanisms.get(name)
@@ -104,7 +104,8 @@ class Plan:
 
     def _check_probes_against_models(self) -> None:
         """A probe that reads a hook the model lacks is bad input: say so before anything runs."""
-        for (run, w), spec in self.specs.items():
+        for (i, w), spec in self.specs.items():
+            run = self.suite.runs[i]
             task = spec.make_task()
             model = make_model(spec.model, spec.model_config, task)
             batch = task.sample(2, generator=torch.Generator().manual_seed(0))
@@ -121,7 +122,7 @@ class Plan:
     def _eval_block(self) -> dict[str, Any]:
         return {"n_samples": self.suite.eval_samples, "probe_samples": self.suite.probe_samples, "seed": EVAL_SEED}
 
-    def trained_ids(self, run: Run, width: int | None, seed: int) -> dict[str, str]:
+    def trained_ids(self, run: int, width: int | None, seed: int) -> dict[str, str]:
         spec = self.specs[(run, width)]
         base = {"schema": SCHEMA_VERSION, **spec.describe(seed), "eval": self._eval_block()}
         ids = {"solution": stable_hash({**base, "kind": "solution"})}
@@ -131,26 +132,31 @@ class Plan:
                                                    "probes": sorted(self.probes), "nulls": sorted(self.nulls)})
         return ids
 
-    def construction_id(self, run: Run, width: int, mechanism: str, seed: int) -> str:
-        task = make_task(run.task, run.task_config)
-        return stable_hash({"schema": SCHEMA_VERSION, "kind": "solution", "task": run.task, "version": task.version,
+    def construction_id(self, run: int, width: int, mechanism: str, seed: int) -> str:
+        task = self.task(run)
+        return stable_hash({"schema": SCHEMA_VERSION, "kind": "solution", "task": task.name, "version": task.version,
                             "task_config": task.config_dict(), "mechanism": mechanism,
                             "config": self.mechanisms[mechanism].config_dict(), "width": width, "seed": seed,
                             "eval": self._eval_block()})
 
     def jobs(self) -> list[Job]:
-        jobs = [Job("trained", run, w) for run in self.suite.runs for w in self.widths]
+        jobs = [Job("trained", i, w) for i in range(len(self.suite.runs)) for w in self.widths]
         if self.suite.construct:
             seen = set()
-            for run in self.suite.runs:
-                key = (run.task, tuple(sorted(make_task(run.task, run.task_config).config_dict().items())))
+            for i in range(len(self.suite.runs)):
+                task = self.task(i)
+                key = (task.name, tuple(sorted(task.config_dict().items())))
                 if key in seen:
                     continue
                 seen.add(key)
                 for w in self.widths:
-                    width = w if w is not None else self._width(self.specs[(run, w)])
-                    jobs += [Job("construction", run, width, m) for m in self.mechanisms]
+                    width = w if w is not None else self._width(self.specs[(i, w)])
+                    jobs += [Job("construction", i, width, m) for m in self.mechanisms]
         return jobs
+
+    def task(self, run: int) -> Any:
+        r = self.suite.runs[run]
+        return make_task(r.task, r.task_config)
 
     def record_paths(self, job: Job) -> list[str]:
         if job.kind == "construction":
@@ -175,7 +181,9 @@ def _score_probes(plan: Plan, model: Any, fitted: Any, nulls: dict[str, tuple[An
         if isinstance(result, NotApplicable):
             out[name] = {"status": "not_applicable", "reason": result.reason}
             continue
-        null_results = {n: probe.score(nm, nf, task, batch) for n, (nm, nf) in nulls.items()}
+        # A null that preserves everything an input-side probe reads is no null for it: left out, not scored.
+        blind = {n for n in nulls if probe.input_side and plan.nulls[n].preserves_input_side}
+        null_results = {n: (None if n in blind else probe.score(nm, nf, task, batch)) for n, (nm, nf) in nulls.items()}
         scores = {}
         for key, value in result.items():
             scores[key] = {"value": value, "higher_is_better": probe.higher_is_better.get(key, True),
@@ -183,6 +191,8 @@ def _score_probes(plan: Plan, model: Any, fitted: Any, nulls: dict[str, tuple[An
                                      for n, r in null_results.items()}}
         out[name] = {"status": "ok", "level": probe.level, "reads": list(probe.reads), "main": probe.main,
                      "scores": scores}
+        if blind:
+            out[name]["null_notes"] = {n: "preserves everything this probe reads; not a null for it" for n in blind}
     return out
 
 
@@ -222,7 +232,8 @@ def run_trained(plan: Plan, job: Job, device: torch.device, cache: Path | None, 
             probes = _score_probes(plan, ck.model, fitted, nulls, task, probe_batch)
             out.append((path, {
                 **common, "kind": "explanation", "id": ids[f"explanation/{m}"],
-                "mechanism": {"name": m, "config": mech.config_dict()}, "fit": fitted.summary(),
+                "mechanism": {"name": m, "config": mech.config_dict(), "oracle": type(mech).oracle},
+                "fit": fitted.summary(),
                 "nulls": {n: plan.nulls[n].description for n in null_models},
                 "probes": probes, "provenance": provenance(device, time.perf_counter() - start)}))
     return out
@@ -230,7 +241,7 @@ def run_trained(plan: Plan, job: Job, device: torch.device, cache: Path | None, 
 
 def run_construction(plan: Plan, job: Job, device: torch.device, skip: set[str]) -> list[tuple[str, dict[str, Any]]]:
     """Build the mechanism's exact solution at this width for every seed and score it on the task."""
-    task = make_task(job.run.task, job.run.task_config)
+    task = plan.task(job.run)
     mech = plan.mechanisms[job.mechanism]  # type: ignore[index]
     held = task.held_out(plan.suite.eval_samples, seed=EVAL_SEED, device=device)
     out = []
@@ -380,9 +391,23 @@ def evaluate_command(
 
 
 def render_boards(out: Path) -> None:
-    """Print both boards and write leaderboard.md / leaderboard.html next to the records."""
-    try:
-        from sparsebench.leaderboard.cli import leaderboard
-    except ImportError:
-        return
-    leaderboard(results=[out], format="terminal", out=None)
+    """Write leaderboard.md and leaderboard.html next to the records; print the summary tables.
+
+    The terminal gets the two summaries (best solver at each width, the explanations
+    ranking); the full boards with every probe beside its nulls are in the files.
+    """
+    from rich.console import Console
+
+    from sparsebench.io import atomic_path
+    from sparsebench.leaderboard import render
+    from sparsebench.leaderboard.cli import build_boards, render_leaderboard
+
+    for name, fmt in (("leaderboard.md", "markdown"), ("leaderboard.html", "html")):
+        text = render_leaderboard([out], fmt)
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(text)
+    b = build_boards([out])
+    tables = render.board_tables(b["solutions"], b["best"], b["explanations"], b["ranking"])
+    summary = [t for t in tables if t.title.startswith(("Best at each width", "Explanations ranking"))]
+    print(render.to_terminal(summary, width=max(Console().width, 120)), end="")
+    print(f"full boards: {out / 'leaderboard.md'} and {out / 'leaderboard.html'}")

@@ -35,6 +35,7 @@ class Probe(ABC):
     main: ClassVar[str]  # the score the leaderboard ranks by
     higher_is_better: ClassVar[dict[str, bool]]  # every score this probe reports
     families: ClassVar[tuple[str, ...]] = ("weighted-set",)  # task families it understands
+    input_side: ClassVar[bool] = False  # reads only what the input side determines (E @ W_in, hidden units)
     name: str = ""
 
     @abstractmethod
@@ -71,6 +72,7 @@ class Bimodality(Probe):
     """Weights: how well E @ W_in splits into two clusters (two-means R^2); the code's footprint."""
 
     level = "weights"
+    input_side = True
     main = "r2"
     higher_is_better = {"r2": True, "code_density": False}
 
@@ -105,6 +107,7 @@ class HiddenCode(Probe):
     """Activations: is hidden unit j active exactly when the mechanism says (e.g. j in the union)?"""
 
     level = "activations"
+    input_side = True
     reads = ("blocks.0.mlp.hook_post",)
     main = "f1"
     higher_is_better = {"precision": True, "recall": True, "f1": True}

@@ -72,7 +72,7 @@ def two_means(values: Tensor) -> TwoMeans:
     )
 
 
-def minimize_log_scalar(f: Callable[[float], float], lo: float, hi: float, iters: int = 30) -> tuple[float, float]:
+def minimize_log_scalar(f: Callable[[float], float], lo: float, hi: float, iters: int = 20) -> tuple[float, float]:
     """Minimise f over [lo, hi] (lo > 0) by golden-section search in log space: (argmin, min).
 
     Exact for unimodal f (e.g. a cross-entropy in a logit scale, which is convex in the
@@ -80,10 +80,11 @@ def minimize_log_scalar(f: Callable[[float], float], lo: float, hi: float, iters
     may be an endpoint: callers should say so if that matters.
     """
     a, b = math.log(lo), math.log(hi)
-    grid = [a + (b - a) * i / 12 for i in range(13)]
+    n = 9  # coarse grid points; golden section then shrinks the bracket by 0.618^iters
+    grid = [a + (b - a) * i / (n - 1) for i in range(n)]
     vals = [f(math.exp(g)) for g in grid]
-    j = min(range(13), key=vals.__getitem__)
-    a, b = grid[max(j - 1, 0)], grid[min(j + 1, 12)]
+    j = min(range(n), key=vals.__getitem__)
+    a, b = grid[max(j - 1, 0)], grid[min(j + 1, n - 1)]
     best = (math.exp(grid[j]), vals[j])
     g = (math.sqrt(5) - 1) / 2
     x1, x2 = b - g * (b - a), a + g * (b - a)

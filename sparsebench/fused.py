@@ -40,31 +40,15 @@ CHUNK_BYTES = 512 * 1024  # logits tile per chunk: fits (with a W_U slice) in a 
 
 def sparse_kl_target(task: Any, batch: Any) -> tuple[Tensor, Tensor] | None:
     """(index, probs) of the task's sparse KL target for this batch, or None if the task has no such loss."""
-    fn = getattr(task, "sparse_kl_target", None)
-    if callable(fn):
-        return fn(batch)
-    return _builtin_sparse_target(task, batch)
+    return task.sparse_kl_target(batch) if supports_fused(task) else None
 
 
 def supports_fused(task: Any) -> bool:
-    """True if the task declares (or is a built-in with) a sparse KL target the fused loss can use."""
-    return callable(getattr(task, "sparse_kl_target", None)) or _is_builtin_topk(task)
-
-
-def _is_builtin_topk(task: Any) -> bool:
-    # Built-in top-k tasks whose loss is the stock sparse KL (subclasses that override `loss` are excluded).
-    # Kept until tasks/topk.py declares `sparse_kl_target` itself.
-    try:
-        from sparsebench.tasks.topk import TopKUniform
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(task, TopKUniform) and type(task).loss is TopKUniform.loss
-
-
-def _builtin_sparse_target(task: Any, batch: Any) -> tuple[Tensor, Tensor] | None:
-    if _is_builtin_topk(task):
-        return batch.inputs["tokens"], batch.target
-    return None
+    """True if the task declares a sparse KL target (`sparse_kl_target`) the fused loss can use."""
+    # The class that declares the sparse target must also be the one whose `loss` is in force:
+    # a subclass that overrides `loss` (a plugin with another loss) trains through `task.loss`.
+    owner = next((c for c in type(task).__mro__ if "sparse_kl_target" in vars(c)), None)
+    return owner is not None and type(task).loss is owner.loss
 
 
 class _UnembedKL(torch.autograd.Function):

@@ -72,7 +72,7 @@ def two_means(values: Tensor) -> TwoMeans:
     )
 
 
-def minimize_log_scalar(f: Callable[[float], float], lo: float, hi: float, iters: int = 20) -> tuple[float, float]:
+def minimize_log_scalar(f: Callable[[float], float], lo: float, hi: float, iters: int = 28) -> tuple[float, float]:
     """Minimise f over [lo, hi] (lo > 0) by golden-section search in log space: (argmin, min).
 
     Exact for unimodal f (e.g. a cross-entropy in a logit scale, which is convex in the

@@ -123,15 +123,31 @@ class TopKUniform(Task):
         return torch.full_like(weights, 1.0 / self.config.k)
 
     def sample(self, n: int, *, generator: torch.Generator, device: torch.device | str = "cpu") -> Batch:
-        c = self.config
-        # One draw of all uniforms per batch: k for the set, k for the order, k for the weights.
+        return self._from_uniforms(self._uniforms(n, generator, device))
+
+    def sample_stacked(self, n: int, *, generators: list[torch.Generator],
+                       device: torch.device | str = "cpu") -> Batch:
+        # One draw per generator (so each instance's stream is its own), one vectorised transform.
+        return self._from_uniforms(torch.stack([self._uniforms(n, g, device) for g in generators]))
+
+    def _uniforms(self, n: int, generator: torch.Generator, device: torch.device | str) -> Tensor:
+        # All uniforms of a batch in one draw: k for the set, k for the order, k for the weights.
         # float64 keeps the token index unbiased for large V.
-        u = torch.rand(n, 3 * c.k, generator=generator, device=device, dtype=torch.float64)
-        tokens = floyd_sample(u[:, : c.k], c.V)  # [n, k]
-        order = u[:, c.k: 2 * c.k].argsort(dim=-1)  # a random permutation per sample
+        return torch.rand(n, 3 * self.config.k, generator=generator, device=device, dtype=torch.float64)
+
+    def _from_uniforms(self, u: Tensor) -> Batch:
+        """u: [..., n, 3k] uniforms -> a batch with the same leading dims."""
+        c = self.config
+        tokens = floyd_sample(u[..., : c.k], c.V)  # [..., n, k]
+        order = u[..., c.k: 2 * c.k].argsort(dim=-1)  # a random permutation per sample
         tokens = tokens.gather(-1, order)
-        weights = (c.w_lo + (c.w_hi - c.w_lo) * u[:, 2 * c.k:]).float()  # [n, k]
+        weights = (c.w_lo + (c.w_hi - c.w_lo) * u[..., 2 * c.k:]).float()  # [..., n, k]
         return Batch({"tokens": tokens, "weights": weights}, self.target_probs(weights))
+
+    def sparse_kl_target(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(token index, target probability) of the sparse KL that `loss` computes: lets the trainer
+        fuse the unembedding with the loss (sparsebench/fused.py). Used only while `loss` is this one."""
+        return batch.inputs["tokens"], batch.target
 
     def loss(self, logits: Tensor, batch: Batch) -> Tensor:
         """KL(p* || softmax(logits)) per sample, using only the k target entries.

@@ -168,7 +168,8 @@ def solutions_board(sol: pd.DataFrame) -> pd.DataFrame:
         first = g.iloc[0]
         row = {"task_key": tk, "task": first["task"], "task_label": task_label(first["task"], first["task_config"],
                                                                               first["task_version"]),
-               "series": series, "label": first["label"], "solver_type": first["solver_type"],
+               "series": series, "label": first["label"] + (" (oracle)" if first.get("oracle", False) else ""),
+               "oracle": bool(first.get("oracle", False)), "solver_type": first["solver_type"],
                "solver": first["solver"], "solver_config": first["solver_config"],
                "train_config": first["train_config"], "width": int(width), "n_seeds": int(g["seed"].nunique())}
         for m in metrics:
@@ -182,7 +183,8 @@ def solutions_board(sol: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     board = pd.DataFrame(rows)
     for m in metrics:
-        good = _goodness(board[f"{m}_mean"], m)
+        # An oracle (given the answer) is shown but never "best": it is an upper bound, not a solver.
+        good = _goodness(board[f"{m}_mean"], m).where(~board["oracle"])
         best = good.groupby([board["task_key"], board["width"]]).transform("max")
         board[f"{m}_best"] = good.notna() & np.isclose(good, best, rtol=1e-12, atol=0.0)
     return board.sort_values(["task_label", "width", "kl_mean" if "kl" in metrics else "label", "label"],

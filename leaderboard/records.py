@@ -180,7 +180,7 @@ def solutions_frame(records: list[dict[str, Any]]):
             "task": t["name"], "task_version": t.get("version"), "task_config": _cj(t.get("config")),
             "task_key": _task_key(rec),
             "solver_type": s.get("type", "trained" if rec.get("train") else "construction"),
-            "solver": s["name"], "solver_config": _cj(s.get("config")),
+            "solver": s["name"], "solver_config": _cj(s.get("config")), "oracle": bool(s.get("oracle", False)),
             "train_config": _cj(rec.get("train")) if rec.get("train") else "",
             "width": int(rec["width"]), "seed": rec["seed"], "id": rec.get("id", ""),
             "date": _date(rec), "path": rec.get("_path", ""),

@@ -1,4 +1,4 @@
-"""`bloom`: the Bloom-filter mechanism of the post (SCIENCE.md §3), as a construction and as a fit.
+"""`bloom`: the Bloom-filter mechanism of the post (docs/science.md §3), as a construction and as a fit.
 
 Construction (an `mlp1` with d = m = width): token t gets a hash H(t), an h-subset
 of the m hidden units, all hashes distinct. With
@@ -9,7 +9,8 @@ of the m hidden units, all hashes distinct. With
 the residual after the block is r1_j = min(x_j, 1) = 1[j in U], U the union of the
 input tokens' hashes, and z_t = alpha (|H(t) ∩ U| - h) <= 0 with equality iff H(t) ⊆ U.
 The top tier is the candidate set C = {t : H(t) ⊆ U}, which always contains S.
-A hidden unit of the construction fires (post > 0) iff its bit is in U.
+A hidden unit of the construction fires (post > 0) iff its bit is in U, almost surely
+(when w_hi > w_lo: a unit covered once by a weight of exactly w_lo sits at post = 0).
 
 Seed-independent choices: the hashes are a uniformly random set of V distinct
 h-subsets (drawn with the caller's generator); h = 0 means the Bloom optimum
@@ -20,7 +21,7 @@ h-subsets (drawn with the caller's generator); h = 0 means the Bloom optimum
 Fit (to any model with `W_E`, `W_in`, `W_out`, `W_U`, `b_U`): the effective
 token-to-hidden map M = W_E @ W_in[0] (V x m) is split into two clusters (one global
 threshold); the MINORITY cluster is the hash. Trained models learn the complemented
-code (SCIENCE.md §4: the hash is the negative cluster and a unit fires when its bit
+code (docs/science.md §4: the hash is the negative cluster and a unit fires when its bit
 is NOT in the union), so no sign is assumed: `sign` = +1 if the hash is the high
 cluster (a unit fires iff its bit is in U, as in the construction), -1 if it is the
 low cluster (a unit fires iff its bit is not in U). The sign is read off the weights
@@ -42,12 +43,13 @@ from sparsebench.errors import UserError
 from sparsebench.models.mlp import MLP, MLPConfig
 from sparsebench.stats import minimize_log_scalar, two_means
 
-HIDDEN_HOOK = "blocks.0.mlp.hook_post"
+PRE_HOOK, POST_HOOK = "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post"  # [batch, (pos,) d_mlp]
+
 
 
 @dataclass(frozen=True)
 class BloomConfig:
-    h: int = 0  # hash size (bits per token); 0 = the Bloom optimum (m/k) ln 2, raised until C(m, h) >= V
+    h: int = 0  # hash size (bits per token); 0 = task.optimal_hash_size(m), raised until C(m, h) >= V
     alpha: float = 20.0  # logit scale of the construction; 20 puts the next tier e^-20 below the top one
     fit_samples: int = 2048  # samples (drawn with the fit generator) to fit alpha and calibrate activations
 
@@ -188,13 +190,14 @@ class Bloom(Mechanism):
             model.unembed.b_U.copy_(-a * code.sum(1))
         model.name = "mlp1"
         model.eval()
+        model.construction_info = {"h": h, "alpha": a}  # what was built, for the record
         return model
 
     def theory(self, task: Task, width: int) -> dict[str, float]:
         """Closed-form scores of the construction at `width` (alpha -> infinity), for a record's "theory".
 
         fp_rate and kl_limit are exact expectations over hash tables and samples (see
-        `bloom_theory`); fp_rate_formula is SCIENCE.md's textbook approximation.
+        `bloom_theory`); fp_rate_formula is docs/science.md's textbook approximation.
         """
         self.validate(task, width)
         V, k, _ = _task_params(task)
@@ -214,14 +217,9 @@ class Bloom(Mechanism):
         fitted = BloomFit(model, code.to(device), out_code.T.contiguous().to(device), sign, r2, r2_out)
 
         batch = task.sample(self.config.fit_samples, generator=generator, device=device)
-        logits, cache = model.run_with_cache(**batch.inputs, names_filter=lambda n: n == HIDDEN_HOOK)
+        with torch.no_grad():
+            logits = model(**batch.inputs)
         fitted.alpha_fit, fitted.kl_fit = fit_scale(logits, misses(fitted.code, union(fitted.code, batch)))
-        post = last_position(cache[HIDDEN_HOOK]).float()  # [batch, m]
-        active = fitted.hidden_active(batch).float()
-        n_on, n_off = active.sum(0), (1 - active).sum(0)
-        mean_all = post.mean(0)
-        fitted.post_on = torch.where(n_on > 0, (post * active).sum(0) / n_on.clamp_min(1), mean_all)
-        fitted.post_off = torch.where(n_off > 0, (post * (1 - active)).sum(0) / n_off.clamp_min(1), mean_all)
         fitted.mechanism = self.name or "bloom"
         return fitted
 
@@ -229,7 +227,7 @@ class Bloom(Mechanism):
 class BloomFit(Fitted):
     """A Bloom filter read off a model: hashes, output code, sign, fitted logit scale."""
 
-    why_not = "bloom predicts no final-residual activation (its idealised activation is the hidden union)"
+    why_not = "bloom needs a model with an MLP layer"
 
     def __init__(self, model: Any, code: Tensor, out_code: Tensor, sign: int, r2: float, r2_out: float):
         self.model = model
@@ -240,8 +238,7 @@ class BloomFit(Fitted):
         self.r2_out = r2_out  # two-means R^2 of W_out @ W_U
         self.alpha_fit = float("nan")  # logit scale minimising KL(model || prediction) on the fit batch
         self.kl_fit = float("nan")  # that KL
-        self.post_on: Tensor | None = None  # [m] mean hook_post of unit j when predicted active
-        self.post_off: Tensor | None = None  # [m] ... when predicted inactive
+
 
     def summary(self) -> dict[str, float | int | str]:
         sizes = self.code.sum(1).float()
@@ -278,8 +275,17 @@ class BloomFit(Fitted):
         return -self.alpha_fit * misses(self.code, self.union(batch))
 
     def ideal_activation(self, batch: Batch) -> tuple[str, Tensor]:
-        active = self.hidden_active(batch)
-        return HIDDEN_HOOK, torch.where(active, self.post_on, self.post_off)  # type: ignore[arg-type]
+        """The hidden layer with the ReLU's gate replaced by the predicted union gate: [batch, d_mlp].
+
+        post = gate * pre, gate = hidden_active (U, or its complement for sign -1). ReLU is
+        linear on its open side, so this differs from the model only where the gate is
+        wrong: it tests exactly "the active units are the union of the hashes". On the
+        construction it is exact (gate = U gives ReLU(x - 1), the overflow hook_post carries).
+        """
+        with torch.no_grad():
+            _, cache = self.model.run_with_cache(**batch.inputs, names_filter=[PRE_HOOK])
+        pre = last_position(cache[PRE_HOOK]).float()  # [batch, d_mlp]
+        return POST_HOOK, pre * self.hidden_active(batch).to(pre.device)
 
 
 # ----- closed-form predictions for the construction ----------------------------------------------
@@ -322,7 +328,7 @@ def union_size_pmf(m: int, h: int, k: int, distinct: bool = True) -> Tensor:
 def bloom_theory(V: int, k: int, m: int, h: int) -> dict[str, float]:
     """What the construction (alpha -> infinity) should score, exactly, over random hash tables and samples.
 
-    - fp_rate_formula: the textbook (1 - (1 - h/m)^k)^h of SCIENCE.md §3, which treats
+    - fp_rate_formula: the textbook (1 - (1 - h/m)^k)^h of docs/science.md §3, which treats
       the h bits of a query hash as independent (it is slightly low for h-subsets).
     - fp_rate_indep: exact per-non-member rate for independent uniform h-subset hashes,
       E[C(|U|, h)] / C(m, h).

@@ -1,4 +1,4 @@
-"""`softmax-bottleneck`: the Basri & Jacobs closed form (SCIENCE.md §3), an input-dependent oracle.
+"""`softmax-bottleneck`: the Basri & Jacobs closed form (docs/science.md §3), an input-dependent oracle.
 
 Given an unembedding U (V x d, rows u_t), a bias b and the target set S (k <= d),
 the minimum-norm final residual that puts the target on S is
@@ -139,6 +139,7 @@ class SoftmaxBottleneck(Mechanism):
             r1, r0 = closed_form_parts(oracle.W_U, oracle.b_U, batch.inputs["tokens"], batch.target)
             a, c = (r1 @ oracle.W_U.double()), (r0 @ oracle.W_U.double())  # logits(s) = s a + c: convex loss
             oracle.s, _ = minimize_log_scalar(lambda s: task.loss(s * a + c, batch).mean().item(), *S_RANGE)
+        oracle.construction_info = {"s": oracle.s}  # the scale used (tuned or given), for the record
         oracle.eval()
         return oracle
 

@@ -1,4 +1,4 @@
-"""`jl`: linear (Johnson-Lindenstrauss) superposition, the post's contrast (SCIENCE.md §3).
+"""`jl`: linear (Johnson-Lindenstrauss) superposition, the post's contrast (docs/science.md §3).
 
 Construction (an `mlp1` with d = width and the MLP off): a random Gaussian
 embedding with unit-norm rows E (V x d), W_in = W_out = 0 and zero biases (d_mlp = 1,
@@ -78,7 +78,7 @@ class JL(Mechanism):
             alpha, _ = minimize_log_scalar(lambda a: task.loss(a * z, batch).mean().item(), *ALPHA_RANGE)
         with torch.no_grad():
             model.unembed.W_U.mul_(alpha)
-        model.jl_alpha = alpha  # the scale used (tuned or given), for the record
+        model.construction_info = {"alpha": alpha}  # the scale used (tuned or given), for the record
         model.name = "mlp1"
         model.eval()
         return model
@@ -124,8 +124,8 @@ class JLFit(Fitted):
 
     def summary(self) -> dict[str, float | int | str]:
         out: dict[str, float | int | str] = {"r2": self.r2, "kl_fit": self.kl_fit}
-        if hasattr(self.model, "jl_alpha"):  # fitted to a JL construction: report its scale
-            out["alpha"] = float(self.model.jl_alpha)
+        if "alpha" in getattr(self.model, "construction_info", {}):  # fitted to a JL construction
+            out["alpha"] = float(self.model.construction_info["alpha"])
         return out
 
     def predict_logits(self, batch: Batch) -> Tensor:

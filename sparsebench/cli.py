@@ -110,23 +110,18 @@ def train(
 
 
 def _register_optional_commands() -> None:
-    """Commands whose modules live in other packages; imported lazily inside their bodies."""
+    """Commands defined next to the code they drive (evaluate, leaderboard, report, bench); registered once."""
+    if any(c.name == "evaluate" for c in app.registered_commands):
+        return
     from sparsebench.evaluate import evaluate_command
 
     app.command("evaluate")(evaluate_command)
-    try:
-        from sparsebench.leaderboard.cli import leaderboard, report
-    except ImportError:  # pragma: no cover - the leaderboard package is part of the install
-        pass
-    else:
-        app.command("leaderboard")(leaderboard)
-        app.command("report")(report)
-    try:
-        from sparsebench.bench import bench
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        app.command("bench")(bench)
+    from sparsebench.bench import bench
+    from sparsebench.leaderboard.cli import leaderboard, report
+
+    app.command("leaderboard")(leaderboard)
+    app.command("report")(report)
+    app.command("bench")(bench)
 
 
 def _format_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,

@@ -77,15 +77,18 @@ class Plan:
         self.nulls = {n: registry.baselines.get(n)() for n in (suite.nulls or registry.baselines.names())}
         for name, obj in (*self.probes.items(), *self.nulls.items(), *self.mechanisms.items()):
             obj.name = name
-        self.widths: list[int | None] = list(suite.widths) or [None]
-        self.specs = {(i, w): self.spec(run, w) for i, run in enumerate(suite.runs) for w in self.widths}
+        self.specs = {(i, w): self.spec(run, w) for i, run in enumerate(suite.runs) for w in self.widths(i)}
         self._check_probes_against_models()
         if suite.construct:
             for i, run in enumerate(suite.runs):
                 task = make_task(run.task, run.task_config)
-                for w in self.widths:
+                for w in self.widths(i):
                     for mech in self.mechanisms.values():
                         mech.validate(task, w if w is not None else self._width(self.specs[(i, w)]))
+
+    def widths(self, run: int) -> list[int | None]:
+        """The run's width sweep (its own, else the suite's); [None] = the model config as given."""
+        return list(self.suite.runs[run].widths or self.suite.widths) or [None]
 
     def _mechanism(self, name: str) -> Any:
         cls = registry.mechanisms.get(name)
@@ -140,7 +143,7 @@ class Plan:
                             "eval": self._eval_block()})
 
     def jobs(self) -> list[Job]:
-        jobs = [Job("trained", i, w) for i in range(len(self.suite.runs)) for w in self.widths]
+        jobs = [Job("trained", i, w) for i in range(len(self.suite.runs)) for w in self.widths(i)]
         if self.suite.construct:
             seen = set()
             for i in range(len(self.suite.runs)):
@@ -149,7 +152,7 @@ class Plan:
                 if key in seen:
                     continue
                 seen.add(key)
-                for w in self.widths:
+                for w in self.widths(i):
                     width = w if w is not None else self._width(self.specs[(i, w)])
                     jobs += [Job("construction", i, width, m) for m in self.mechanisms]
         return jobs
@@ -233,7 +236,7 @@ def run_trained(plan: Plan, job: Job, device: torch.device, cache: Path | None, 
             out.append((path, {
                 **common, "kind": "explanation", "id": ids[f"explanation/{m}"],
                 "mechanism": {"name": m, "config": mech.config_dict(), "oracle": type(mech).oracle},
-                "fit": fitted.summary(),
+                "fit": fitted.summary(), "null_fits": {n: nf.summary() for n, (_, nf) in nulls.items()},
                 "nulls": {n: plan.nulls[n].description for n in null_models},
                 "probes": probes, "provenance": provenance(device, time.perf_counter() - start)}))
     return out
@@ -258,10 +261,16 @@ def run_construction(plan: Plan, job: Job, device: torch.device, skip: set[str])
         out.append((f"solution/{rid}.json", {
             "schema_version": SCHEMA_VERSION, "kind": "solution", "id": rid, "task": _task_block(task),
             "width": job.width, "seed": seed, "eval": plan._eval_block(),
-            "solver": {"type": "construction", "name": job.mechanism, "config": mech.config_dict()},
+            "solver": {"type": "construction", "name": job.mechanism, "config": mech.config_dict(),
+                       "oracle": type(mech).oracle, "built": built_summary(model)},
             "train": None, "checkpoint": None, "metrics": metrics, "theory": theory,
             "provenance": provenance(device, time.perf_counter() - start)}))
     return out
+
+
+def built_summary(model: Any) -> dict[str, float]:
+    """Scalars a construction chose when it was built (e.g. a tuned logit scale), for the record."""
+    return {k: float(v) for k, v in getattr(model, "construction_info", {}).items()}
 
 
 def run_job(plan: Plan, job: Job, device: torch.device, cache: Path | None, progress: bool,
@@ -333,7 +342,7 @@ def apply_cli(suite: Suite, *, task: str | None, model: str | None, mechanisms: 
                     width_fields=base.width_fields if (model or base.model) == base.model else ("d_model", "d_mlp"))]
     data: dict[str, Any] = {k: v for k, v in vars(suite).items() if k not in ("runs", "train")}
     data["train"] = to_dict(suite.train)
-    data["runs"] = [vars(r) | {"width_fields": list(r.width_fields)} for r in runs]
+    data["runs"] = [vars(r) | {"width_fields": list(r.width_fields), "widths": list(r.widths)} for r in runs]
     data["mechanism_config"] = {k: dict(v) for k, v in suite.mechanism_config.items()}
     for text in sets:
         path, value = parse_override(text)

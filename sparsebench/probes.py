@@ -1,4 +1,4 @@
-"""Hook-based probes: score a fitted explanation against a model (SCIENCE.md §5).
+"""Hook-based probes: score a fitted explanation against a model (docs/science.md §5).
 
 Each probe declares the hook names it reads, the Fitted capabilities it needs,
 its main score and which direction is better. `score` returns the scores, or a
@@ -10,6 +10,7 @@ Probes read activations at the readout position, so the same probe works on
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,8 +19,7 @@ import torch
 from torch import Tensor
 
 from sparsebench.api import Batch, Fitted, Task, last_position
-
-FP_TIER = 0.5  # the task's top-tier rule: q_j >= FP_TIER * min_{i in S} q_i (see tasks/topk.py)
+from sparsebench.tasks.topk import FP_TIER  # the task's one top-tier rule
 
 
 @dataclass(frozen=True)
@@ -155,20 +155,32 @@ class Candidates(Probe):
 
 
 class Prediction(Probe):
-    """Behaviour: KL(model || mechanism's own prediction) on held-out samples."""
+    """Behaviour: how much of the model's output distribution the mechanism's own prediction explains.
+
+    kl = KL(model || prediction). Raw KL is not comparable across models (a near-uniform
+    untrained model is trivially close to a flat prediction), so the main score is
+    kl_explained = 1 - KL(model || prediction) / KL(model || uniform): the share of the
+    model's departure from uniform that the prediction accounts for. It is left out
+    (not applicable) when the model is itself within 1e-3 nats of uniform.
+    """
 
     level = "behaviour"
-    main = "kl"
-    higher_is_better = {"kl": False}
+    main = "kl_explained"
+    higher_is_better = {"kl_explained": True, "kl": False}
 
     def score(self, model, fitted, task, batch):
         logits = fitted.predict_logits(batch)
         if logits is None:
             return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no outputs")
         with torch.no_grad():
-            m = torch.log_softmax(model(**batch.inputs).float(), -1)
-        f = torch.log_softmax(logits.float().to(m.device), -1)
-        return {"kl": (m.exp() * (m - f)).sum(-1).mean().item()}
+            m = torch.log_softmax(model(**batch.inputs).double(), -1)
+        f = torch.log_softmax(logits.double().to(m.device), -1)
+        p = m.exp()
+        kl = (p * (m - f)).sum(-1).mean().item()
+        kl_uniform = ((p * m).sum(-1) + math.log(m.shape[-1])).mean().item()
+        if kl_uniform <= 1e-3:
+            return NotApplicable("the model's output is uniform to within 1e-3 nats: nothing to explain")
+        return {"kl_explained": 1 - kl / kl_uniform, "kl": kl}
 
 
 class Patch(Probe):

@@ -27,6 +27,7 @@ class Run:
     task_config: dict[str, Any] = field(default_factory=dict)  # task config fields
     model_config: dict[str, Any] = field(default_factory=dict)  # model config fields (widths override)
     width_fields: tuple[str, ...] = ("d_model", "d_mlp")  # model fields set to each width of the sweep
+    widths: tuple[int, ...] = ()  # this run's width sweep; empty = the suite's `widths`
     train: dict[str, Any] = field(default_factory=dict)  # per-run overrides of the suite's [train]
 
 

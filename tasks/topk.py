@@ -1,4 +1,4 @@
-"""The top-k tasks of the Bloom-filter post (SCIENCE.md §1).
+"""The top-k tasks of the Bloom-filter post (docs/science.md §1).
 
 A sample is a set S of k distinct tokens drawn uniformly from [V] with weights
 w_i ~ U[w_lo, w_hi]; the model must put the target distribution on S:
@@ -202,7 +202,7 @@ class TopKUniform(Task):
         return "weight_leak", batch.inputs["weights"]
 
     def bloom_fp_rate(self, m: int, h: int) -> float:
-        """The Bloom filter's false-positive probability per non-member (SCIENCE.md §3)."""
+        """The Bloom filter's false-positive probability per non-member (docs/science.md §3)."""
         return (1 - (1 - h / m) ** self.config.k) ** h
 
     def optimal_hash_size(self, m: int) -> int:

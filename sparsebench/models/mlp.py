@@ -1,4 +1,4 @@
-"""`mlp1`: the Bloom-filter post's residual ReLU network (SCIENCE.md §2), with TransformerLens hooks.
+"""`mlp1`: the Bloom-filter post's residual ReLU network (docs/science.md §2), with TransformerLens hooks.
 
     x    = sum_i w_i E[t_i]                      (the weighted sum of token embeddings)
     pre  = x W_in + b_in;  post = ReLU(pre)
@@ -10,7 +10,7 @@
 `StackedMLP` holds N independent instances in a leading dimension (the toy-models
 -of-superposition idiom) and is what the trainer optimises: one batched step
 trains many seeds at once. The two share their initialisation (a stacked model is
-built from N `MLP`s) and `tests/unit/test_mlp.py` pins their forwards equal.
+built from N `MLP`s) and `tests/unit/test_training.py` pins their forwards equal.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`transformer`: a small TransformerLens 4 model reading the weighted set as a sequence (SCIENCE.md §1, §2).
+"""`transformer`: a small TransformerLens 4 model reading the weighted set as a sequence (docs/science.md §1, §2).
 
 The k input tokens form a sequence (in the task's random order); each token's
 embedding is multiplied by its weight; the logits are read at the last position:

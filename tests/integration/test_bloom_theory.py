@@ -1,4 +1,4 @@
-"""The constructions against their closed-form theory (SCIENCE.md §3), within sampling error.
+"""The constructions against their closed-form theory (docs/science.md §3), within sampling error.
 
 Bloom: the construction's measured false-positive rate and KL are compared with the
 exact expectation over random hash tables and samples (`bloom_theory`). The
@@ -8,7 +8,7 @@ it includes the table-to-table variation, not only the sample noise. The test
 fails at |z| > 4 (8 comparisons: a false alarm has probability ~5e-4 under the
 theory; the seeds are fixed, so the test is deterministic).
 
-The textbook rate (1 - (1 - h/m)^k)^h of SCIENCE.md §3 treats the h bits of a query
+The textbook rate (1 - (1 - h/m)^k)^h of docs/science.md §3 treats the h bits of a query
 hash as independent; for h-subset hashes it is too high (k=5, V=1000: +7% at m=16,
 +47% at m=64), many standard errors away from the measurement. The test pins that
 the exact value explains the measurement and the textbook one does not.

@@ -1,4 +1,4 @@
-"""The seed's phenomenon appears in a really trained mlp1 (SCIENCE.md §4, findings 1, 2 and 4).
+"""The seed's phenomenon appears in a really trained mlp1 (docs/science.md §4, findings 1, 2 and 4).
 
 Thresholds were set from measurements at this size (2 seeds, CPU): two-means R^2
 of E @ W_in 0.969-0.975 (one Gaussian gives ~0.64), hash sizes ~8 of 64 units,

@@ -1,4 +1,4 @@
-"""The top-k tasks: sampling, targets, loss and metrics (SCIENCE.md §1)."""
+"""The top-k tasks: sampling, targets, loss and metrics (docs/science.md §1)."""
 
 from __future__ import annotations
 

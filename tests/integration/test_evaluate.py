@@ -1,0 +1,153 @@
+"""`sparsebench evaluate`: records written whole, skipped on rerun, bad input writes nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsebench.evaluate import evaluate
+from sparsebench.suite import suite_from_dict
+
+TINY = {
+    "name": "tiny", "seeds": [0, 1], "widths": [16], "eval_samples": 1024, "probe_samples": 512,
+    "train": {"steps": 150, "warmup": 10, "batch_size": 256},
+    "runs": [{"task": "topk-uniform", "task_config": {"V": 100, "k": 3}}],
+}
+N_RECORDS = 2 + 3 * 2 + 3 * 2  # trained solutions + constructions (3 mechanisms x 2 seeds) + explanations
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("results")
+    counts = evaluate(suite_from_dict(TINY), out, device="cpu", progress=False)
+    assert counts == {"written": N_RECORDS, "skipped": 0, "jobs": 4}
+    return out
+
+
+def records(out: Path) -> dict[str, dict]:
+    return {str(p.relative_to(out)): json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))}
+
+
+def test_every_record_is_complete(tiny_results):
+    recs = records(tiny_results)
+    assert len(recs) == N_RECORDS
+    for path, r in recs.items():
+        assert r["schema_version"] == 1 and Path(path).stem == r["id"] and path.startswith(r["kind"])
+        assert r["task"]["name"] == "topk-uniform" and r["task"]["config"]["V"] == 100 and r["seed"] in (0, 1)
+        prov = r["provenance"]
+        assert {"sparsebench_version", "git_commit", "torch_version", "device", "wall_seconds", "date",
+                "plugins", "python"} <= set(prov)
+        assert "sparsebench" in prov["plugins"]
+    trained = [r for r in recs.values() if r["kind"] == "solution" and r["solver"]["type"] == "trained"]
+    assert len(trained) == 2
+    for r in trained:
+        assert len(r["checkpoint"]["sha256"]) == 64 and r["train"]["steps"] == 150
+        assert {"kl", "tv", "topk_mass", "exact_set", "fp_rate"} <= set(r["metrics"])
+    bloom_solutions = [r for r in recs.values() if r["kind"] == "solution" and r["solver"]["name"] == "bloom"]
+    assert all({"fp_rate", "kl_limit"} <= set(r["theory"]) for r in bloom_solutions)
+
+
+def test_every_probe_score_sits_next_to_its_nulls(tiny_results):
+    explanations = [r for r in records(tiny_results).values() if r["kind"] == "explanation"]
+    assert sorted({r["mechanism"]["name"] for r in explanations}) == ["bloom", "jl", "softmax-bottleneck"]
+    for r in explanations:
+        assert r["mechanism"]["oracle"] == (r["mechanism"]["name"] == "softmax-bottleneck")
+        assert set(r["nulls"]) == {"untrained", "shuffled"}
+        for name, probe in r["probes"].items():
+            if probe["status"] == "not_applicable":
+                assert probe["reason"] and "scores" not in probe
+                continue
+            assert probe["main"] in probe["scores"]
+            for score in probe["scores"].values():
+                assert isinstance(score["value"], float)
+                assert isinstance(score["nulls"]["untrained"], (float, type(None)))
+                if name in ("bimodality", "hidden-code"):  # input-side: shuffled is a copy, not a null
+                    assert score["nulls"]["shuffled"] is None and "shuffled" in probe["null_notes"]
+    bloom = next(r for r in explanations if r["mechanism"]["name"] == "bloom")
+    assert all(p["status"] == "ok" for p in bloom["probes"].values())
+    jl = next(r for r in explanations if r["mechanism"]["name"] == "jl")
+    assert jl["probes"]["hidden-code"]["status"] == "not_applicable"
+
+
+def test_rerun_skips_force_redoes_and_an_interrupted_run_resumes(tiny_results, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_results, out)
+    suite = suite_from_dict(TINY)
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")}
+    assert evaluate(suite, out, device="cpu", progress=False) == {"written": 0, "skipped": N_RECORDS, "jobs": 0}
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")} == before
+    # An interrupted run: some records missing, a temporary file left behind. Only the missing are redone.
+    lost = sorted(out.glob("explanation/*.json"))[:2]
+    for p in lost:
+        p.unlink()
+    (out / "explanation" / ".x.json.tmp-1").mkdir()
+    counts = evaluate(suite, out, device="cpu", progress=False)
+    assert counts["written"] == 2 and counts["skipped"] == N_RECORDS - 2
+    assert all(p.exists() for p in lost)
+    assert evaluate(suite, out, device="cpu", progress=False, force=True)["written"] == N_RECORDS
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    from sparsebench.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["sparsebench", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    captured = capsys.readouterr()
+    return e.value.code, captured.out, captured.err
+
+
+TINY_FLAGS = ["--seeds", "0", "--widths", "16", "--set", "task.V=100", "--set", "task.k=3", "--set", "train.steps=20",
+              "--set", "train.warmup=2", "--no-progress", "--no-leaderboard"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--set", "mechanism.bloom.h=20"], "error: invalid mechanism config: h: must be <= m=16 (got 20)"),
+    (["--set", "mechanism.bloom.alpha=0"], "error: invalid mechanism config: alpha: must be a finite number > 0 (got 0.0)"),
+    (["--set", "mechanism.bloom.h=1"], "error: invalid mechanism config: h: C(m=16, h=1) = 16 distinct hashes "
+                                       "< V=100 tokens; choose another h or a larger width"),
+    (["--probe", "hidden-code", "--set", "model.n_layers=0"],
+     "error: probe 'hidden-code' reads 'blocks.0.mlp.hook_post', which model 'mlp1' does not have"),
+    (["--mechanism", "blom"], "error: unknown mechanism 'blom'; did you mean 'bloom'?"),
+    (["--probe", "hiden-code"], "error: unknown probe 'hiden-code'; did you mean 'hidden-code'?"),
+    (["--seeds", "0,x"], "error: --seeds expects comma-separated integers (got '0,x')"),
+    (["no-such-suite"], "error: unknown suite 'no-such-suite'; built-in suites: default"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tmp_path, extra, message):
+    out = tmp_path / "results"
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "evaluate", *TINY_FLAGS, *extra, "--out", str(out))
+    assert code == 2
+    assert [ln for ln in stderr.splitlines() if ln.strip()] == [message]
+    assert not out.exists()
+
+
+def test_records_from_ray_equal_the_in_process_ones(tiny_results, tmp_path):
+    import os
+
+    if os.environ.get("CI") is None:
+        pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'sparsebench[ray]'")
+    out = tmp_path / "ray"
+    counts = evaluate(suite_from_dict(TINY), out, device="cpu", progress=False, executor="ray")
+    assert counts["written"] == N_RECORDS
+
+    def same(a, b) -> bool:
+        # Equal records; floats to 1e-6 relative (Ray workers run torch on 1 thread, so a
+        # least-squares fit may differ in the last bits from the 2-thread in-process run).
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, float) and isinstance(b, float):
+            return a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True)
+        return a == b
+
+    local, remote = records(tiny_results), records(out)
+    assert local.keys() == remote.keys()
+    for key in local:
+        a, b = ({k: v for k, v in r[key].items() if k != "provenance"} for r in (local, remote))
+        assert same(a, b), key

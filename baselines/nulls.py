@@ -5,7 +5,8 @@
 - `shuffled`: the trained model with its input-embedding rows permuted, so each
   token gets another token's code. Weight statistics (bimodality) survive, the
   token-to-output correspondence does not: it separates "the weights look like
-  a code" from "the code explains what the model does".
+  a code" from "the code explains what the model does". Probes that cannot see
+  a relabelling of the inputs (`Probe.relabel_invariant`) record no value for it.
 
 A null takes the trained model and returns a new model; it never modifies its input.
 """
@@ -24,7 +25,7 @@ from sparsebench.api import Task
 class Null(ABC):
     name: str = ""
     description: str = ""
-    preserves_input_side: bool = False  # input-side probes score it exactly like the model: no null for them
+    relabels_inputs: bool = False  # only relabels input tokens: relabel-invariant probes score it like the model
 
     @abstractmethod
     def make(self, trained: Any, task: Task, *, seed: int, generator: torch.Generator) -> Any:
@@ -46,7 +47,7 @@ class Untrained(Null):
 
 class Shuffled(Null):
     description = "trained weights with the input-embedding rows permuted"
-    preserves_input_side = True  # a permutation of tokens changes no input-side statistic
+    relabels_inputs = True  # a permutation of W_E's rows
 
     def make(self, trained, task, *, seed, generator):
         model = copy.deepcopy(trained)

@@ -184,8 +184,8 @@ def _score_probes(plan: Plan, model: Any, fitted: Any, nulls: dict[str, tuple[An
         if isinstance(result, NotApplicable):
             out[name] = {"status": "not_applicable", "reason": result.reason}
             continue
-        # A null that preserves everything an input-side probe reads is no null for it: left out, not scored.
-        blind = {n for n in nulls if probe.input_side and plan.nulls[n].preserves_input_side}
+        # A relabelling null (e.g. shuffled) is no null for a relabel-invariant probe: left out, not scored.
+        blind = {n for n in nulls if probe.relabel_invariant and plan.nulls[n].relabels_inputs}
         null_results = {n: (None if n in blind else probe.score(nm, nf, task, batch)) for n, (nm, nf) in nulls.items()}
         scores = {}
         for key, value in result.items():
@@ -195,7 +195,8 @@ def _score_probes(plan: Plan, model: Any, fitted: Any, nulls: dict[str, tuple[An
         out[name] = {"status": "ok", "level": probe.level, "reads": list(probe.reads), "main": probe.main,
                      "scores": scores}
         if blind:
-            out[name]["null_notes"] = {n: "preserves everything this probe reads; not a null for it" for n in blind}
+            out[name]["null_notes"] = {n: "only relabels input tokens, which this probe cannot see: not a null for it"
+                                       for n in blind}
     return out
 
 

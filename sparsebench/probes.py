@@ -21,6 +21,8 @@ from torch import Tensor
 from sparsebench.api import Batch, Fitted, Task, last_position
 from sparsebench.tasks.topk import FP_TIER  # the task's one top-tier rule
 
+MIN_ABLATION_GAP = 0.01  # nats: loss recovered is defined only if mean ablation costs at least this much
+
 
 @dataclass(frozen=True)
 class NotApplicable:
@@ -35,7 +37,10 @@ class Probe(ABC):
     main: ClassVar[str]  # the score the leaderboard ranks by
     higher_is_better: ClassVar[dict[str, bool]]  # every score this probe reports
     families: ClassVar[tuple[str, ...]] = ("weighted-set",)  # task families it understands
-    input_side: ClassVar[bool] = False  # reads only what the input side determines (E @ W_in, hidden units)
+    # True if relabelling the input tokens (permuting the rows of W_E) cannot change the score: it reads
+    # only the model's internal computation (weights statistics, activations vs a fit of the same model,
+    # within-model loss ratios), never the correspondence between input and output tokens.
+    relabel_invariant: ClassVar[bool] = False
     name: str = ""
 
     @abstractmethod
@@ -72,7 +77,7 @@ class Bimodality(Probe):
     """Weights: how well E @ W_in splits into two clusters (two-means R^2); the code's footprint."""
 
     level = "weights"
-    input_side = True
+    relabel_invariant = True
     main = "r2"
     higher_is_better = {"r2": True, "code_density": False}
 
@@ -107,7 +112,7 @@ class HiddenCode(Probe):
     """Activations: is hidden unit j active exactly when the mechanism says (e.g. j in the union)?"""
 
     level = "activations"
-    input_side = True
+    relabel_invariant = True
     reads = ("blocks.0.mlp.hook_post",)
     main = "f1"
     higher_is_better = {"precision": True, "recall": True, "f1": True}
@@ -187,6 +192,7 @@ class Patch(Probe):
     """Causal: patch the mechanism's idealised activation in; loss recovered vs mean ablation."""
 
     level = "causal"
+    relabel_invariant = True  # a ratio of the model's own losses: a relabelled model recovers the same share
     main = "loss_recovered"
     higher_is_better = {"loss_recovered": True, "kl_to_clean": False}
     reads = ()  # the hook comes from the mechanism (Fitted.ideal_activation)
@@ -218,8 +224,11 @@ class Patch(Probe):
             l_clean, l_patch, l_abl = (task.loss(x.float(), batch).mean().item()
                                        for x in (clean_logits, patched, ablated))
             gap = l_abl - l_clean
-            if abs(gap) < 1e-6:
-                return NotApplicable(f"mean-ablating {hook_name} does not change the loss")
+            if gap < MIN_ABLATION_GAP:
+                # Loss recovered is a ratio over this gap: with nothing lost there is nothing to recover,
+                # and a tiny or negative gap (ablation helps an untrained model) makes the ratio noise.
+                return NotApplicable(f"mean-ablating {hook_name} changes the loss by {gap:+.3g} nats "
+                                     f"(< {MIN_ABLATION_GAP}): nothing to recover")
             c = torch.log_softmax(clean_logits.float(), -1)
             p = torch.log_softmax(patched.float(), -1)
             kl = (c.exp() * (c - p)).sum(-1).mean().item()

@@ -64,7 +64,7 @@ def test_every_probe_score_sits_next_to_its_nulls(tiny_results):
             for score in probe["scores"].values():
                 assert isinstance(score["value"], float)
                 assert isinstance(score["nulls"]["untrained"], (float, type(None)))
-                if name in ("bimodality", "hidden-code"):  # input-side: shuffled is a copy, not a null
+                if name in ("bimodality", "hidden-code", "patch"):  # relabel-invariant: shuffled is no null
                     assert score["nulls"]["shuffled"] is None and "shuffled" in probe["null_notes"]
     bloom = next(r for r in explanations if r["mechanism"]["name"] == "bloom")
     assert all(p["status"] == "ok" for p in bloom["probes"].values())

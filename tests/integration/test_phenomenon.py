@@ -50,3 +50,21 @@ def test_held_out_top_k_mass_is_high_and_false_positives_are_a_rare_cluster(post
         mass = q.gather(-1, held.inputs["tokens"]).sum(-1)
         assert (mass > 0.7).float().mean() > 0.6
         assert ((mass > 0.3) & (mass < 0.5)).float().mean() < 0.15
+
+
+def test_hidden_units_fire_on_the_complemented_union(post_spec, post_models):
+    """Finding 3, with the sign trained nets choose: unit j is active iff j is NOT in the union."""
+    from sparsebench import registry
+    from sparsebench.probes import HiddenCode, Candidates
+
+    task = post_spec.make_task()
+    batch = task.held_out(2048)
+    bloom = registry.mechanisms.get("bloom")(registry.mechanisms.get("bloom").Config())
+    for ck in post_models:
+        fitted = bloom.fit(ck.model, task, generator=torch.Generator().manual_seed(0))
+        assert fitted.summary()["sign"] == -1  # the complemented code (SCIENCE.md §4)
+        hc = HiddenCode().score(ck.model, fitted, task, batch)
+        assert hc["precision"] > 0.97 and hc["recall"] > 0.97, hc
+        # Finding 4: the model's false positives are the tokens whose hash the union covers.
+        cand = Candidates().score(ck.model, fitted, task, batch)
+        assert cand["fp_explained"] > 0.9, cand

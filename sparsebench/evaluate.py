@@ -82,13 +82,19 @@ class Plan:
         if suite.construct:
             for i, run in enumerate(suite.runs):
                 task = make_task(run.task, run.task_config)
-                for w in self.widths(i):
+                for w in self.construct_widths(i):
                     for mech in self.mechanisms.values():
-                        mech.validate(task, w if w is not None else self._width(self.specs[(i, w)]))
+                        mech.validate(task, w)
 
     def widths(self, run: int) -> list[int | None]:
         """The run's width sweep (its own, else the suite's); [None] = the model config as given."""
         return list(self.suite.runs[run].widths or self.suite.widths) or [None]
+
+    def construct_widths(self, run: int) -> list[int]:
+        """Widths at which the mechanisms' constructions are built for this run's task."""
+        if self.suite.construct_widths:
+            return list(self.suite.construct_widths)
+        return [w if w is not None else self._width(self.specs[(run, w)]) for w in self.widths(run)]
 
     def _mechanism(self, name: str) -> Any:
         cls = registry.mechanisms.get(name)
@@ -152,8 +158,7 @@ class Plan:
                 if key in seen:
                     continue
                 seen.add(key)
-                for w in self.widths(i):
-                    width = w if w is not None else self._width(self.specs[(i, w)])
+                for width in self.construct_widths(i):
                     jobs += [Job("construction", i, width, m) for m in self.mechanisms]
         return jobs
 
@@ -362,7 +367,11 @@ def apply_cli(suite: Suite, *, task: str | None, model: str | None, mechanisms: 
     for key, value in (("mechanisms", mechanisms), ("probes", probes), ("seeds", seeds), ("widths", widths)):
         if value:
             data[key] = list(value)
-    for key in ("seeds", "widths", "mechanisms", "probes", "nulls"):
+    if widths and not any(t.split("=")[0].strip() == "construct_widths" for t in sets):
+        data["construct_widths"] = []  # --widths sets the construction sweep too, unless it is set explicitly
+        for r in data["runs"]:
+            r["widths"] = []
+    for key in ("seeds", "widths", "construct_widths", "mechanisms", "probes", "nulls"):
         data[key] = list(data[key])
     return suite_from_dict(data, default_name=suite.name)
 

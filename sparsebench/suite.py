@@ -40,6 +40,7 @@ class Suite:
     mechanisms: tuple[str, ...] = ("bloom", "jl", "softmax-bottleneck")  # candidate explanations
     mechanism_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-mechanism config
     construct: bool = True  # also build each mechanism's exact construction at every width
+    construct_widths: tuple[int, ...] = ()  # widths for constructions; empty = each run's trained widths
     probes: tuple[str, ...] = ()  # probes to run; empty = every registered probe
     nulls: tuple[str, ...] = ()  # null baselines; empty = every registered baseline
     train: TrainConfig = TrainConfig()  # training settings shared by all runs
@@ -51,6 +52,8 @@ class Suite:
         check("suite", len(self.seeds) >= 1, "seeds", "needs at least one seed")
         check("suite", len(set(self.seeds)) == len(self.seeds), "seeds", f"repeats a seed: {list(self.seeds)}")
         check("suite", all(w >= 1 for w in self.widths), "widths", f"must be positive (got {list(self.widths)})")
+        check("suite", all(w >= 1 for w in self.construct_widths), "construct_widths",
+              f"must be positive (got {list(self.construct_widths)})")
         check("suite", self.eval_samples >= 1, "eval_samples", "must be at least 1")
         check("suite", self.probe_samples >= 1, "probe_samples", "must be at least 1")
 

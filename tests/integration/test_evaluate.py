@@ -116,7 +116,7 @@ TINY_FLAGS = ["--seeds", "0", "--widths", "16", "--set", "task.V=100", "--set", 
     (["--mechanism", "blom"], "error: unknown mechanism 'blom'; did you mean 'bloom'?"),
     (["--probe", "hiden-code"], "error: unknown probe 'hiden-code'; did you mean 'hidden-code'?"),
     (["--seeds", "0,x"], "error: --seeds expects comma-separated integers (got '0,x')"),
-    (["no-such-suite"], "error: unknown suite 'no-such-suite'; built-in suites: default"),
+    (["no-such-suite"], "error: unknown suite 'no-such-suite'; built-in suites: default, transformer"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tmp_path, extra, message):
     out = tmp_path / "results"
@@ -151,3 +151,23 @@ def test_records_from_ray_equal_the_in_process_ones(tiny_results, tmp_path):
     for key in local:
         a, b = ({k: v for k, v in r[key].items() if k != "provenance"} for r in (local, remote))
         assert same(a, b), key
+
+
+@pytest.mark.parametrize("name", ["default", "transformer"])
+def test_builtin_suites_load_and_validate(name):
+    from sparsebench.evaluate import Plan
+    from sparsebench.suite import load_suite
+
+    suite = load_suite(name)
+    assert len(suite.seeds) >= 3
+    plan = Plan(suite)  # validates every config, mechanism width and probe before anything runs
+    assert plan.jobs()
+
+
+def test_cli_widths_also_set_the_construction_sweep():
+    from sparsebench.evaluate import apply_cli
+    from sparsebench.suite import load_suite
+
+    s = apply_cli(load_suite("default"), task=None, model=None, mechanisms=None, probes=None, seeds=None,
+                  widths=(24, 40), sets=[])
+    assert s.widths == (24, 40) and s.construct_widths == () and all(r.widths == () for r in s.runs)

@@ -35,13 +35,6 @@ from sparsebench.tasks.topk import TopKUniform, TopKUniformConfig
 WIDTHS = (16, 24, 32, 48, 64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is several times faster than two on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 TABLES, SAMPLES = 16, 1000
 Z_MAX = 4.0
 

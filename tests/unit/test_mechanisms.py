@@ -21,15 +21,6 @@ from sparsebench.tasks.topk import TopKConditional, TopKConditionalConfig, TopKU
 V, K = 300, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is several times faster than two on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def g(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -1,0 +1,36 @@
+"""The model cache: keys, loading instead of retraining, per-seed saving for unstackable models."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsebench.checkpoints import RunSpec, train_or_load
+from sparsebench.training import TrainConfig
+
+TINY_TRAIN = TrainConfig(steps=5, warmup=1, batch_size=16)
+
+
+def spec(model: str, model_config: dict) -> RunSpec:
+    return RunSpec.create("topk-uniform", {"V": 40, "k": 3}, model, model_config, TINY_TRAIN)
+
+
+def test_stackable_seeds_train_together_and_load_next_time(tmp_path):
+    s = spec("mlp1", {"d_model": 8, "d_mlp": 8})
+    first = train_or_load(s, [0, 1], device=torch.device("cpu"), cache=tmp_path, progress=False)
+    assert [c.info["trained_together"] for c in first] == [2, 2]
+    again = train_or_load(s, [1, 0], device=torch.device("cpu"), cache=tmp_path, progress=False)
+    assert [c.sha256 for c in again] == [first[1].sha256, first[0].sha256]
+    assert torch.equal(again[0].model.W_E, first[1].model.W_E)
+
+
+def test_keys_hash_every_config_and_the_seed():
+    a, b = spec("mlp1", {"d_model": 8, "d_mlp": 8}), spec("mlp1", {"d_model": 8, "d_mlp": 16})
+    assert a.key(0) != a.key(1) and a.key(0) != b.key(0)
+    assert a.key(0) == spec("mlp1", {"d_mlp": 8, "d_model": 8}).key(0)
+
+
+def test_unstackable_models_save_each_seed_as_it_finishes(tmp_path):
+    s = spec("transformer", {"d_model": 8, "d_mlp": 8, "n_heads": 2, "d_head": 4})
+    cks = train_or_load(s, [0, 1], device=torch.device("cpu"), cache=tmp_path, progress=False)
+    assert [c.info["trained_together"] for c in cks] == [1, 1]
+    assert len(list((tmp_path / "models").iterdir())) == 2

@@ -49,7 +49,7 @@ METRIC_DIRECTION = {"topk_mass": "max", "exact_set": "max", "target_corr": "max"
 METRIC_ORDER = ["kl", "tv", "fp_rate", "fp_per_sample", "fp_any", "topk_mass", "exact_set", "weight_leak",
                 "target_corr"]
 SOLUTION_META = {"task", "task_version", "task_config", "task_key", "solver_type", "solver", "solver_config",
-                 "train_config", "width", "seed", "id", "date", "path"}
+                 "train_config", "width", "seed", "id", "date", "path", "oracle"}
 
 
 def direction(metric: str) -> str:

@@ -175,6 +175,22 @@ def test_not_applicable_is_never_a_number():
     assert not any(re.fullmatch(r"-?\d+(\.\d+)?(e[-+]?\d+)?( ± .*)?", c) for c in cells[4:8])
 
 
+def test_an_oracle_is_shown_but_never_best_or_ranked():
+    recs = [sol_rec("bloom", 16, 0, 1.0), sol_rec("softmax-bottleneck", 16, 0, 0.1)]
+    recs[1]["solver"]["oracle"] = True
+    b = boards.solutions_board(records.solutions_frame(recs))
+    assert "oracle" not in boards.metric_columns(records.solutions_frame(recs))
+    oracle = b[b.solver == "softmax-bottleneck"].iloc[0]
+    assert oracle.label.endswith("(oracle)") and not oracle.kl_best  # lower KL, yet not "best"
+    assert b[b.solver == "bloom"].iloc[0].kl_best
+    exps = [exp_rec("bloom", 0, {"hidden-code": ok("f1", 0.9, {"untrained": 0.3})}),
+            exp_rec("softmax-bottleneck", 0, {"hidden-code": ok("f1", 0.99, {"untrained": 0.1})})]
+    exps[1]["mechanism"]["oracle"] = True
+    rk = boards.explanation_ranking(boards.explanations_board(records.explanations_frame(exps)))
+    got = {r.mechanism: r.rank for r in rk.itertuples()}
+    assert got["bloom"] == 1 and math.isnan(got["softmax-bottleneck"])
+
+
 def test_ranking_rule():
     b = _exp_board()
     # per probe, by main score: f1 bloom 0.9 < noise 0.95 -> noise first; kl (lower better) noise .1 < bloom .2 < jl .5

@@ -30,7 +30,7 @@ from sparsebench.checkpoints import RunSpec, train_or_load
 from sparsebench.config import from_dict, stable_hash, to_dict
 from sparsebench.errors import UserError
 from sparsebench.io import write_json
-from sparsebench.probes import NotApplicable, model_hook_names
+from sparsebench.probes import OWN_NULL, NotApplicable, model_hook_names
 from sparsebench.suite import Run, Suite
 from sparsebench.training import TrainConfig, seed_generator
 
@@ -194,9 +194,15 @@ def _score_probes(plan: Plan, model: Any, fitted: Any, nulls: dict[str, tuple[An
         null_results = {n: (None if n in blind else probe.score(nm, nf, task, batch)) for n, (nm, nf) in nulls.items()}
         scores = {}
         for key, value in result.items():
+            if OWN_NULL in key:
+                continue
             scores[key] = {"value": value, "higher_is_better": probe.higher_is_better.get(key, True),
                            "nulls": {n: (r.get(key) if isinstance(r, dict) else None)
                                      for n, r in null_results.items()}}
+        for key, value in result.items():  # the probe's own nulls (e.g. patch's "resampled")
+            if OWN_NULL in key:
+                score, null = key.split(OWN_NULL)
+                scores[score]["nulls"][null] = value
         out[name] = {"status": "ok", "level": probe.level, "reads": list(probe.reads), "main": probe.main,
                      "scores": scores}
         if blind:

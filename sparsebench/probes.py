@@ -22,6 +22,7 @@ from sparsebench.api import Batch, Fitted, Task, last_position
 from sparsebench.tasks.topk import FP_TIER  # the task's one top-tier rule
 
 MIN_ABLATION_GAP = 0.01  # nats: loss recovered is defined only if mean ablation costs at least this much
+OWN_NULL = "@"  # a score key "name@null" is the probe's own null for score `name` (recorded under its nulls)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,12 @@ class Prediction(Probe):
 
 
 class Patch(Probe):
-    """Causal: patch the mechanism's idealised activation in; loss recovered vs mean ablation."""
+    """Causal: patch the mechanism's idealised activation in; loss recovered vs mean ablation.
+
+    Its own null ("resampled"): the same idealised activations, each paired with another
+    sample of the batch (rows rolled by one). It keeps every statistic of the explanation
+    but its input-specificity, and applies to any model where ablation costs something.
+    """
 
     level = "causal"
     relabel_invariant = True  # a ratio of the model's own losses: a relabelled model recovers the same share
@@ -220,9 +226,10 @@ class Patch(Probe):
                 return hook
 
             patched = model.run_with_hooks(**batch.inputs, fwd_hooks=[(hook_name, replace(value))])
+            resampled = model.run_with_hooks(**batch.inputs, fwd_hooks=[(hook_name, replace(value.roll(1, 0)))])
             ablated = model.run_with_hooks(**batch.inputs, fwd_hooks=[(hook_name, replace(mean))])
-            l_clean, l_patch, l_abl = (task.loss(x.float(), batch).mean().item()
-                                       for x in (clean_logits, patched, ablated))
+            l_clean, l_patch, l_abl, l_resampled = (task.loss(x.float(), batch).mean().item()
+                                                    for x in (clean_logits, patched, ablated, resampled))
             gap = l_abl - l_clean
             if gap < MIN_ABLATION_GAP:
                 # Loss recovered is a ratio over this gap: with nothing lost there is nothing to recover,
@@ -232,4 +239,5 @@ class Patch(Probe):
             c = torch.log_softmax(clean_logits.float(), -1)
             p = torch.log_softmax(patched.float(), -1)
             kl = (c.exp() * (c - p)).sum(-1).mean().item()
-        return {"loss_recovered": (l_abl - l_patch) / gap, "kl_to_clean": kl}
+        return {"loss_recovered": (l_abl - l_patch) / gap, "kl_to_clean": kl,
+                f"loss_recovered{OWN_NULL}resampled": (l_abl - l_resampled) / gap}

@@ -14,7 +14,7 @@ from sparsebench import registry
 from sparsebench.api import Batch, Fitted, Task
 from sparsebench.build import make_model, make_task
 from sparsebench.errors import ConfigError
-from sparsebench.probes import NotApplicable
+from sparsebench.probes import OWN_NULL, NotApplicable
 
 HOOKS = ["hook_embed", "blocks.0.hook_resid_pre", "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post",
          "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"]
@@ -122,7 +122,9 @@ def test_probe_scores_or_says_why_not(name):
         if isinstance(result, NotApplicable):
             assert result.reason and "\n" not in result.reason
         else:
-            assert probe.main in result and set(result) <= set(probe.higher_is_better)
+            own, scores = {k for k in result if OWN_NULL in k}, {k for k in result if OWN_NULL not in k}
+            assert probe.main in scores and scores <= set(probe.higher_is_better)
+            assert {k.split(OWN_NULL)[0] for k in own} <= scores  # a probe's own null belongs to one of its scores
             assert all(isinstance(v, float) for v in result.values())
 
 

@@ -66,6 +66,9 @@ def test_every_probe_score_sits_next_to_its_nulls(tiny_results):
                 assert isinstance(score["nulls"]["untrained"], (float, type(None)))
                 if name in ("bimodality", "hidden-code", "patch"):  # relabel-invariant: shuffled is no null
                     assert score["nulls"]["shuffled"] is None and "shuffled" in probe["null_notes"]
+    for r in explanations:  # the causal probe carries its own null wherever it applies
+        if r["probes"]["patch"]["status"] == "ok":
+            assert isinstance(r["probes"]["patch"]["scores"]["loss_recovered"]["nulls"]["resampled"], float)
     bloom = next(r for r in explanations if r["mechanism"]["name"] == "bloom")
     assert all(p["status"] == "ok" for p in bloom["probes"].values())
     jl = next(r for r in explanations if r["mechanism"]["name"] == "jl")

@@ -11,7 +11,7 @@ the same shapes (inputs are a dict of tensors, targets are the task's own).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -26,16 +26,13 @@ class Batch:
 
     inputs: dict[str, Tensor]  # what the model is called with: model(**inputs)
     target: Tensor  # the task's target, e.g. [*, batch, set] probabilities of the input tokens
-    extras: dict[str, Tensor] = field(default_factory=dict)  # task-specific side data
 
     def to(self, device: torch.device | str) -> "Batch":
-        mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return Batch(mv(self.inputs), self.target.to(device), mv(self.extras))
+        return Batch({k: v.to(device) for k, v in self.inputs.items()}, self.target.to(device))
 
     def instance(self, i: int) -> "Batch":
         """Instance `i` of a stacked batch (drops the leading instance dim)."""
-        sel = lambda d: {k: v[i] for k, v in d.items()}  # noqa: E731
-        return Batch(sel(self.inputs), self.target[i], sel(self.extras))
+        return Batch({k: v[i] for k, v in self.inputs.items()}, self.target[i])
 
     def __len__(self) -> int:
         return self.target.shape[-2]
@@ -87,10 +84,8 @@ class Task(Configurable, ABC):
                        device: torch.device | str = "cpu") -> Batch:
         """One batch per generator, stacked on a leading instance dim: [inst, n, ...]."""
         parts = [self.sample(n, generator=g, device=device) for g in generators]
-        stack = lambda key, get: {k: torch.stack([get(p)[k] for p in parts]) for k in key}  # noqa: E731
-        return Batch(stack(parts[0].inputs, lambda p: p.inputs),
-                     torch.stack([p.target for p in parts]),
-                     stack(parts[0].extras, lambda p: p.extras))
+        return Batch({k: torch.stack([p.inputs[k] for p in parts]) for k in parts[0].inputs},
+                     torch.stack([p.target for p in parts]))
 
     @abstractmethod
     def loss(self, logits: Tensor, batch: Batch) -> Tensor:

@@ -83,9 +83,6 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.singular} {name!r} is already registered (by {entries[name].source})")
         entries[name] = Entry(name, obj, source, version)
 
-    def unregister(self, name: str) -> None:
-        self._load().pop(name, None)
-
     def entry(self, name: str) -> Entry[T]:
         entries = self._load()
         if name in entries:

@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 
 from sparsebench import registry
-from sparsebench.api import Batch, Fitted, Task
+from sparsebench.api import Batch, Fitted, SparseModel, Task
 from sparsebench.build import make_model, make_task
 from sparsebench.errors import ConfigError
 from sparsebench.probes import OWN_NULL, NotApplicable
@@ -70,6 +70,7 @@ class TestModel:
         task = small_task("topk-uniform")
         model = small_model(name, task)
         batch = task.sample(4, generator=torch.Generator().manual_seed(0))
+        assert isinstance(model, SparseModel)  # the protocol probes and mechanisms rely on
         logits, cache = model.run_with_cache(**batch.inputs)
         assert logits.shape == (4, task.n_outputs)
         assert set(HOOKS) <= set(cache.keys())

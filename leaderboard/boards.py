@@ -22,9 +22,12 @@ Explanations board
     Ranking rule:
     * per probe: mechanisms whose probe applies are ranked by the mean of the
       probe's main score (by its `higher_is_better`); n/a ranks nowhere.
-    * margin of a score, per seed: value minus the strongest null of that seed
-      (the null that scores best: max if higher is better, min otherwise),
-      signed so positive means "better than every null"; then mean ± std.
+    * margin of a score, per seed: value minus the strongest null model of that
+      seed (the null that scores best: max if higher is better, min otherwise),
+      signed so positive means "better than every null"; then mean ± std. A
+      probe's own nulls (patch's "resampled") are shown but not used: they are
+      not rival models and may be on another scale (loss recovered is unbounded
+      below).
     * overall: mechanisms ranked by the mean, over the probes that apply to them,
       of their main score's mean margin; ties broken by more applicable probes,
       then name. A mechanism with no applicable probe (or no nulls) is unranked.
@@ -214,7 +217,9 @@ GROUP_KEYS = ["task_key", "model", "model_config", "train_config"]
 
 
 def _margin(row: pd.Series, null_cols: list[str]) -> float:
-    nulls = [row[c] for c in null_cols if not pd.isna(row[c])]
+    """Main score minus the strongest null model (a probe's own nulls are shown, not used)."""
+    own = {c for c in null_cols if isinstance(row.get(f"own{c}"), (bool, np.bool_)) and bool(row.get(f"own{c}"))}
+    nulls = [row[c] for c in null_cols if not pd.isna(row[c]) and c not in own]
     if pd.isna(row["value"]) or not nulls:
         return math.nan
     return float(row["value"] - max(nulls)) if row["higher_is_better"] else float(min(nulls) - row["value"])

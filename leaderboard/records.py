@@ -231,7 +231,12 @@ def explanations_frame(records: list[dict[str, Any]]):
                 row = {**base, "probe": probe, "status": "ok", "reason": "", "score": sname,
                        "is_main": sname == main, "value": _num(sc.get("value")),
                        "higher_is_better": bool(sc.get("higher_is_better", True))}
+                model_nulls = rec.get("nulls")  # the null *models*; a probe may add its own nulls
                 for nname, nv in (sc.get("nulls") or {}).items():
                     row[f"null_{nname}"] = _num(nv)
+                    # Margins are taken over null models only (when the record names them): a probe's
+                    # own null (patch's "resampled") is context, on another scale, not a rival model.
+                    if isinstance(model_nulls, dict) and nname not in model_nulls:
+                        row[f"ownnull_{nname}"] = True
                 rows.append(row)
     return pd.DataFrame(rows)

@@ -191,6 +191,17 @@ def test_an_oracle_is_shown_but_never_best_or_ranked():
     assert got["bloom"] == 1 and math.isnan(got["softmax-bottleneck"])
 
 
+def test_a_probes_own_null_is_shown_but_not_used_for_the_margin():
+    rec = exp_rec("bloom", 0, {"patch": ok("loss_recovered", 1.0, {"untrained": None, "resampled": -3.0}),
+                               "hidden-code": ok("f1", 0.9, {"untrained": 0.3, "resampled": None})})
+    rec["nulls"] = {"untrained": "initial weights"}
+    b = boards.explanations_board(records.explanations_frame([rec]))
+    patch = b[(b.probe == "patch") & b.is_main].iloc[0]
+    assert patch.null_resampled_mean == pytest.approx(-3.0) and math.isnan(patch.margin_mean)
+    hc = b[(b.probe == "hidden-code") & b.is_main].iloc[0]
+    assert hc.margin_mean == pytest.approx(0.6)
+
+
 def test_ranking_rule():
     b = _exp_board()
     # per probe, by main score: f1 bloom 0.9 < noise 0.95 -> noise first; kl (lower better) noise .1 < bloom .2 < jl .5

@@ -78,7 +78,7 @@ class Task(Configurable, ABC):
 
     @abstractmethod
     def sample(self, n: int, *, generator: torch.Generator, device: torch.device | str = "cpu") -> Batch:
-        """Draw `n` fresh samples on `device` with `generator` (vectorised, no Python loop over samples)."""
+        """Draw `n` fresh samples onto `device` with `generator` (on any device; vectorised, no loop over samples)."""
 
     def sample_stacked(self, n: int, *, generators: list[torch.Generator],
                        device: torch.device | str = "cpu") -> Batch:
@@ -96,9 +96,8 @@ class Task(Configurable, ABC):
         """Every metric of the task, averaged over the batch (no instance dim)."""
 
     def held_out(self, n: int, *, seed: int = 10_000_019, device: torch.device | str = "cpu") -> Batch:
-        """A fixed evaluation batch from a seed no training run uses by default."""
-        g = torch.Generator(device=device).manual_seed(seed)
-        return self.sample(n, generator=g, device=device)
+        """A fixed evaluation batch from a seed no training run uses (drawn on the CPU: the same on any device)."""
+        return self.sample(n, generator=torch.Generator().manual_seed(seed), device=device)
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ import typer
 
 from sparsebench.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Benchmark superposition mechanisms: tasks, models, mechanisms, probes, leaderboards.")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file with [task], [model], [train] sections.")
@@ -42,9 +42,10 @@ def _settings(config: Optional[Path], sets: Optional[list[str]], **flags: Any) -
 
 
 def _section(data: dict[str, Any], name: str, default_name: str | None) -> tuple[str | None, dict[str, Any]]:
-    section = dict(data.get(name, {}))
+    section = data.get(name, {})
     if not isinstance(section, dict):
-        raise UserError(f"[{name}] must be a table in the config file")
+        raise UserError(f"[{name}] must be a table (got {section!r})")
+    section = dict(section)
     return section.pop("name", default_name), section
 
 

@@ -78,6 +78,8 @@ def _coerce(where: str, name: str, hint: Any, value: Any) -> Any:
 
 def from_dict(cls: type[C], data: dict[str, Any] | None, where: str) -> C:
     """Build config `cls` from a plain dict, rejecting unknown fields and wrong types."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(where, "(all)", f"must be a table of fields (got {data!r})")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -110,6 +112,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise UserError(f"cannot read config file {path}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import platform
 import subprocess
 import time
@@ -151,15 +152,14 @@ class Plan:
     def jobs(self) -> list[Job]:
         jobs = [Job("trained", i, w) for i in range(len(self.suite.runs)) for w in self.widths(i)]
         if self.suite.construct:
-            seen = set()
+            by_task: dict[Any, tuple[int, set[int]]] = {}  # task -> (first run using it, union of widths)
             for i in range(len(self.suite.runs)):
                 task = self.task(i)
-                key = (task.name, tuple(sorted(task.config_dict().items())))
-                if key in seen:
-                    continue
-                seen.add(key)
-                for width in self.construct_widths(i):
-                    jobs += [Job("construction", i, width, m) for m in self.mechanisms]
+                key = (task.name, json.dumps(task.config_dict(), sort_keys=True))
+                first, widths = by_task.get(key, (i, set()))
+                by_task[key] = (first, widths | set(self.construct_widths(i)))
+            for first, widths in by_task.values():
+                jobs += [Job("construction", first, w, m) for w in sorted(widths) for m in self.mechanisms]
         return jobs
 
     def task(self, run: int) -> Any:
@@ -192,6 +192,7 @@ def _score_probes(plan: Plan, model: Any, fitted: Any, nulls: dict[str, tuple[An
         # A relabelling null (e.g. shuffled) is no null for a relabel-invariant probe: left out, not scored.
         blind = {n for n in nulls if probe.relabel_invariant and plan.nulls[n].relabels_inputs}
         null_results = {n: (None if n in blind else probe.score(nm, nf, task, batch)) for n, (nm, nf) in nulls.items()}
+        notes = {n: r.reason for n, r in null_results.items() if isinstance(r, NotApplicable)}
         scores = {}
         for key, value in result.items():
             if OWN_NULL in key:
@@ -205,9 +206,9 @@ def _score_probes(plan: Plan, model: Any, fitted: Any, nulls: dict[str, tuple[An
                 scores[score]["nulls"][null] = value
         out[name] = {"status": "ok", "level": probe.level, "reads": list(probe.reads), "main": probe.main,
                      "scores": scores}
-        if blind:
-            out[name]["null_notes"] = {n: "only relabels input tokens, which this probe cannot see: not a null for it"
-                                       for n in blind}
+        notes |= {n: "only relabels input tokens, which this probe cannot see: not a null for it" for n in blind}
+        if notes:
+            out[name]["null_notes"] = notes  # why a null has no number
     return out
 
 
@@ -295,6 +296,8 @@ def run_job(plan: Plan, job: Job, device: torch.device, cache: Path | None, prog
 def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | None = None, force: bool = False,
              progress: bool = True, executor: str = "local", ray_address: str | None = None) -> dict[str, int]:
     """Run the suite; write records under `out`. Returns counts of written and skipped records."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
     plan = Plan(suite)  # validates everything before any work
     dev = resolve_device(device)
     jobs = plan.jobs()
@@ -334,12 +337,19 @@ def _csv_ints(text: str | None, flag: str) -> tuple[int, ...] | None:
         raise UserError(f"{flag} expects comma-separated integers (got {text!r})") from None
 
 
+def _run_tables(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run tables of a suite dict being edited (`--set runs=...` may have put anything there)."""
+    runs = data.get("runs")
+    return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+
+
 def apply_cli(suite: Suite, *, task: str | None, model: str | None, mechanisms: list[str] | None,
               probes: list[str] | None, seeds: tuple[int, ...] | None, widths: tuple[int, ...] | None,
               sets: list[str]) -> Suite:
     """Flags override the suite: --task/--model replace the runs, --set edits any field.
 
-    `--set task.k=7` and `--set model.d_mlp=32` apply to every run; `--set train.lr=3e-3` to training;
+    `--set task.k=7` and `--set model.d_mlp=32` apply to every run (a model field set this way is
+    taken out of the width sweep); `--set train.lr=3e-3` to training, runs' own overrides included;
     `--set mechanism.bloom.alpha=30` to a mechanism; any other key is a top-level suite field.
     """
     from sparsebench.config import parse_override
@@ -347,11 +357,18 @@ def apply_cli(suite: Suite, *, task: str | None, model: str | None, mechanisms: 
 
     runs = list(suite.runs)
     if task or model:
-        base = runs[0]
-        runs = [Run(task=task or base.task, model=model or base.model,
-                    task_config=base.task_config if (task or base.task) == base.task else {},
-                    model_config=base.model_config if (model or base.model) == base.model else {},
-                    width_fields=base.width_fields if (model or base.model) == base.model else ("d_model", "d_mlp"))]
+        # Keep the suite's runs that match (with their configs, widths and training); only when
+        # none does, make one run from the first run's settings for whichever names still match.
+        matching = [r for r in runs if (task is None or r.task == task) and (model is None or r.model == model)]
+        if matching:
+            runs = matching
+        else:
+            base = runs[0]
+            same_task, same_model = (task or base.task) == base.task, (model or base.model) == base.model
+            runs = [Run(task=task or base.task, model=model or base.model,
+                        task_config=base.task_config if same_task else {},
+                        model_config=base.model_config if same_model else {},
+                        width_fields=base.width_fields if same_model else ("d_model", "d_mlp"))]
     data: dict[str, Any] = {k: v for k, v in vars(suite).items() if k not in ("runs", "train")}
     data["train"] = to_dict(suite.train)
     data["runs"] = [vars(r) | {"width_fields": list(r.width_fields), "widths": list(r.widths)} for r in runs]
@@ -360,10 +377,15 @@ def apply_cli(suite: Suite, *, task: str | None, model: str | None, mechanisms: 
         path, value = parse_override(text)
         head = path[0]
         if head in ("task", "model") and len(path) == 2:
-            for r in data["runs"]:
+            for r in _run_tables(data):
                 r[f"{head}_config"] = {**r[f"{head}_config"], path[1]: value}
+                if head == "model" and path[1] in r["width_fields"]:  # an explicit value wins over the sweep
+                    r["width_fields"] = [f for f in r["width_fields"] if f != path[1]]
         elif head == "train" and len(path) == 2:
             data["train"][path[1]] = value
+            for r in _run_tables(data):  # and over a run's own training overrides
+                if path[1] in r["train"]:
+                    r["train"] = {**r["train"], path[1]: value}
         elif head == "mechanism" and len(path) == 3:
             data["mechanism_config"].setdefault(path[1], {})[path[2]] = value
         elif len(path) == 1:
@@ -375,11 +397,12 @@ def apply_cli(suite: Suite, *, task: str | None, model: str | None, mechanisms: 
             data[key] = list(value)
     if widths and not any(t.split("=")[0].strip() == "construct_widths" for t in sets):
         data["construct_widths"] = []  # --widths sets the construction sweep too, unless it is set explicitly
-        for r in data["runs"]:
+        for r in _run_tables(data):
             r["widths"] = []
     for key in ("seeds", "widths", "construct_widths", "mechanisms", "probes", "nulls"):
-        data[key] = list(data[key])
-    return suite_from_dict(data, default_name=suite.name)
+        if isinstance(data[key], tuple):
+            data[key] = list(data[key])
+    return suite_from_dict(data, default_name=suite.name)  # validates whatever --set put in
 
 
 def evaluate_command(

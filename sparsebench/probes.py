@@ -49,11 +49,17 @@ class Probe(ABC):
         ...
 
 
-def _f1(pred: Tensor, actual: Tensor) -> dict[str, float]:
-    """Precision, recall and F1 of boolean `pred` against boolean `actual` (pooled over all entries)."""
+def _f1(pred: Tensor, actual: Tensor, what: str) -> dict[str, float] | NotApplicable:
+    """Precision, recall and F1 of boolean `pred` against boolean `actual` (pooled over all entries).
+
+    Undefined (not applicable) when nothing is predicted or nothing is actually `what`.
+    """
+    n_pred, n_actual = pred.sum().item(), actual.sum().item()
+    if n_pred == 0 or n_actual == 0:
+        side = "predicted" if n_pred == 0 else "observed"
+        return NotApplicable(f"nothing {side} {what}: precision and recall are undefined")
     tp = (pred & actual).sum().item()
-    p = tp / max(pred.sum().item(), 1)
-    r = tp / max(actual.sum().item(), 1)
+    p, r = tp / n_pred, tp / n_actual
     return {"precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-12)}
 
 
@@ -128,7 +134,7 @@ class HiddenCode(Probe):
         # "Active" relative to each unit's scale, so a unit idling at a tiny positive value
         # (a bias that has not quite reached 0) still counts as off.
         active = post > 1e-3 * post.amax(0, keepdim=True).clamp_min(1e-6)
-        return _f1(predicted.to(active.device), active)
+        return _f1(predicted.to(active.device), active, "active")
 
 
 class Candidates(Probe):
@@ -149,7 +155,9 @@ class Candidates(Probe):
         with torch.no_grad():
             actual = top_tier(model(**batch.inputs), tokens)
         predicted = predicted.to(actual.device)
-        out = _f1(predicted, actual)
+        out = _f1(predicted, actual, "in the top tier")
+        if isinstance(out, NotApplicable):
+            return out
         members = torch.zeros_like(actual).scatter_(-1, tokens, True)
         model_fp = actual & ~members
         n_fp = model_fp.sum().item()

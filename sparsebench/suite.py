@@ -54,6 +54,10 @@ class Suite:
         check("suite", all(w >= 1 for w in self.widths), "widths", f"must be positive (got {list(self.widths)})")
         check("suite", all(w >= 1 for w in self.construct_widths), "construct_widths",
               f"must be positive (got {list(self.construct_widths)})")
+        unknown = sorted(set(self.mechanism_config) - set(self.mechanisms))
+        check("suite", not unknown, "mechanism_config",
+              f"configures {unknown[0] if unknown else ''!r}, which is not among mechanisms "
+              f"({', '.join(self.mechanisms) or 'none'})")
         check("suite", self.eval_samples >= 1, "eval_samples", "must be at least 1")
         check("suite", self.probe_samples >= 1, "probe_samples", "must be at least 1")
 
@@ -80,7 +84,10 @@ def load_suite(name_or_path: str) -> Suite:
 
 def suite_from_dict(data: dict[str, Any], default_name: str = "custom") -> Suite:
     data = dict(data)
-    runs = tuple(from_dict(Run, r, "suite.runs") for r in data.pop("runs", [{}]))
+    runs = data.pop("runs", [{}])
+    check("suite", isinstance(runs, list) and all(isinstance(r, dict) for r in runs), "runs",
+          f"must be a list of tables ([[runs]]) (got {runs!r})")
+    runs = tuple(from_dict(Run, r, "suite.runs") for r in runs)
     train = from_dict(TrainConfig, data.pop("train", {}), "train")
     data.setdefault("name", default_name)
     suite = from_dict(Suite, data, "suite")

@@ -132,8 +132,11 @@ class TopKUniform(Task):
 
     def _uniforms(self, n: int, generator: torch.Generator, device: torch.device | str) -> Tensor:
         # All uniforms of a batch in one draw: k for the set, k for the order, k for the weights.
-        # float64 keeps the token index unbiased for large V.
-        return torch.rand(n, 3 * self.config.k, generator=generator, device=device, dtype=torch.float64)
+        # float64 keeps the token index unbiased for large V. Drawn on the generator's own device
+        # and moved: any generator works with any device, and a CPU generator gives the same
+        # samples whether the batch lands on the CPU or a GPU.
+        u = torch.rand(n, 3 * self.config.k, generator=generator, device=generator.device, dtype=torch.float64)
+        return u.to(device)
 
     def _from_uniforms(self, u: Tensor) -> Batch:
         """u: [..., n, 3k] uniforms -> a batch with the same leading dims."""

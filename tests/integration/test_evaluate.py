@@ -120,6 +120,10 @@ TINY_FLAGS = ["--seeds", "0", "--widths", "16", "--set", "task.V=100", "--set", 
     (["--probe", "hiden-code"], "error: unknown probe 'hiden-code'; did you mean 'hidden-code'?"),
     (["--seeds", "0,x"], "error: --seeds expects comma-separated integers (got '0,x')"),
     (["no-such-suite"], "error: unknown suite 'no-such-suite'; built-in suites: default, transformer"),
+    (["--set", "mechanism.blom.alpha=3"], "error: invalid suite config: mechanism_config: configures 'blom', "
+                                          "which is not among mechanisms (bloom, jl, softmax-bottleneck)"),
+    (["--set", "runs=5"], "error: invalid suite config: runs: must be a list of tables ([[runs]]) (got 5)"),
+    (["--set", "train=5"], "error: invalid train config: (all): must be a table of fields (got 5)"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tmp_path, extra, message):
     out = tmp_path / "results"
@@ -174,3 +178,34 @@ def test_cli_widths_also_set_the_construction_sweep():
     s = apply_cli(load_suite("default"), task=None, model=None, mechanisms=None, probes=None, seeds=None,
                   widths=(24, 40), sets=[])
     assert s.widths == (24, 40) and s.construct_widths == () and all(r.widths == () for r in s.runs)
+
+
+def test_out_must_be_a_folder(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "a-file"
+    out.write_text("not a folder")
+    code, _, stderr = run_cli(monkeypatch, capsys, "evaluate", *TINY_FLAGS, "--out", str(out))
+    assert code == 2 and stderr.strip() == f"error: --out {out} exists and is not a folder"
+
+
+def test_train_config_that_is_a_folder_or_not_a_table(monkeypatch, capsys, tmp_path):
+    code, _, stderr = run_cli(monkeypatch, capsys, "train", "--config", str(tmp_path))
+    assert code == 2 and stderr.startswith(f"error: cannot read config file {tmp_path}")
+    code, _, stderr = run_cli(monkeypatch, capsys, "train", "--set", "task=5")
+    assert code == 2 and stderr.strip() == "error: [task] must be a table (got 5)"
+
+
+def test_cli_flags_keep_matching_runs_and_explicit_values_win():
+    from sparsebench.evaluate import apply_cli
+    from sparsebench.suite import suite_from_dict
+
+    suite = suite_from_dict({"widths": [16, 24], "runs": [
+        {"task": "topk-uniform", "task_config": {"V": 100}, "train": {"lr": 0.05}},
+        {"task": "topk-conditional", "task_config": {"V": 100, "target": "softmax", "beta": 2.0}, "widths": [32]}]})
+    s = apply_cli(suite, task="topk-conditional", model=None, mechanisms=None, probes=None, seeds=None, widths=None,
+                  sets=["model.d_mlp=8", "train.lr=0.001"])
+    (run,) = s.runs
+    assert run.task_config == {"V": 100, "target": "softmax", "beta": 2.0} and run.widths == (32,)
+    assert run.model_config["d_mlp"] == 8 and "d_mlp" not in run.width_fields  # explicit value leaves the sweep
+    s = apply_cli(suite, task=None, model=None, mechanisms=None, probes=None, seeds=None, widths=None,
+                  sets=["train.lr=0.001"])
+    assert s.train.lr == 0.001 and s.runs[0].train["lr"] == 0.001  # a run's own override is overridden too

@@ -156,3 +156,11 @@ def test_bloom_formula_and_optimal_hash_size():
     logs = [math.log(task.bloom_fp_rate(m, task.optimal_hash_size(m))) for m in ms]
     slope = (logs[-1] - logs[0]) / (ms[-1] - ms[0])
     assert slope == pytest.approx(math.log(0.6185) / 5, rel=0.15)
+
+
+def test_a_cpu_generator_serves_any_device():
+    """Samples are drawn on the generator's device, then moved: same samples on any device."""
+    task = make_task("topk-uniform", {"V": 100, "k": 5})
+    b = task.sample(8, generator=torch.Generator().manual_seed(0), device="meta")
+    assert b.inputs["tokens"].device.type == "meta" and b.inputs["tokens"].shape == (8, 5)
+    assert torch.equal(task.held_out(8).inputs["tokens"], task.held_out(8, device="cpu").inputs["tokens"])

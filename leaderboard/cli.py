@@ -132,21 +132,6 @@ def _print_rich(console, tables) -> None:
 
 # ---------------------------------------------------------------------------- report
 
-def _settings(config: Optional[Path], sets: Optional[list[str]]) -> dict[str, Any]:
-    from sparsebench.config import apply_overrides, load_toml
-
-    data = load_toml(config) if config else {}
-    return apply_overrides(data, sets or [])
-
-
-def _section(data: dict[str, Any], name: str, default: str) -> tuple[str, dict[str, Any]]:
-    section = data.get(name, {})
-    if not isinstance(section, dict):
-        raise UserError(f"[{name}] must be a table in the config file")
-    section = dict(section)
-    return str(section.pop("name", default)), section
-
-
 def model_anatomy(model: Any, task: Any, fitted: Any, n_samples: int, device: Any) -> dict[str, Any]:
     """Arrays behind the report figures: E @ W_in, the hash code, top-k mass, tier data, and metrics."""
     import torch
@@ -193,18 +178,14 @@ def report(
 
     from sparsebench import registry
     from sparsebench.build import resolve_device
-    from sparsebench.checkpoints import RunSpec, train_or_load
-    from sparsebench.config import from_dict, to_dict
+    from sparsebench.checkpoints import train_or_load
+    from sparsebench.cli import _settings, run_spec
+    from sparsebench.config import to_dict
     from sparsebench.leaderboard import figures, render
-    from sparsebench.training import TrainConfig
 
     if n_samples < 1:
         raise UserError(f"--samples must be at least 1 (got {n_samples})")
-    data = _settings(config, set_)
-    task_name, task_cfg = _section(data, "task", "topk-uniform")
-    model_name, model_cfg = _section(data, "model", "mlp1")
-    train_cfg = from_dict(TrainConfig, data.get("train", {}), "train")
-    spec = RunSpec.create(task_name, task_cfg, model_name, model_cfg, train_cfg)
+    spec = run_spec(_settings(config, set_))
     dev = resolve_device(device)
     (ck,) = train_or_load(spec, [seed], device=dev, cache=cache)
     task = spec.make_task()
@@ -217,7 +198,7 @@ def report(
     a = model_anatomy(ck.model, task, fitted, n_samples, dev)
     summary = {k: (v if isinstance(v, (int, str)) else float(v)) for k, v in fitted.summary().items()}
     k = int(getattr(task.config, "k", 0)) or int(task.seq_len)
-    who = f"{task_name} · {model_name} · seed {seed}"
+    who = f"{spec.task} · {spec.model} · seed {seed}"
     figs = [
         ("hash_matrix.png", f"{who}: E @ W_in, tokens sorted by fitted hash (colour centred at 0).",
          figures.hash_matrix_figure(a["M"], a["code"], int(summary.get("sign", 0)) or None,
@@ -240,7 +221,7 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     for name, _, png in pngs:
         _write_bytes(out / name, png)
-    info = {"task": {"name": task_name, "config": spec.task_config}, "model": {"name": model_name,
+    info = {"task": {"name": spec.task, "config": spec.task_config}, "model": {"name": spec.model,
             "config": spec.model_config}, "train": to_dict(train_cfg), "seed": seed,
             "checkpoint": {"key": ck.key, "sha256": ck.sha256}, "bloom_fit": summary,
             "held_out": {"n_samples": n_samples, **a["metrics"]}, "figures": [p[0] for p in pngs]}

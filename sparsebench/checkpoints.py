@@ -79,6 +79,7 @@ class Checkpoint:
     key: str  # cache key
     sha256: str  # hash of the weights file
     info: dict[str, Any]  # run.json: configs, seed, training time, final loss, versions
+    trained: bool = False  # True if trained by this call, False if loaded from the cache
 
 
 def file_sha256(path: Path) -> str:
@@ -108,7 +109,7 @@ def save(spec: RunSpec, seed: int, model: Any, info: dict[str, Any], *, cache: P
         tmp.mkdir()
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
         (tmp / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return Checkpoint(model, seed, spec.key(seed), file_sha256(folder / "model.safetensors"), info)
+    return Checkpoint(model, seed, spec.key(seed), file_sha256(folder / "model.safetensors"), info, trained=True)
 
 
 def train_or_load(spec: RunSpec, seeds: list[int], *, device: torch.device, cache: Path | None = None,

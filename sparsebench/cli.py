@@ -41,7 +41,19 @@ def _settings(config: Optional[Path], sets: Optional[list[str]], **flags: Any) -
     return apply_overrides(data, sets or [])
 
 
-def _section(data: dict[str, Any], name: str, default_name: str | None) -> tuple[str | None, dict[str, Any]]:
+def run_spec(data: dict[str, Any]) -> Any:
+    """The RunSpec that merged settings describe ([task], [model], [train]); validates every field."""
+    from sparsebench.checkpoints import RunSpec
+    from sparsebench.config import from_dict
+    from sparsebench.training import TrainConfig
+
+    task_name, task_cfg = _section(data, "task", "topk-uniform")
+    model_name, model_cfg = _section(data, "model", "mlp1")
+    train_cfg = from_dict(TrainConfig, data.get("train", {}), "train")
+    return RunSpec.create(task_name, task_cfg, model_name, model_cfg, train_cfg)
+
+
+def _section(data: dict[str, Any], name: str, default_name: str) -> tuple[str, dict[str, Any]]:
     section = data.get(name, {})
     if not isinstance(section, dict):
         raise UserError(f"[{name}] must be a table (got {section!r})")
@@ -84,18 +96,12 @@ def train(
     import torch
 
     from sparsebench.build import resolve_device
-    from sparsebench.checkpoints import RunSpec, cache_root, load, train_or_load
-    from sparsebench.config import from_dict
-    from sparsebench.training import TrainConfig
+    from sparsebench.checkpoints import cache_root, train_or_load
 
     data = _settings(config, set_, **{"task.name": task, "model.name": model})
-    task_name, task_cfg = _section(data, "task", "topk-uniform")
-    model_name, model_cfg = _section(data, "model", "mlp1")
-    train_cfg = from_dict(TrainConfig, data.get("train", {}), "train")
     seeds = list(seed) if seed else list(data.get("seeds", [0]))
-    spec = RunSpec.create(task_name, task_cfg, model_name, model_cfg, train_cfg)  # type: ignore[arg-type]
+    spec = run_spec(data)
     dev = resolve_device(device)
-    cached = {s for s in seeds if load(spec, s, device=dev, cache=cache) is not None}
     start = time.perf_counter()
     checkpoints = train_or_load(spec, seeds, device=dev, cache=cache, progress=progress)
     elapsed = time.perf_counter() - start
@@ -104,7 +110,7 @@ def train(
     for ck in checkpoints:
         with torch.no_grad():
             m = task_obj.metrics(ck.model(**held.inputs), held)
-        how = "loaded" if ck.seed in cached else "trained"
+        how = "trained" if ck.trained else "loaded"
         summary = " ".join(f"{k}={v:.4g}" for k, v in m.items())
         typer.echo(f"seed {ck.seed}: {how} {cache_root(cache) / 'models' / ck.key}  held-out {summary}")
     typer.echo(f"{len(seeds)} model(s) in {elapsed:.1f}s on {dev}")

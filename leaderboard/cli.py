@@ -222,7 +222,7 @@ def report(
     for name, _, png in pngs:
         _write_bytes(out / name, png)
     info = {"task": {"name": spec.task, "config": spec.task_config}, "model": {"name": spec.model,
-            "config": spec.model_config}, "train": to_dict(train_cfg), "seed": seed,
+            "config": spec.model_config}, "train": to_dict(spec.train), "seed": seed,
             "checkpoint": {"key": ck.key, "sha256": ck.sha256}, "bloom_fit": summary,
             "held_out": {"n_samples": n_samples, **a["metrics"]}, "figures": [p[0] for p in pngs]}
     _write_text(out / "report.json", json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,3 +80,12 @@ def test_killed_training_leaves_no_checkpoint_and_reruns(tmp_path):
     models = tmp_path / "models"
     visible = [p for p in models.iterdir() if not p.name.startswith(".")] if models.exists() else []
     assert visible == [], "a killed run must not leave a checkpoint"
+
+
+def test_report_draws_every_figure_of_one_model(tmp_path):
+    r = cli("report", *TINY, "--out", str(tmp_path / "rep"), "--html", cache=tmp_path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in ("hash_matrix.png", "entries_histogram.png", "topk_mass.png", "tiers.png", "report.html"):
+        assert (tmp_path / "rep" / name).stat().st_size > 1000, name
+    info = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert info["train"]["steps"] == 30 and info["task"]["config"]["V"] == 50

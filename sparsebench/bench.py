@@ -1,10 +1,22 @@
 """`sparsebench bench`: training throughput of the sparsebench trainer against a plain PyTorch loop.
 
 Everything is measured in one run and interleaved: each repeat times a large fp32
-matmul (the machine's reference FLOP rate *now*), the plain loop, and the trainer
-at N = 1, 4, 16 instances, one after the other, so a noisy neighbour slows all of
-them alike. Figures are medians over repeats of per-repeat values (ratios are
-taken within a repeat, then the median is taken).
+matmul (the machine's reference FLOP rate *now*, on one thread and on all cores),
+the plain loop, and the trainer at N = 1, 4, 16 instances, one after the other, so
+a noisy neighbour slows all of them alike. Figures are medians over repeats of
+per-repeat values (ratios are taken within a repeat, then the median is taken).
+
+Rows and their references:
+- "plain" runs at torch's default thread count (all cores: what a user gets) and at
+  one thread; "x plain" divides by the *faster* of the two in the same repeat.
+- "sparsebench N=..." rows run in this process on one thread: "% of matmul" is
+  against the one-thread matmul.
+- "... P procs" rows split the N instances over P single-threaded worker
+  processes (`sparsebench.parallel`, the same split as `train(..., workers=P)`),
+  timed from the driver: "% of matmul" is against the all-core matmul.
+- "bf16" rows run the fused loss's three matmuls in bf16 (`train.precision=bf16`);
+  their "% of matmul" is still against the *fp32* matmul (the issue's reference);
+  the bf16 matmul rate is printed too.
 
 FLOPs are counted from the model's matmuls only (embedding sums, softmax and the
 optimiser are not counted, so the figure is a lower bound on the work done):
@@ -31,9 +43,9 @@ import typer
 
 REGIMES: dict[str, dict[str, int]] = {
     # overhead-bound: small widths and batch
-    "small": dict(V=500, k=5, d=32, m=32, batch=256, steps=48),
+    "small": dict(V=500, k=5, d=32, m=32, batch=256, steps=160),
     # the suite's default training size
-    "default": dict(V=2000, k=5, d=64, m=64, batch=1024, steps=6),
+    "default": dict(V=2000, k=5, d=64, m=64, batch=1024, steps=32),
 }
 INSTANCES = (1, 4, 16)
 
@@ -43,15 +55,20 @@ def forward_flops(V: int, d: int, m: int, n_layers: int = 1) -> int:
     return 2 * (n_layers * 2 * d * m + d * V)
 
 
-def matmul_rate(n: int = 2048, reps: int = 3) -> float:
-    """FLOP/s of an n x n fp32 matmul (best of `reps`, after one warm-up)."""
+def matmul_rate(n: int = 2048, reps: int = 3, dtype: Any = None, threads: int = 1) -> float:
+    """FLOP/s of an n x n matmul on `threads` threads (fp32 unless `dtype`; best of `reps`, after a warm-up)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    torch.mm(a, b, out=out)
-    best = min(_timed(lambda: torch.mm(a, b, out=out)) for _ in range(reps))
-    return 2 * n**3 / best
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    best = [float("inf")]
+
+    def timed_reps(_: int) -> None:
+        torch.mm(a, b, out=out)
+        best[0] = min(_timed(lambda: torch.mm(a, b, out=out)) for _ in range(reps))
+
+    with_threads(timed_reps, threads)(0)
+    return 2 * n**3 / best[0]
 
 
 def _timed(fn: Any) -> float:
@@ -98,33 +115,100 @@ def plain_runner(task: Any, V: int, k: int, d: int, m: int, batch: int) -> Any:
 
 
 def trainer_runner(task: Any, d: int, m: int, batch: int, n: int, precision: str = "fp32",
-                   fused: bool | None = None) -> Any:
+                   fused: bool | None = None, first_seed: int = 0) -> Any:
     """The sparsebench trainer's loop on an N-instance StackedMLP; returns run(steps)."""
     import torch
 
     from sparsebench.training import TrainConfig, _optimise, init_models, use_fused
 
-    models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, list(range(n)))
+    seeds = list(range(first_seed, first_seed + n))
+    models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, seeds)
     module = type(models[0]).stacked(models)
     device = torch.device("cpu")
     on = use_fused(task, module, device, fused)
 
     def run(steps: int) -> None:
         cfg = TrainConfig(steps=steps, batch_size=batch, warmup=0, precision=precision)  # type: ignore[arg-type]
-        _optimise(module, task, cfg, list(range(n)), device, progress=False, stacked=True, fused=on)
+        _optimise(module, task, cfg, seeds, device, progress=False, stacked=True, fused=on)
 
     return run
+
+
+def with_threads(run: Any, threads: int) -> Any:
+    """`run` with torch on `threads` intra-op threads (restored afterwards)."""
+    import torch
+
+    def wrapped(steps: int) -> None:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            run(steps)
+        finally:
+            torch.set_num_threads(old)
+
+    return wrapped
+
+
+def _worker(conn: Any, regime: dict[str, int], n: int, first_seed: int, precision: str) -> None:
+    """A benchmark worker process: build its share of the instances, then run steps on request."""
+    import torch
+
+    from sparsebench.build import make_task
+
+    torch.set_num_threads(1)
+    task = make_task("topk-uniform", {"V": regime["V"], "k": regime["k"]})
+    run = trainer_runner(task, regime["d"], regime["m"], regime["batch"], n, precision, first_seed=first_seed)
+    conn.send("ready")
+    while (steps := conn.recv()) is not None:
+        run(steps)
+        conn.send("done")
+
+
+class ProcessRunner:
+    """N instances split over P single-threaded processes (as `train(..., workers=P)` splits seeds).
+
+    run(steps) starts every worker on `steps` steps and returns when all are done, so its
+    wall time is the machine's time for N instances. Workers live for the whole benchmark.
+    """
+
+    def __init__(self, regime: dict[str, int], n: int, processes: int, precision: str = "fp32"):
+        import multiprocessing
+
+        from sparsebench.parallel import split
+
+        ctx = multiprocessing.get_context("spawn")
+        self.conns, self.procs = [], []
+        for share in split(list(range(n)), processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, regime, len(share), share[0], precision), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for c in self.conns:
+            c.recv()  # "ready": imports and set-up are not timed
+
+    def __call__(self, steps: int) -> None:
+        for c in self.conns:
+            c.send(steps)
+        for c in self.conns:
+            c.recv()
+
+    def close(self) -> None:
+        for c, p in zip(self.conns, self.procs):
+            c.send(None)
+            p.join(timeout=30)
+
+
 
 
 def bench(
     repeats: int = typer.Option(5, help="Interleaved repeats; figures are medians over them."),
     steps: Optional[int] = typer.Option(None, help="Timed steps per measurement at N=1 (N instances run "
-                                        "max(2, steps/N) steps, the same samples). Default: 48 small, 6 default."),
+                                        "max(2, steps/N) steps, the same samples). Default: 160 small, 32 default."),
     regime: str = typer.Option("both", help="small (V=500, d=m=32, batch 256), default (V=2000, d=m=64, "
                                "batch 1024), or both."),
-    threads: int = typer.Option(1, help="torch intra-op threads for every loop. 1 is the fair and fastest "
-                                "setting for tiny models (use processes for more cores; see docs/performance.md)."),
-    bf16: bool = typer.Option(False, help="Also time the trainer with bf16 matmuls in the fused loss (N=16)."),
+    processes: int = typer.Option(0, help="Worker processes for the multi-process rows "
+                                  "[default: one per core; 1 skips those rows]."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Save all figures to this JSON file."),
 ) -> dict[str, Any]:
     """Training throughput: plain PyTorch loop vs the sparsebench trainer, and % of the matmul FLOP rate."""
@@ -132,58 +216,82 @@ def bench(
 
     if regime not in ("small", "default", "both"):
         raise typer.BadParameter(f"regime must be small, default or both (got {regime!r})")
+    if repeats < 1:
+        raise typer.BadParameter(f"repeats must be at least 1 (got {repeats})")
+    if processes < 0:
+        raise typer.BadParameter(f"processes must be >= 0 (got {processes})")
+    cores = torch.get_num_threads()  # torch's default: one thread per core
+    procs = processes or cores
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     try:
-        return _bench(repeats, steps, regime, bf16, json_path)
+        return _bench(repeats, steps, regime, cores, procs, json_path)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _bench(repeats: int, steps: int | None, regime: str, bf16: bool, json_path: Path | None) -> dict[str, Any]:
+def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
+           json_path: Path | None) -> dict[str, Any]:
     import torch
 
     from sparsebench.build import make_task
+    from sparsebench.io import write_json
 
     names = ["small", "default"] if regime == "both" else [regime]
-    report: dict[str, Any] = {"threads": torch.get_num_threads(), "torch": torch.__version__,
+    report: dict[str, Any] = {"cores": cores, "processes": procs, "torch": torch.__version__,
                               "repeats": repeats, "regimes": {}}
+    n_max = INSTANCES[-1]
     for name in names:
         r = REGIMES[name]
         task = make_task("topk-uniform", {"V": r["V"], "k": r["k"]})
         n_steps = steps or r["steps"]
         fwd = forward_flops(r["V"], r["d"], r["m"])
-        runners: dict[str, tuple[Any, int, int]] = {  # label -> (run, instances, steps)
-            "plain": (plain_runner(task, r["V"], r["k"], r["d"], r["m"], r["batch"]), 1, n_steps)}
+        plain = plain_runner(task, r["V"], r["k"], r["d"], r["m"], r["batch"])
+        # label -> (run, instances, steps, reference: "1" = one-thread matmul, "all" = all-core matmul)
+        plains = {f"plain, {t} thread{'s' if t > 1 else ''}": t for t in sorted({cores, 1}, reverse=True)}
+        runners: dict[str, tuple[Any, int, int, str]] = {
+            label: (with_threads(plain, t), 1, n_steps, "1" if t == 1 else "all") for label, t in plains.items()}
         for n in INSTANCES:
             runners[f"sparsebench N={n}"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n), n,
-                                             max(2, n_steps // n))
-        if bf16:
-            n = INSTANCES[-1]
-            runners[f"sparsebench N={n} bf16"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n, "bf16"), n,
-                                                  max(2, n_steps // n))
-        for run, _, s in runners.values():  # warm-up: allocator, kernels, first-call costs
-            run(max(1, s // 4))
-        rows: dict[str, dict[str, list[float]]] = {k: {"samples_s": [], "vs_plain": [], "of_matmul": []}
-                                                   for k in runners}
-        mm_rates: list[float] = []
-        for _ in range(repeats):
-            mm = matmul_rate()
-            mm_rates.append(mm)
-            plain_sps = None
-            for label, (run, n, s) in runners.items():
-                sps = n * r["batch"] * s / _timed(lambda: run(s))
-                plain_sps = sps if label == "plain" else plain_sps
-                rows[label]["samples_s"].append(sps)
-                rows[label]["vs_plain"].append(sps / plain_sps)  # type: ignore[operator]
-                rows[label]["of_matmul"].append(3 * fwd * sps / mm)
+                                             max(2, n_steps // n), "1")
+        runners[f"sparsebench N={n_max} bf16"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n_max, "bf16"),
+                                                  n_max, max(2, n_steps // n_max), "1")
+        pools = []
+        if procs > 1:
+            for precision in ("fp32", "bf16"):
+                pool = ProcessRunner(r, n_max, procs, precision)
+                pools.append(pool)
+                label = f"sparsebench N={n_max} bf16, {procs} procs" if precision == "bf16" else \
+                    f"sparsebench N={n_max}, {procs} procs"
+                runners[label] = (pool, n_max, max(2, n_steps // n_max), "all")
+        try:
+            for run, _, s, _ in runners.values():  # warm-up: allocator, kernels, first-call costs
+                run(max(1, s // 4))
+            rows = {k: {"samples_s": [], "vs_plain": [], "of_matmul": []} for k in runners}
+            mm: dict[str, list[float]] = {"1": [], "all": [], "bf16": []}
+            for _ in range(repeats):
+                mm["1"].append(matmul_rate())
+                mm["bf16"].append(matmul_rate(dtype=torch.bfloat16))
+                mm["all"].append(matmul_rate(threads=cores))
+                sps = {label: n * r["batch"] * s / _timed(lambda: run(s))
+                       for label, (run, n, s, _) in runners.items()}
+                best_plain = max(sps[label] for label in plains)
+                for label, (_, _, _, ref) in runners.items():
+                    rows[label]["samples_s"].append(sps[label])
+                    rows[label]["vs_plain"].append(sps[label] / best_plain)
+                    rows[label]["of_matmul"].append(3 * fwd * sps[label] / mm[ref][-1])
+        finally:
+            for pool in pools:
+                pool.close()
         med = {label: {k: statistics.median(v) for k, v in row.items()} for label, row in rows.items()}
         report["regimes"][name] = {
-            "config": {**r, "steps": n_steps}, "forward_flops_per_sample": fwd, "matmul_gflops": statistics.median(mm_rates) / 1e9,
+            "config": {**r, "steps": n_steps}, "forward_flops_per_sample": fwd,
+            "matmul_gflops": {k: statistics.median(v) / 1e9 for k, v in mm.items()},
+            "reference": {label: ref for label, (_, _, _, ref) in runners.items()},
             "median": med, "raw": rows}
     _print(report)
     if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2))
+        write_json(json_path, report)
     return report
 
 
@@ -191,18 +299,22 @@ def _print(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 120)  # files and pipes get whole rows
     for name, reg in report["regimes"].items():
-        c = reg["config"]
-        table = Table(title=f"{name}: V={c['V']} k={c['k']} d={c['d']} m={c['m']} batch={c['batch']}, "
-                            f"{report['threads']} thread(s); fp32 matmul {reg['matmul_gflops']:.0f} GFLOP/s "
-                            f"(median of {report['repeats']})")
-        for col in ("loop", "samples/s", "x plain", "GFLOP/s", "% of matmul"):
-            table.add_column(col, justify="left" if col == "loop" else "right")
+        c, g = reg["config"], reg["matmul_gflops"]
+        table = Table(title=f"{name}: V={c['V']} k={c['k']} d={c['d']} m={c['m']} batch={c['batch']}; matmul "
+                            f"GFLOP/s: fp32 1 thread {g['1']:.0f}, fp32 {report['cores']} threads {g['all']:.0f}, "
+                            f"bf16 1 thread {g['bf16']:.0f} (medians of {report['repeats']})")
+        for col in ("loop", "samples/s", "x plain", "GFLOP/s", "% matmul"):
+            table.add_column(col, justify="left" if col == "loop" else "right", no_wrap=True)
         for label, m in reg["median"].items():
             gf = 3 * reg["forward_flops_per_sample"] * m["samples_s"] / 1e9
             table.add_row(label, f"{m['samples_s']:,.0f}", f"{m['vs_plain']:.2f}", f"{gf:.1f}",
                           f"{100 * m['of_matmul']:.0f}%")
         console.print(table)
-    console.print("FLOPs: 3 x forward matmul FLOPs, forward = 2 (2 d m + d V) per sample; medians of "
-                  "per-repeat values, all timed interleaved in this run.")
+    console.print("x plain: against the faster plain loop of the same repeat. % matmul: of the fp32 matmul on "
+                  "as many cores as the row uses (rows without 'procs' or 'threads' use 1). FLOPs: 3 x forward "
+                  "matmul FLOPs, forward = 2 (2 d m + d V) per sample. Medians of per-repeat values, all timed "
+                  "interleaved.")

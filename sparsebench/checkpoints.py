@@ -27,6 +27,7 @@ from sparsebench.api import Task
 from sparsebench.build import make_model, make_model_config, make_task, model_class
 from sparsebench.config import stable_hash, to_dict
 from sparsebench.io import atomic_path
+from sparsebench.parallel import split
 from sparsebench.training import TrainConfig, train
 
 CACHE_FORMAT = 1  # bump when the checkpoint layout or training semantics change
@@ -113,11 +114,12 @@ def save(spec: RunSpec, seed: int, model: Any, info: dict[str, Any], *, cache: P
 
 
 def train_or_load(spec: RunSpec, seeds: list[int], *, device: torch.device, cache: Path | None = None,
-                  progress: bool = True) -> list[Checkpoint]:
+                  progress: bool = True, workers: int = 1) -> list[Checkpoint]:
     """One checkpoint per seed: cached ones load, the missing ones train and are saved.
 
-    Stackable models train all missing seeds together; others train one seed at a time and
-    save each as soon as it is done, so an interrupted run keeps every finished seed.
+    Stackable models train all missing seeds together (split over `workers` single-threaded
+    processes on the CPU); others train one seed at a time and save each as soon as it is
+    done, so an interrupted run keeps every finished seed.
     """
     found = {s: load(spec, s, device=device, cache=cache) for s in seeds}
     missing = [s for s in seeds if found[s] is None]
@@ -125,10 +127,13 @@ def train_or_load(spec: RunSpec, seeds: list[int], *, device: torch.device, cach
     groups = ([missing] if missing else []) if stackable else [[s] for s in missing]
     task = spec.make_task()
     for group in groups:
-        result = train(task, spec.model, spec.model_config, spec.train, group, device=device, progress=progress)
+        result = train(task, spec.model, spec.model_config, spec.train, group, device=device, progress=progress,
+                       workers=workers)
+        together = {s: len(g) for g in split(group, result.processes) for s in g}  # seeds in one batched module
         for seed, model, loss in zip(group, result.models, result.final_loss):
             info = {**spec.describe(seed), "final_train_loss": loss, "train_seconds": result.seconds,
-                    "trained_together": len(group), "device": str(device),
+                    "trained_together": together[seed], "processes": result.processes,
+                    "threads": result.threads, "device": str(device),
                     "sparsebench_version": sparsebench.__version__, "torch_version": torch.__version__}
             found[seed] = save(spec, seed, model, info, cache=cache)
     return [found[s] for s in seeds]  # type: ignore[misc]

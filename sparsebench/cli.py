@@ -89,6 +89,8 @@ def train(
     device: str = DeviceOpt,
     cache: Optional[Path] = CacheOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    workers: int = typer.Option(1, "--workers", "-w", help="CPU: split the seeds over this many "
+                                "single-threaded processes (one per core is fastest; see docs/performance.md)."),
 ) -> None:
     """Train models (one per seed, batched together where the model allows) or load them from the cache."""
     import time
@@ -98,12 +100,14 @@ def train(
     from sparsebench.build import resolve_device
     from sparsebench.checkpoints import cache_root, train_or_load
 
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers})")
     data = _settings(config, set_, **{"task.name": task, "model.name": model})
     seeds = list(seed) if seed else list(data.get("seeds", [0]))
     spec = run_spec(data)
     dev = resolve_device(device)
     start = time.perf_counter()
-    checkpoints = train_or_load(spec, seeds, device=dev, cache=cache, progress=progress)
+    checkpoints = train_or_load(spec, seeds, device=dev, cache=cache, progress=progress, workers=workers)
     elapsed = time.perf_counter() - start
     task_obj = spec.make_task()
     held = task_obj.held_out(4096, device=dev)

@@ -294,10 +294,19 @@ def run_job(plan: Plan, job: Job, device: torch.device, cache: Path | None, prog
 
 
 def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | None = None, force: bool = False,
-             progress: bool = True, executor: str = "local", ray_address: str | None = None) -> dict[str, int]:
-    """Run the suite; write records under `out`. Returns counts of written and skipped records."""
+             progress: bool = True, executor: str = "local", ray_address: str | None = None,
+             workers: int = 1) -> dict[str, int]:
+    """Run the suite; write records under `out`. Returns counts of written and skipped records.
+
+    workers > 1 (local executor): run the jobs in that many single-threaded processes
+    (`sparsebench.parallel`); the records are the same as in-process, and this driver writes them.
+    """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers})")
+    if workers > 1 and executor != "local":
+        raise UserError("--workers is for the local executor; Ray places jobs on the cluster's CPUs itself")
     plan = Plan(suite)  # validates everything before any work
     dev = resolve_device(device)
     jobs = plan.jobs()
@@ -306,7 +315,7 @@ def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | Non
             if not set(plan.record_paths(j)) <= existing]
     skipped = sum(len(plan.record_paths(j)) for j in jobs) - sum(len(plan.record_paths(j)) - len(s) for j, s in todo)
     written = 0
-    for records in _execute(plan, todo, dev, cache, progress, executor, ray_address):
+    for records in _execute(plan, todo, dev, cache, progress, executor, ray_address, workers):
         for rel, record in records:
             write_json(out / rel, record)
             written += 1
@@ -314,8 +323,21 @@ def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | Non
 
 
 def _execute(plan: Plan, todo: list[tuple[Job, set[str]]], dev: torch.device, cache: Path | None, progress: bool,
-             executor: str, ray_address: str | None) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    if executor == "local":
+             executor: str, ray_address: str | None, workers: int = 1) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    workers = min(workers, len(todo))  # no idle processes
+    if executor == "local" and workers > 1:
+        from concurrent.futures import as_completed
+
+        from tqdm.auto import tqdm
+
+        from sparsebench.parallel import worker_pool
+
+        with worker_pool(workers) as pool:  # jobs go out in plan order: the long training jobs first
+            futures = [pool.submit(run_job, plan, job, dev, cache, False, skip) for job, skip in todo]
+            for future in tqdm(as_completed(futures), total=len(futures), desc=f"evaluate ({workers} processes)",
+                               disable=not progress, leave=False):
+                yield future.result()
+    elif executor == "local":
         from tqdm.auto import tqdm
 
         for job, skip in tqdm(todo, desc="evaluate", disable=not progress, leave=False):
@@ -421,6 +443,8 @@ def evaluate_command(
     cache: Optional[Path] = typer.Option(None, "--cache", help="Model cache folder."),
     executor: str = typer.Option("local", "--executor", help="'local' (in-process) or 'ray'."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Local executor: run the jobs in this many "
+                                "single-threaded processes (one per core is fastest; 1 = in this process)."),
     board: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Render the boards afterwards."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -431,7 +455,7 @@ def evaluate_command(
                   seeds=_csv_ints(seeds, "--seeds"), widths=_csv_ints(widths, "--widths"), sets=set_ or [])
     start = time.perf_counter()
     counts = evaluate(s, out, device=device, cache=cache, force=force, progress=progress, executor=executor,
-                      ray_address=ray_address)
+                      ray_address=ray_address, workers=workers)
     print(f"suite {s.name!r}: {counts['written']} record(s) written, {counts['skipped']} already there, "
           f"{counts['jobs']} job(s) run in {time.perf_counter() - start:.1f}s -> {out}")
     if board:

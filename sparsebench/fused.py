@@ -35,7 +35,7 @@ from torch import Tensor
 
 LOG2E = 1.4426950408889634  # log2(e)
 LN2 = 0.6931471805599453  # ln(2)
-CHUNK_BYTES = 512 * 1024  # logits tile per chunk: fits (with a W_U slice) in a 1-2 MiB L2 cache
+CHUNK_BYTES = 1024 * 1024  # logits tile per chunk: about one core's L2 (1 MiB on Zen 4; docs/performance.md)
 
 
 def sparse_kl_target(task: Any, batch: Any) -> tuple[Tensor, Tensor] | None:

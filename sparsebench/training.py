@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsebench.api import Task
-from sparsebench.build import make_model
+from sparsebench.build import make_model, model_class
 from sparsebench.config import check, stable_hash
 from sparsebench.fused import sparse_kl_target, supports_fused, unembed_kl
 
@@ -86,6 +86,8 @@ class TrainResult:
     models: list[Any]  # one trained model per seed, in seed order, on the training device
     final_loss: list[float]  # mean training loss over the last 5% of steps, per seed
     seconds: float  # wall time of the whole (batched) training
+    processes: int = 1  # worker processes the seeds were split over (1: this process)
+    threads: int = 1  # torch intra-op threads per process (CPU results depend on it in the last bits)
 
 
 def init_models(task: Task, model_name: str, model_cfg: dict[str, Any], seeds: list[int]) -> list[Any]:
@@ -102,13 +104,24 @@ def use_fused(task: Task, module: torch.nn.Module, device: torch.device, fused: 
 
 
 def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: list[int], *,
-          device: torch.device, progress: bool = True, fused: bool | None = None) -> TrainResult:
+          device: torch.device, progress: bool = True, fused: bool | None = None, workers: int = 1) -> TrainResult:
     """Train one model per seed; stackable models train all seeds in one batched module.
 
     fused: use the fused unembedding + sparse KL loss when the task and model support it
     (None: automatically on the CPU; False: always the generic `task.loss` path).
+    workers: on the CPU, split the seeds of a stackable model over this many single-threaded
+    processes (`sparsebench.parallel`), each training its share as one batched module. Each
+    instance's arithmetic does not depend on its neighbours, so the weights match a
+    one-process run on one thread (tests/unit/test_training.py).
+
+    Bitwise reproducibility holds for the same machine, torch build and thread count. Other
+    thread counts split a few matmul reductions differently (~1e-10 after one step), and over
+    thousands of steps that becomes a different but statistically equivalent solution
+    (docs/performance.md, "Determinism"); run.json records the threads and processes used.
     """
     device = torch.device(device)
+    if workers > 1 and len(seeds) > 1 and device.type == "cpu" and hasattr(model_class(model_name), "stacked"):
+        return _train_in_workers(task, model_name, model_cfg, cfg, seeds, fused, workers)
     models = init_models(task, model_name, model_cfg, seeds)
     start = time.perf_counter()
     if hasattr(type(models[0]), "stacked"):
@@ -125,7 +138,34 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
     for m in trained:
         m.eval()
         m.name = model_name
-    return TrainResult(trained, losses, time.perf_counter() - start)
+    return TrainResult(trained, losses, time.perf_counter() - start, threads=torch.get_num_threads())
+
+
+def _train_in_workers(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: list[int],
+                      fused: bool | None, workers: int) -> TrainResult:
+    from sparsebench.parallel import split, worker_pool
+
+    groups = split(seeds, workers)
+    start = time.perf_counter()
+    with worker_pool(len(groups)) as pool:
+        futures = [pool.submit(_train_states, task, model_name, model_cfg, cfg, g, fused) for g in groups]
+        results = [f.result() for f in futures]
+    models, losses = [], []
+    for group, (states, group_losses) in zip(groups, results):
+        for model, state in zip(init_models(task, model_name, model_cfg, group), states):
+            model.load_state_dict(state)
+            model.eval()
+            model.name = model_name
+            models.append(model)
+        losses += group_losses
+    return TrainResult(models, losses, time.perf_counter() - start, processes=len(groups), threads=1)
+
+
+def _train_states(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: list[int],
+                  fused: bool | None) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
+    """Worker side of `_train_in_workers`: weights travel back as state dicts (plain tensors)."""
+    result = train(task, model_name, model_cfg, cfg, seeds, device=torch.device("cpu"), progress=False, fused=fused)
+    return [m.state_dict() for m in result.models], result.final_loss
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -41,6 +41,7 @@ def test_help_on_every_command(command, tmp_path):
     (["train", "--set", "train.lr=-1"], "error: invalid train config: lr: must be > 0 (got -1.0)"),
     (["train", "--model", "mlp2"], "error: unknown model 'mlp2'; did you mean 'mlp1'?"),
     (["train", "--config", "missing.toml"], "error: config file not found: missing.toml"),
+    (["train", "--workers", "0"], "error: --workers must be at least 1 (got 0)"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     r = cli(*args, cache=tmp_path, cwd=tmp_path)
@@ -89,3 +90,29 @@ def test_report_draws_every_figure_of_one_model(tmp_path):
         assert (tmp_path / "rep" / name).stat().st_size > 1000, name
     info = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert info["train"]["steps"] == 30 and info["task"]["config"]["V"] == 50
+
+
+def test_bench_measures_every_loop_against_the_plain_one(tmp_path):
+    # A smoke run (1 repeat, few steps): every row is measured, the figures hang together, the JSON is whole.
+    out = tmp_path / "bench.json"
+    r = cli("bench", "--regime", "small", "--repeats", "1", "--steps", "16", "--processes", "2",
+            "--json", str(out), cache=tmp_path, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    small = report["regimes"]["small"]
+    med, ref = small["median"], small["reference"]
+    plains = [label for label in med if label.startswith("plain")]
+    assert len(plains) == (1 if report["cores"] == 1 else 2)
+    assert max(med[p]["vs_plain"] for p in plains) == 1.0
+    assert {"sparsebench N=1", "sparsebench N=4", "sparsebench N=16", "sparsebench N=16 bf16",
+            "sparsebench N=16, 2 procs", "sparsebench N=16 bf16, 2 procs"} <= set(med)
+    mm = small["matmul_gflops"]
+    assert all(v > 0 for v in mm.values())
+    fwd = small["forward_flops_per_sample"]
+    assert fwd == 2 * (2 * 32 * 32 + 32 * 500)
+    for label, m in med.items():
+        assert m["samples_s"] > 0, label
+        # One repeat: the stored ratio is exactly this row's FLOP rate over its reference matmul's.
+        assert m["of_matmul"] == pytest.approx(3 * fwd * m["samples_s"] / (mm[ref[label]] * 1e9), rel=1e-9)
+        assert label in r.stdout
+    assert ref["sparsebench N=16, 2 procs"] == "all" and ref["sparsebench N=16"] == "1"

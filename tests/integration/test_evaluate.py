@@ -133,6 +133,26 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tm
     assert not out.exists()
 
 
+def _same(a, b) -> bool:
+    # Equal records; floats to 1e-6 relative (worker processes run torch on 1 thread, so a
+    # least-squares fit may differ in the last bits from a 2-thread in-process run).
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True)
+    return a == b
+
+
+def assert_same_records(expected: Path, got: Path) -> None:
+    local, other = records(expected), records(got)
+    assert local.keys() == other.keys()
+    for key in local:
+        a, b = ({k: v for k, v in r[key].items() if k != "provenance"} for r in (local, other))
+        assert _same(a, b), key
+
+
 def test_records_from_ray_equal_the_in_process_ones(tiny_results, tmp_path):
     import os
 
@@ -141,34 +161,24 @@ def test_records_from_ray_equal_the_in_process_ones(tiny_results, tmp_path):
     out = tmp_path / "ray"
     counts = evaluate(suite_from_dict(TINY), out, device="cpu", progress=False, executor="ray")
     assert counts["written"] == N_RECORDS
-
-    def same(a, b) -> bool:
-        # Equal records; floats to 1e-6 relative (Ray workers run torch on 1 thread, so a
-        # least-squares fit may differ in the last bits from the 2-thread in-process run).
-        if isinstance(a, dict) and isinstance(b, dict):
-            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-        if isinstance(a, list) and isinstance(b, list):
-            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-        if isinstance(a, float) and isinstance(b, float):
-            return a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True)
-        return a == b
-
-    local, remote = records(tiny_results), records(out)
-    assert local.keys() == remote.keys()
-    for key in local:
-        a, b = ({k: v for k, v in r[key].items() if k != "provenance"} for r in (local, remote))
-        assert same(a, b), key
+    assert_same_records(tiny_results, out)
 
 
-@pytest.mark.parametrize("name", ["default", "transformer"])
-def test_builtin_suites_load_and_validate(name):
-    from sparsebench.evaluate import Plan
-    from sparsebench.suite import load_suite
+def test_records_from_worker_processes_equal_the_in_process_ones(tiny_results, tmp_path):
+    out = tmp_path / "workers"
+    counts = evaluate(suite_from_dict(TINY), out, device="cpu", progress=False, workers=2)
+    assert counts == {"written": N_RECORDS, "skipped": 0, "jobs": 4}
+    assert_same_records(tiny_results, out)
 
-    suite = load_suite(name)
-    assert len(suite.seeds) >= 3
-    plan = Plan(suite)  # validates every config, mechanism width and probe before anything runs
-    assert plan.jobs()
+
+def test_workers_are_for_the_local_executor(tmp_path):
+    from sparsebench.errors import UserError
+
+    with pytest.raises(UserError, match="--workers is for the local executor"):
+        evaluate(suite_from_dict(TINY), tmp_path / "x", device="cpu", progress=False, executor="ray", workers=2)
+    with pytest.raises(UserError, match="--workers must be at least 1"):
+        evaluate(suite_from_dict(TINY), tmp_path / "x", device="cpu", progress=False, workers=0)
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_widths_also_set_the_construction_sweep():

@@ -23,6 +23,13 @@ def test_stackable_seeds_train_together_and_load_next_time(tmp_path):
     assert torch.equal(again[0].model.W_E, first[1].model.W_E)
 
 
+def test_seeds_trained_in_worker_processes_record_their_split(tmp_path):
+    s = spec("mlp1", {"d_model": 8, "d_mlp": 8})
+    cks = train_or_load(s, [0, 1, 2], device=torch.device("cpu"), cache=tmp_path, progress=False, workers=2)
+    assert [(c.info["trained_together"], c.info["processes"]) for c in cks] == [(2, 2), (2, 2), (1, 2)]
+    assert [c.key for c in cks] == [s.key(i) for i in range(3)]  # the split is not part of the key
+
+
 def test_keys_hash_every_config_and_the_seed():
     a, b = spec("mlp1", {"d_model": 8, "d_mlp": 8}), spec("mlp1", {"d_model": 8, "d_mlp": 16})
     assert a.key(0) != a.key(1) and a.key(0) != b.key(0)
@@ -34,3 +41,5 @@ def test_unstackable_models_save_each_seed_as_it_finishes(tmp_path):
     cks = train_or_load(s, [0, 1], device=torch.device("cpu"), cache=tmp_path, progress=False)
     assert [c.info["trained_together"] for c in cks] == [1, 1]
     assert len(list((tmp_path / "models").iterdir())) == 2
+    workers = train_or_load(s, [2, 3], device=torch.device("cpu"), cache=tmp_path, progress=False, workers=2)
+    assert [c.info["processes"] for c in workers] == [1, 1]  # one seed at a time: nothing to split

@@ -42,6 +42,25 @@ def test_three_seeds_together_equal_three_separate_runs(task, fused):
     assert not torch.equal(together.models[0].W_U, together.models[1].W_U)
 
 
+def test_seeds_split_over_worker_processes_equal_one_process(task):
+    # The real thing: two spawned single-threaded processes, each training its share as one batch.
+    seeds = [0, 1, 2, 3, 4]
+    here = train(task, "mlp1", MODEL, CFG, seeds, device=CPU, progress=False)
+    split = train(task, "mlp1", MODEL, CFG, seeds, device=CPU, progress=False, workers=2)
+    assert (here.processes, split.processes) == (1, 2)
+    assert len(split.models) == len(seeds)
+    for i, seed in enumerate(seeds):
+        a, b = _params(here.models[i]), _params(split.models[i])
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=f"seed {seed}: {name}")
+        assert split.final_loss[i] == pytest.approx(here.final_loss[i], rel=1e-5)
+        assert not split.models[i].training
+
+
+def test_a_single_seed_starts_no_processes(task):
+    assert train(task, "mlp1", MODEL, CFG, [0], device=CPU, progress=False, workers=4).processes == 1
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "generic"])
 def test_same_config_and_seed_give_bitwise_identical_weights(task, fused):
     a = train(task, "mlp1", MODEL, CFG, [7, 8], device=CPU, progress=False, fused=fused)

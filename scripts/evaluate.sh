@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cores=$(nproc 2>/dev/null || echo 1)
-exec .venv/bin/sparsebench evaluate --workers "${SPARSEBENCH_WORKERS:-$(( cores < 4 ? cores : 4 ))}" "$@"
+workers=(--workers "${SPARSEBENCH_WORKERS:-$(( cores < 4 ? cores : 4 ))}")
+for arg in "$@"; do  # --workers given, or another executor (Ray places its own jobs): pass the arguments as they are
+  case "$arg" in --workers|--workers=*|-w|--executor|--executor=*) workers=() ;; esac
+done
+exec .venv/bin/sparsebench evaluate ${workers[@]+"${workers[@]}"} "$@"

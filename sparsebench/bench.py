@@ -13,7 +13,8 @@ Rows and their references:
   against the one-thread matmul.
 - "... P procs" rows split the N instances over P single-threaded worker
   processes (`sparsebench.parallel`, the same split as `train(..., workers=P)`),
-  timed from the driver: "% of matmul" is against the all-core matmul.
+  timed from the driver: "% of matmul" is against the fp32 matmul on as many
+  threads as there are processes (at most the core count).
 - "bf16" rows run the fused loss's three matmuls in bf16 (`train.precision=bf16`);
   their "% of matmul" is still against the *fp32* matmul (the issue's reference);
   the bf16 matmul rate is printed too.
@@ -194,9 +195,17 @@ class ProcessRunner:
             c.recv()
 
     def close(self) -> None:
-        for c, p in zip(self.conns, self.procs):
-            c.send(None)
-            p.join(timeout=30)
+        """Stop every worker, even ones that died or hang (after Ctrl-C they may be gone already)."""
+        for c in self.conns:
+            try:
+                c.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join()
 
 
 
@@ -230,6 +239,14 @@ def bench(
         torch.set_num_threads(old_threads)
 
 
+BF16_REF = "bf16, 1 thread"
+
+
+def _ref(threads: int) -> str:
+    """Name of the fp32 reference matmul on `threads` threads."""
+    return f"fp32, {threads} thread{'s' if threads > 1 else ''}"
+
+
 def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
            json_path: Path | None) -> dict[str, Any]:
     import torch
@@ -247,32 +264,32 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
         n_steps = steps or r["steps"]
         fwd = forward_flops(r["V"], r["d"], r["m"])
         plain = plain_runner(task, r["V"], r["k"], r["d"], r["m"], r["batch"])
-        # label -> (run, instances, steps, reference: "1" = one-thread matmul, "all" = all-core matmul)
+        # Reference matmuls: fp32 on each thread count a row uses (processes use at most `cores`), bf16 for show.
+        refs = {_ref(t): t for t in sorted({1, cores, min(procs, cores)})}
+        # label -> (run, instances, steps, reference matmul)
         plains = {f"plain, {t} thread{'s' if t > 1 else ''}": t for t in sorted({cores, 1}, reverse=True)}
         runners: dict[str, tuple[Any, int, int, str]] = {
-            label: (with_threads(plain, t), 1, n_steps, "1" if t == 1 else "all") for label, t in plains.items()}
+            label: (with_threads(plain, t), 1, n_steps, _ref(t)) for label, t in plains.items()}
         for n in INSTANCES:
             runners[f"sparsebench N={n}"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n), n,
-                                             max(2, n_steps // n), "1")
+                                             max(2, n_steps // n), _ref(1))
         runners[f"sparsebench N={n_max} bf16"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n_max, "bf16"),
-                                                  n_max, max(2, n_steps // n_max), "1")
-        pools = []
-        if procs > 1:
-            for precision in ("fp32", "bf16"):
-                pool = ProcessRunner(r, n_max, procs, precision)
-                pools.append(pool)
+                                                  n_max, max(2, n_steps // n_max), _ref(1))
+        pools: list[ProcessRunner] = []
+        try:
+            for precision in ("fp32", "bf16") if procs > 1 else ():
+                pools.append(ProcessRunner(r, n_max, procs, precision))
                 label = f"sparsebench N={n_max} bf16, {procs} procs" if precision == "bf16" else \
                     f"sparsebench N={n_max}, {procs} procs"
-                runners[label] = (pool, n_max, max(2, n_steps // n_max), "all")
-        try:
+                runners[label] = (pools[-1], n_max, max(2, n_steps // n_max), _ref(min(procs, cores)))
             for run, _, s, _ in runners.values():  # warm-up: allocator, kernels, first-call costs
                 run(max(1, s // 4))
             rows = {k: {"samples_s": [], "vs_plain": [], "of_matmul": []} for k in runners}
-            mm: dict[str, list[float]] = {"1": [], "all": [], "bf16": []}
+            mm: dict[str, list[float]] = {**{k: [] for k in refs}, BF16_REF: []}
             for _ in range(repeats):
-                mm["1"].append(matmul_rate())
-                mm["bf16"].append(matmul_rate(dtype=torch.bfloat16))
-                mm["all"].append(matmul_rate(threads=cores))
+                for key, t in refs.items():
+                    mm[key].append(matmul_rate(threads=t))
+                mm[BF16_REF].append(matmul_rate(dtype=torch.bfloat16))
                 sps = {label: n * r["batch"] * s / _timed(lambda: run(s))
                        for label, (run, n, s, _) in runners.items()}
                 best_plain = max(sps[label] for label in plains)
@@ -304,9 +321,9 @@ def _print(report: dict[str, Any]) -> None:
     console = Console(width=None if sys.stdout.isatty() else 120)  # files and pipes get whole rows
     for name, reg in report["regimes"].items():
         c, g = reg["config"], reg["matmul_gflops"]
-        table = Table(title=f"{name}: V={c['V']} k={c['k']} d={c['d']} m={c['m']} batch={c['batch']}; matmul "
-                            f"GFLOP/s: fp32 1 thread {g['1']:.0f}, fp32 {report['cores']} threads {g['all']:.0f}, "
-                            f"bf16 1 thread {g['bf16']:.0f} (medians of {report['repeats']})")
+        rates = ", ".join(f"{k} {v:.0f}" for k, v in g.items())
+        table = Table(title=f"{name}: V={c['V']} k={c['k']} d={c['d']} m={c['m']} batch={c['batch']}; "
+                            f"matmul GFLOP/s: {rates} (medians of {report['repeats']})")
         for col in ("loop", "samples/s", "x plain", "GFLOP/s", "% matmul"):
             table.add_column(col, justify="left" if col == "loop" else "right", no_wrap=True)
         for label, m in reg["median"].items():

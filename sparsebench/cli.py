@@ -89,8 +89,8 @@ def train(
     device: str = DeviceOpt,
     cache: Optional[Path] = CacheOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    workers: int = typer.Option(1, "--workers", "-w", help="CPU: split the seeds over this many "
-                                "single-threaded processes (one per core is fastest; see docs/performance.md)."),
+    workers: int = typer.Option(1, "--workers", "-w", help="CPU, batched models (mlp1): split the seeds over "
+                                "this many single-threaded processes (one per core is fastest; no progress bar)."),
 ) -> None:
     """Train models (one per seed, batched together where the model allows) or load them from the cache."""
     import time

@@ -87,6 +87,12 @@ class Plan:
                     for mech in self.mechanisms.values():
                         mech.validate(task, w)
 
+    def registry_names(self) -> dict[str, list[str]]:
+        """Every registered entry this plan uses, by registry kind."""
+        runs = self.suite.runs
+        return {"tasks": [r.task for r in runs], "models": [r.model for r in runs],
+                "mechanisms": list(self.mechanisms), "probes": list(self.probes), "baselines": list(self.nulls)}
+
     def widths(self, run: int) -> list[int | None]:
         """The run's width sweep (its own, else the suite's); [None] = the model config as given."""
         return list(self.suite.runs[run].widths or self.suite.widths) or [None]
@@ -308,6 +314,10 @@ def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | Non
     if workers > 1 and executor != "local":
         raise UserError("--workers is for the local executor; Ray places jobs on the cluster's CPUs itself")
     plan = Plan(suite)  # validates everything before any work
+    if workers > 1:
+        from sparsebench.parallel import require_installed
+
+        require_installed(plan.registry_names())
     dev = resolve_device(device)
     jobs = plan.jobs()
     existing = set() if force else {str(p.relative_to(out)) for p in out.glob("*/*.json")} if out.exists() else set()
@@ -324,14 +334,15 @@ def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | Non
 
 def _execute(plan: Plan, todo: list[tuple[Job, set[str]]], dev: torch.device, cache: Path | None, progress: bool,
              executor: str, ray_address: str | None, workers: int = 1) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    workers = min(workers, len(todo))  # no idle processes
-    if executor == "local" and workers > 1:
+    if executor == "local" and workers > 1 and todo:
         from concurrent.futures import as_completed
 
         from tqdm.auto import tqdm
 
         from sparsebench.parallel import worker_pool
 
+        # Even one job goes to a worker: every model of a --workers run then trains on one thread.
+        workers = min(workers, len(todo))
         with worker_pool(workers) as pool:  # jobs go out in plan order: the long training jobs first
             futures = [pool.submit(run_job, plan, job, dev, cache, False, skip) for job, skip in todo]
             for future in tqdm(as_completed(futures), total=len(futures), desc=f"evaluate ({workers} processes)",

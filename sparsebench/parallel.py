@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from typing import Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence, TypeVar
+
+from sparsebench.errors import UserError
 
 T = TypeVar("T")
 
@@ -27,12 +30,48 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of `workers` spawned processes, each running torch on one thread."""
+@contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of `workers` spawned processes, each running torch on one thread.
+
+    On an error or Ctrl-C in the driver, queued jobs are cancelled and the workers stopped at
+    once: a job's results reach disk only through the driver (records) or an atomic rename
+    (checkpoints), so the unfinished jobs are simply redone on a rerun. (Without this, each
+    worker would catch its KeyboardInterrupt as a job failure and go on with the next job.)
+    Scripts that use it must start under `if __name__ == "__main__":`, as spawn requires.
+    """
     if workers < 1:
         raise ValueError(f"workers must be at least 1 (got {workers})")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_one_thread)
+    try:
+        yield pool
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
+        pool.terminate_workers()
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown, which forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
+
+
+def require_installed(uses: dict[str, Iterable[str]]) -> None:
+    """Refuse entries registered at run time ({registry kind: names}): spawned workers cannot see them."""
+    from sparsebench import registry
+
+    for kind, names in uses.items():
+        reg = registry.REGISTRIES[kind]
+        for name in names:
+            if name in reg and reg.entry(name).source == "runtime":
+                raise UserError(f"{reg.singular} {name!r} was registered at run time, which "
+                                f"worker processes cannot see: use one worker, or install it as a plugin package")
 
 
 def split(items: Sequence[T], parts: int) -> list[list[T]]:

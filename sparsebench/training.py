@@ -112,7 +112,8 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
     workers: on the CPU, split the seeds of a stackable model over this many single-threaded
     processes (`sparsebench.parallel`), each training its share as one batched module. Each
     instance's arithmetic does not depend on its neighbours, so the weights match a
-    one-process run on one thread (tests/unit/test_training.py).
+    one-process run on one thread (tests/unit/test_training.py). Unstackable models, a single
+    seed and CUDA train in this process. Time includes starting the workers (~2-4 s each).
 
     Bitwise reproducibility holds for the same machine, torch build and thread count. Other
     thread counts split a few matmul reductions differently (~1e-10 after one step), and over
@@ -143,8 +144,9 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
 
 def _train_in_workers(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: list[int],
                       fused: bool | None, workers: int) -> TrainResult:
-    from sparsebench.parallel import split, worker_pool
+    from sparsebench.parallel import require_installed, split, worker_pool
 
+    require_installed({"tasks": [getattr(task, "name", "")], "models": [model_name]})
     groups = split(seeds, workers)
     start = time.perf_counter()
     with worker_pool(len(groups)) as pool:

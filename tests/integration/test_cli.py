@@ -115,4 +115,44 @@ def test_bench_measures_every_loop_against_the_plain_one(tmp_path):
         # One repeat: the stored ratio is exactly this row's FLOP rate over its reference matmul's.
         assert m["of_matmul"] == pytest.approx(3 * fwd * m["samples_s"] / (mm[ref[label]] * 1e9), rel=1e-9)
         assert label in r.stdout
-    assert ref["sparsebench N=16, 2 procs"] == "all" and ref["sparsebench N=16"] == "1"
+    assert ref["sparsebench N=16, 2 procs"] == ("fp32, 2 threads" if report["cores"] >= 2 else "fp32, 1 thread")
+    assert ref["sparsebench N=16"] == ref["sparsebench N=16 bf16"] == "fp32, 1 thread"
+
+
+def test_ctrl_c_stops_every_worker_at_once(tmp_path):
+    # Ctrl-C reaches the whole process group. Each worker would treat its KeyboardInterrupt as one
+    # failed job and start the next queued one, so the driver must stop them itself. (Resuming a
+    # partly written folder is tested in test_evaluate.py.)
+    args = ["evaluate", "--workers", "2", "--no-progress", "--no-leaderboard", "--task", "topk-uniform",
+            "--seeds", "0,1", "--widths", "16,24,32", "--set", "task.V=100", "--set", "task.k=3",
+            "--set", "train.steps=200000", "--set", "train.batch_size=256", "--mechanism", "bloom",
+            "--out", str(tmp_path / "res")]  # every training job takes minutes
+    env = {**os.environ, "SPARSEBENCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        time.sleep(10)  # the workers are up and training
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the driver waited for its workers' jobs instead of stopping them")
+        assert proc.returncode != 0
+        deadline = time.monotonic() + 10  # no worker survives the driver (allow init a moment to reap them)
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("worker processes outlived the interrupted driver")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not list((tmp_path / "res").glob("*/*.json")), "no training job had finished"
+    models = tmp_path / "cache" / "models"
+    assert not (models.exists() and [p for p in models.iterdir() if not p.name.startswith(".")])

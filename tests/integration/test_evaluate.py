@@ -171,6 +171,17 @@ def test_records_from_worker_processes_equal_the_in_process_ones(tiny_results, t
     assert_same_records(tiny_results, out)
 
 
+@pytest.mark.parametrize("name", ["default", "transformer"])
+def test_builtin_suites_load_and_validate(name):
+    from sparsebench.evaluate import Plan
+    from sparsebench.suite import load_suite
+
+    suite = load_suite(name)
+    assert len(suite.seeds) >= 3
+    plan = Plan(suite)  # validates every config, mechanism width and probe before anything runs
+    assert plan.jobs()
+
+
 def test_workers_are_for_the_local_executor(tmp_path):
     from sparsebench.errors import UserError
 

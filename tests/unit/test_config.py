@@ -39,3 +39,15 @@ def test_overrides_parse_toml_values():
 def test_stable_hash_ignores_key_order_but_not_values():
     assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 1.5})
+
+
+def test_config_errors_survive_a_process_boundary():
+    # Worker processes send exceptions back pickled; the one-line message must arrive intact.
+    import pickle
+
+    from sparsebench.errors import ConfigError
+
+    err = pickle.loads(pickle.dumps(ConfigError("task", "k", "must be at least 1 (got 0)")))
+    assert isinstance(err, ConfigError)
+    assert str(err) == "invalid task config: k: must be at least 1 (got 0)"
+    assert (err.where, err.field) == ("task", "k")

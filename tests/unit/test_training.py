@@ -57,6 +57,20 @@ def test_seeds_split_over_worker_processes_equal_one_process(task):
         assert not split.models[i].training
 
 
+def test_entries_registered_at_run_time_are_refused_by_workers(task, monkeypatch):
+    # A spawned worker sees only installed plugins, so it could not build "my-mlp": say so up front.
+    from sparsebench import registry
+    from sparsebench.errors import UserError
+
+    fresh = registry.Registry("models")
+    fresh.register("my-mlp", MLP)
+    monkeypatch.setattr(registry, "models", fresh)
+    monkeypatch.setitem(registry.REGISTRIES, "models", fresh)
+    with pytest.raises(UserError, match="^model 'my-mlp' was registered at run time"):
+        train(task, "my-mlp", MODEL, CFG, [0, 1], device=CPU, progress=False, workers=2)
+    assert len(train(task, "my-mlp", MODEL, CFG, [0, 1], device=CPU, progress=False).models) == 2
+
+
 def test_a_single_seed_starts_no_processes(task):
     assert train(task, "mlp1", MODEL, CFG, [0], device=CPU, progress=False, workers=4).processes == 1
 

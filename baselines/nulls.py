@@ -54,8 +54,7 @@ class Shuffled(Null):
         with torch.no_grad():
             W_E = model.W_E
             perm = torch.randperm(W_E.shape[0], generator=generator).to(W_E.device)
-            W_E.copy_(W_E[perm].clone())
+            W_E.copy_(W_E[perm])  # advanced indexing copies: no aliasing
         if torch.equal(model.W_E, trained.W_E):
             raise RuntimeError(f"{type(trained).__name__}.W_E is not a view of its parameter; cannot shuffle")
-        model.name = trained.name
         return model.eval()

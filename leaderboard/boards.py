@@ -125,12 +125,9 @@ def add_series(sol: pd.DataFrame) -> pd.DataFrame:
     df["label"] = ""
     for _, idx in df.groupby(["task_key", "solver_type", "solver"], sort=False).groups.items():
         sub = df.loc[idx].drop_duplicates("series")
-        cfgs = [json.loads(c) for c in sub["norm_config"]]
-        trains = [json.loads(t) if t else {} for t in sub["train_config"]]
-        ck, tk = _differing_keys(cfgs), _differing_keys(trains)
-        for (_, row), c, t in zip(sub.iterrows(), cfgs, trains):
-            merged = {**{k: c[k] for k in ck if k in c}, **{f"train.{k}": t[k] for k in tk if k in t}}
-            df.loc[df["series"] == row["series"], "label"] = config_label(row["solver"], merged)
+        labels = _labels(sub["solver"].iloc[0], list(sub["norm_config"]), list(sub["train_config"]))
+        for series, label in zip(sub["series"], labels):
+            df.loc[df["series"] == series, "label"] = label
     # The same name as a trained model and as a construction: say which is which.
     for _, idx in df.groupby("task_key", sort=False).groups.items():
         sub = df.loc[idx]
@@ -281,17 +278,22 @@ def explanations_board(exp: pd.DataFrame) -> pd.DataFrame:
                              ascending=[True] * 6 + [False, True], kind="stable").reset_index(drop=True)
 
 
+def _labels(name: str, configs: list[str], trains: list[str]) -> list[str]:
+    """One label per (config JSON, train JSON) series: `name` plus only the keys that differ among them."""
+    cfgs = [json.loads(c) for c in configs]
+    trs = [json.loads(t) if t else {} for t in trains]
+    ck, tk = _differing_keys(cfgs), _differing_keys(trs)
+    return [config_label(name, {**{k: c[k] for k in ck if k in c}, **{f"train.{k}": t[k] for k in tk if k in t}})
+            for c, t in zip(cfgs, trs)]
+
+
 def _label_groups(board: pd.DataFrame) -> None:
     """`group_label` (model + differing config) and `mech_label` (mechanism + differing config)."""
     board["group_label"] = ""
     for (tk, model), g in board.groupby(["task_key", "model"], sort=False):
         pairs = g[["model_config", "train_config"]].drop_duplicates()
-        cfgs = [json.loads(c) for c in pairs["model_config"]]
-        trains = [json.loads(t) if t else {} for t in pairs["train_config"]]
-        ck, tk2 = _differing_keys(cfgs), _differing_keys(trains)
-        for (_, p), c, t in zip(pairs.iterrows(), cfgs, trains):
-            lab = config_label(model, {**{k: c[k] for k in ck if k in c},
-                                       **{f"train.{k}": t[k] for k in tk2 if k in t}})
+        labels = _labels(model, list(pairs["model_config"]), list(pairs["train_config"]))
+        for (_, p), lab in zip(pairs.iterrows(), labels):
             m = ((board["task_key"] == tk) & (board["model"] == model) & (board["model_config"] == p["model_config"])
                  & (board["train_config"] == p["train_config"]))
             board.loc[m, "group_label"] = lab
@@ -315,19 +317,18 @@ def explanation_ranking(board: pd.DataFrame) -> pd.DataFrame:
     if board.empty:
         return pd.DataFrame()
     main = board[board["is_main"]]
-    exp_oracle = ({(r["mechanism"], r["mechanism_config"]): r["oracle"] for _, r in board.iterrows()}
-                  if "oracle" in board.columns else {})
+    n_probes = board.groupby(GROUP_KEYS)["probe"].nunique()  # per model group, applicable or not
     rows = []
     for key, g in main.groupby(GROUP_KEYS + ["mechanism", "mechanism_config"], sort=True):
         ok = g[g["status"] == "ok"]
         margins = ok["margin_mean"].dropna()
-        n_probes = board[(board[GROUP_KEYS] == pd.Series(dict(zip(GROUP_KEYS, key)))).all(axis=1)]["probe"].nunique()
-        oracle = bool(exp_oracle.get((key[-2], key[-1]), False))
+        oracle = bool(g["oracle"].iloc[0]) if "oracle" in g.columns else False
         rows.append({**dict(zip(GROUP_KEYS + ["mechanism", "mechanism_config"], key)), "oracle": oracle,
                      "task_label": g["task_label"].iloc[0], "group_label": g["group_label"].iloc[0],
                      "width": int(g["width"].iloc[0]), "mech_label": g["mech_label"].iloc[0],
                      "overall_margin": float(margins.mean()) if len(margins) else math.nan,
-                     "applicable": int(ok["probe"].nunique()), "probes": int(n_probes)})
+                     "applicable": int(ok["probe"].nunique()),
+                     "probes": int(n_probes.loc[key[:len(GROUP_KEYS)]])})
     rk = pd.DataFrame(rows)
     rk["rank"] = math.nan
     for _, g in rk.groupby(GROUP_KEYS):

@@ -13,22 +13,8 @@ from typing import Any, Optional
 import typer
 
 from sparsebench.errors import UserError
-
-FORMATS = ("terminal", "markdown", "csv", "html")
-
-
-def _write_text(path: Path, text: str) -> None:
-    from sparsebench.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    from sparsebench.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+from sparsebench.io import write_bytes, write_text
+from sparsebench.leaderboard.render import FORMATS
 
 
 def build_boards(results: list[Path]) -> dict[str, Any]:
@@ -59,11 +45,14 @@ def scaling_pngs(sol) -> list[tuple[str, bytes]]:
     return out
 
 
-def render_leaderboard(results: list[Path], format: str) -> str:
-    """The board under `results` in `format` (terminal text, markdown, csv, html) as a string."""
+def render_leaderboard(results: list[Path], format: str, b: dict[str, Any] | None = None) -> str:
+    """The board under `results` in `format` (terminal text, markdown, csv, html) as a string.
+
+    b: the boards of `results` if already built (`build_boards`), to build them once for several formats.
+    """
     from sparsebench.leaderboard import render
 
-    b = build_boards(results)
+    b = b if b is not None else build_boards(results)
     if format == "csv":
         return render.to_csv(b["solutions"], b["explanations"], b["ranking"])
     tables = render.board_tables(b["solutions"], b["best"], b["explanations"], b["ranking"])
@@ -99,11 +88,7 @@ def leaderboard(
         from sparsebench.leaderboard import render
 
         b = build_boards(paths)
-        tables = render.board_tables(b["solutions"], b["best"], b["explanations"], b["ranking"])
-        console = Console()
-        if not tables:
-            console.print("no records")
-        _print_rich(console, tables)
+        render.print_tables(Console(), render.board_tables(b["solutions"], b["best"], b["explanations"], b["ranking"]))
         return
     text = render_leaderboard(paths, fmt)
     if out is None and fmt == "html":
@@ -111,23 +96,8 @@ def leaderboard(
     if out is None:
         typer.echo(text, nl=not text.endswith("\n"))
         return
-    _write_text(out, text)
+    write_text(out, text)
     typer.echo(f"wrote {out}")
-
-
-def _print_rich(console, tables) -> None:
-    from rich.table import Table as RTable
-    from rich.text import Text
-
-    for t in tables:
-        rt = RTable(title=Text(t.title, style="bold"), caption=Text(t.note) if t.note else None)
-        for c in t.columns:
-            rt.add_column(Text(c), overflow="fold")
-        for row in t.rows:
-            rt.add_row(*[Text(c.text, style="bold green" if c.best else ("dim" if c.text == "n/a" else ""))
-                         for c in row])
-        console.print(rt)
-        console.print()
 
 
 # ---------------------------------------------------------------------------- report
@@ -137,6 +107,7 @@ def model_anatomy(model: Any, task: Any, fitted: Any, n_samples: int, device: An
     import torch
 
     from sparsebench.leaderboard.figures import tier_data
+    from sparsebench.mechanisms.bloom import misses, union
 
     with torch.no_grad():
         M = (model.W_E @ model.W_in[0]).detach().float().cpu().numpy()
@@ -146,12 +117,9 @@ def model_anatomy(model: Any, task: Any, fitted: Any, n_samples: int, device: An
         logits = model(**batch.inputs).float()
         metrics = task.metrics(logits, batch)
         q = torch.softmax(logits, dim=-1)
-        tokens = batch.inputs["tokens"]
-        in_set = torch.zeros_like(q, dtype=torch.bool).scatter_(-1, tokens, True)
+        in_set = torch.zeros_like(q, dtype=torch.bool).scatter_(-1, batch.inputs["tokens"], True)
         mass = (q * in_set).sum(-1)
-        member = code_t.to(tokens.device)[tokens] & (batch.inputs["weights"] > 0).unsqueeze(-1)
-        U = member.any(dim=-2)  # [n, m]
-        miss = (~U).float() @ code_t.to(tokens.device).float().T  # [n, V]: |H(t) \ U|
+        miss = misses(code_t, union(code_t, batch))  # [n, V]: |H(t) \ U|
     members, by_miss = tier_data(q.cpu().numpy(), miss.cpu().numpy(), in_set.cpu().numpy())
     return {"M": M, "code": code, "mass": mass.cpu().numpy(), "members": members, "by_miss": by_miss,
             "metrics": metrics}
@@ -176,8 +144,7 @@ def report(
 
     import torch
 
-    from sparsebench import registry
-    from sparsebench.build import resolve_device
+    from sparsebench.build import make_mechanism, resolve_device
     from sparsebench.checkpoints import train_or_load
     from sparsebench.cli import _settings, run_spec
     from sparsebench.config import to_dict
@@ -189,10 +156,7 @@ def report(
     dev = resolve_device(device)
     (ck,) = train_or_load(spec, [seed], device=dev, cache=cache)
     task = spec.make_task()
-    mech_cls = registry.mechanisms.get("bloom")
-    mech = mech_cls(mech_cls.make_config({}, "mechanism"))
-    mech.name = "bloom"
-    fitted = mech.fit(ck.model, task, generator=torch.Generator(device=dev).manual_seed(seed))
+    fitted = make_mechanism("bloom").fit(ck.model, task, generator=torch.Generator(device=dev).manual_seed(seed))
     if fitted.token_code() is None:
         raise UserError("the bloom fit gave no token code for this model")
     a = model_anatomy(ck.model, task, fitted, n_samples, dev)
@@ -220,19 +184,19 @@ def report(
             pngs.append((f"scaling_{i}.png", cap, png))
     out.mkdir(parents=True, exist_ok=True)
     for name, _, png in pngs:
-        _write_bytes(out / name, png)
+        write_bytes(out / name, png)
     info = {"task": {"name": spec.task, "config": spec.task_config}, "model": {"name": spec.model,
             "config": spec.model_config}, "train": to_dict(spec.train), "seed": seed,
             "checkpoint": {"key": ck.key, "sha256": ck.sha256}, "bloom_fit": summary,
             "held_out": {"n_samples": n_samples, **a["metrics"]}, "figures": [p[0] for p in pngs]}
-    _write_text(out / "report.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_text(out / "report.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
     if html:
         table = render.Table("report", f"Bloom fit and held-out metrics: {who}", ["quantity", "value"],
                              [[render.Cell(str(kk)), render.Cell(render.fmt_num(v) if isinstance(v, float) else str(v),
                                                                  v if isinstance(v, (int, float)) else None)]
                               for kk, v in {**summary, **a["metrics"]}.items()])
         page = render.to_html([table], [(cap, png) for _, cap, png in pngs], title=f"sparsebench report: {who}")
-        _write_text(out / "report.html", page)
+        write_text(out / "report.html", page)
     typer.echo(f"wrote {len(pngs)} figure(s){' and report.html' if html else ''} to {out}/ "
                f"(hash sign {summary.get('sign')}, mean hash size {summary.get('h_mean', float('nan')):.2f}, "
                f"held-out KL {a['metrics'].get('kl', float('nan')):.4g})")

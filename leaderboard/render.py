@@ -52,7 +52,7 @@ def fmt_num(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def fmt_mean(mean: float, std: float, n: int | None = None) -> str:
+def fmt_mean(mean: float, std: float) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
     s = fmt_num(mean)
@@ -164,12 +164,11 @@ def board_tables(sol_board, best, exp_board, ranking) -> list[Table]:
 
 # ---------------------------------------------------------------------------- formats
 
-def to_terminal(tables: list[Table], width: int | None = None) -> str:
-    from rich.console import Console
+def print_tables(console: Any, tables: list[Table]) -> None:
+    """Print the tables on a rich console (best cells bold green, n/a dim)."""
     from rich.table import Table as RTable
     from rich.text import Text
 
-    console = Console(record=True, width=width or 200, force_terminal=False, highlight=False)
     if not tables:
         console.print("no records")
     for t in tables:
@@ -177,9 +176,17 @@ def to_terminal(tables: list[Table], width: int | None = None) -> str:
         for c in t.columns:
             rt.add_column(Text(c), overflow="fold")
         for row in t.rows:
-            rt.add_row(*[Text(c.text, style="bold green" if c.best else "") for c in row])
+            rt.add_row(*[Text(c.text, style="bold green" if c.best else ("dim" if c.text == "n/a" else ""))
+                         for c in row])
         console.print(rt)
         console.print()
+
+
+def to_terminal(tables: list[Table], width: int | None = None) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=width or 200, force_terminal=False, highlight=False)
+    print_tables(console, tables)
     return console.export_text(styles=False)
 
 

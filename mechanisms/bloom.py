@@ -217,8 +217,7 @@ class Bloom(Mechanism):
         fitted = BloomFit(model, code.to(device), out_code.T.contiguous().to(device), sign, r2, r2_out)
 
         batch = task.sample(self.config.fit_samples, generator=generator, device=device)
-        with torch.no_grad():
-            logits = model(**batch.inputs)
+        logits = model(**batch.inputs)
         fitted.alpha_fit, fitted.kl_fit = fit_scale(logits, misses(fitted.code, union(fitted.code, batch)))
         fitted.mechanism = self.name or "bloom"
         return fitted

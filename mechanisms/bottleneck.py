@@ -34,10 +34,10 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from sparsebench.api import Batch, Fitted, Mechanism, Task
+from sparsebench.api import Batch, Mechanism, Task
 from sparsebench.config import check
 from sparsebench.errors import UserError
-from sparsebench.stats import final_residual, final_residual_hook, kl_from, kl_logits, minimize_log_scalar
+from sparsebench.stats import ResidualFit, final_residual, kl_from, kl_logits, minimize_log_scalar
 
 S_RANGE = (1e-2, 1e3)  # search range of the tuned / fitted scale s
 
@@ -167,15 +167,14 @@ class SoftmaxBottleneck(Mechanism):
         return fitted
 
 
-class BottleneckFit(Fitted):
+class BottleneckFit(ResidualFit):
     """The closed-form residual r* for a model's own unembedding, with a fitted scale s."""
 
     why_not = "softmax-bottleneck predicts only the final residual, no hidden code"
 
     def __init__(self, model: Any, s: float):
-        self.model = model
+        super().__init__(model)
         self.s = s  # fitted (or given) scale
-        self.hook = final_residual_hook(model)
         self.kl_fit = float("nan")  # KL(model || prediction) on the fit batch
         self.cos_mean = float("nan")  # mean cosine(model's final residual, r*) on the fit batch
         self.cos_std = float("nan")  # its spread over samples
@@ -191,9 +190,3 @@ class BottleneckFit(Fitted):
     def summary(self) -> dict[str, float | int | str]:
         return {"s": self.s, "kl_fit": self.kl_fit, "cos_resid": self.cos_mean, "cos_resid_std": self.cos_std,
                 "norm_ratio": self.norm_ratio}
-
-    def predict_logits(self, batch: Batch) -> Tensor:
-        return self.residual(batch) @ self.model.W_U.detach() + self.model.b_U.detach()
-
-    def ideal_activation(self, batch: Batch) -> tuple[str, Tensor] | None:
-        return None if self.hook is None else (self.hook, self.residual(batch))

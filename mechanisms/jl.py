@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsebench.api import Batch, Fitted, Mechanism, Task
+from sparsebench.api import Batch, Mechanism, Task
 from sparsebench.config import check
 from sparsebench.errors import UserError
 from sparsebench.models.mlp import MLP, MLPConfig
-from sparsebench.stats import final_residual, final_residual_hook, input_sum, kl_logits, minimize_log_scalar
+from sparsebench.stats import ResidualFit, final_residual, input_sum, kl_logits, minimize_log_scalar
 
 ALPHA_RANGE = (1e-2, 1e3)  # search range of the tuned / fitted scale
 
@@ -103,16 +103,15 @@ class JL(Mechanism):
         return fitted
 
 
-class JLFit(Fitted):
+class JLFit(ResidualFit):
     """The best linear readout of the input: final residual ≈ A x + c."""
 
     why_not = "jl predicts no hidden code (the MLP is off)"
 
     def __init__(self, model: Any, A: Tensor, c: Tensor):
-        self.model = model
+        super().__init__(model)
         self.A = A  # [d, d]: r ≈ x @ A + c (row-vector convention)
         self.c = c  # [d]
-        self.hook = final_residual_hook(model)  # where the idealised residual goes (None for 0 layers)
         self.r2 = float("nan")  # held-out R^2 of the linear fit of the final residual
         self.kl_fit = float("nan")  # held-out KL(model || prediction)
         if self.hook is None:
@@ -127,11 +126,3 @@ class JLFit(Fitted):
         if "alpha" in getattr(self.model, "construction_info", {}):  # fitted to a JL construction
             out["alpha"] = float(self.model.construction_info["alpha"])
         return out
-
-    def predict_logits(self, batch: Batch) -> Tensor:
-        return self.residual(batch) @ self.model.W_U.detach() + self.model.b_U.detach()
-
-    def ideal_activation(self, batch: Batch) -> tuple[str, Tensor] | None:
-        if self.hook is None:
-            return None
-        return self.hook, self.residual(batch)

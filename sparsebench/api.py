@@ -19,6 +19,8 @@ from torch import Tensor
 
 from sparsebench.config import from_dict, to_dict
 
+EVAL_SEED = 10_000_019  # held-out samples come from this seed, never a training seed
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -95,7 +97,7 @@ class Task(Configurable, ABC):
     def metrics(self, logits: Tensor, batch: Batch) -> dict[str, float]:
         """Every metric of the task, averaged over the batch (no instance dim)."""
 
-    def held_out(self, n: int, *, seed: int = 10_000_019, device: torch.device | str = "cpu") -> Batch:
+    def held_out(self, n: int, *, seed: int = EVAL_SEED, device: torch.device | str = "cpu") -> Batch:
         """A fixed evaluation batch from a seed no training run uses (drawn on the CPU: the same on any device)."""
         return self.sample(n, generator=torch.Generator().manual_seed(seed), device=device)
 

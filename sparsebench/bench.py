@@ -34,11 +34,11 @@ measures the training machinery, not the sampler.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -62,14 +62,10 @@ def matmul_rate(n: int = 2048, reps: int = 3, dtype: Any = None, threads: int = 
 
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     out = torch.empty(n, n, dtype=dtype)
-    best = [float("inf")]
-
-    def timed_reps(_: int) -> None:
+    with torch_threads(threads):
         torch.mm(a, b, out=out)
-        best[0] = min(_timed(lambda: torch.mm(a, b, out=out)) for _ in range(reps))
-
-    with_threads(timed_reps, threads)(0)
-    return 2 * n**3 / best[0]
+        best = min(_timed(lambda: torch.mm(a, b, out=out)) for _ in range(reps))
+    return 2 * n**3 / best
 
 
 def _timed(fn: Any) -> float:
@@ -116,7 +112,7 @@ def plain_runner(task: Any, V: int, k: int, d: int, m: int, batch: int) -> Any:
 
 
 def trainer_runner(task: Any, d: int, m: int, batch: int, n: int, precision: str = "fp32",
-                   fused: bool | None = None, first_seed: int = 0) -> Any:
+                   first_seed: int = 0) -> Any:
     """The sparsebench trainer's loop on an N-instance StackedMLP; returns run(steps)."""
     import torch
 
@@ -126,7 +122,7 @@ def trainer_runner(task: Any, d: int, m: int, batch: int, n: int, precision: str
     models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, seeds)
     module = type(models[0]).stacked(models)
     device = torch.device("cpu")
-    on = use_fused(task, module, device, fused)
+    on = use_fused(task, module, device)
 
     def run(steps: int) -> None:
         cfg = TrainConfig(steps=steps, batch_size=batch, warmup=0, precision=precision)  # type: ignore[arg-type]
@@ -135,19 +131,31 @@ def trainer_runner(task: Any, d: int, m: int, batch: int, n: int, precision: str
     return run
 
 
-def with_threads(run: Any, threads: int) -> Any:
-    """`run` with torch on `threads` intra-op threads (restored afterwards)."""
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch on `threads` intra-op threads inside the block (restored afterwards)."""
     import torch
 
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def with_threads(run: Any, threads: int) -> Any:
+    """`run(steps)` with torch on `threads` intra-op threads."""
+
     def wrapped(steps: int) -> None:
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             run(steps)
-        finally:
-            torch.set_num_threads(old)
 
     return wrapped
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n > 1 else ''}"
 
 
 def _worker(conn: Any, regime: dict[str, int], n: int, first_seed: int, precision: str) -> None:
@@ -208,8 +216,6 @@ class ProcessRunner:
                 p.join()
 
 
-
-
 def bench(
     repeats: int = typer.Option(5, help="Interleaved repeats; figures are medians over them."),
     steps: Optional[int] = typer.Option(None, help="Timed steps per measurement at N=1 (N instances run "
@@ -230,21 +236,16 @@ def bench(
     if processes < 0:
         raise typer.BadParameter(f"processes must be >= 0 (got {processes})")
     cores = torch.get_num_threads()  # torch's default: one thread per core
-    procs = processes or cores
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _bench(repeats, steps, regime, cores, procs, json_path)
-    finally:
-        torch.set_num_threads(old_threads)
+    with torch_threads(1):
+        return _bench(repeats, steps, regime, cores, processes or cores, json_path)
 
 
-BF16_REF = "bf16, 1 thread"
+BF16_REF = f"bf16, {_threads(1)}"
 
 
 def _ref(threads: int) -> str:
     """Name of the fp32 reference matmul on `threads` threads."""
-    return f"fp32, {threads} thread{'s' if threads > 1 else ''}"
+    return f"fp32, {_threads(threads)}"
 
 
 def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
@@ -267,7 +268,7 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
         # Reference matmuls: fp32 on each thread count a row uses (processes use at most `cores`), bf16 for show.
         refs = {_ref(t): t for t in sorted({1, cores, min(procs, cores)})}
         # label -> (run, instances, steps, reference matmul)
-        plains = {f"plain, {t} thread{'s' if t > 1 else ''}": t for t in sorted({cores, 1}, reverse=True)}
+        plains = {f"plain, {_threads(t)}": t for t in sorted({cores, 1}, reverse=True)}
         runners: dict[str, tuple[Any, int, int, str]] = {
             label: (with_threads(plain, t), 1, n_steps, _ref(t)) for label, t in plains.items()}
         for n in INSTANCES:

@@ -1,4 +1,4 @@
-"""Make tasks and models by their registered name: the one path the CLI and library share."""
+"""Make tasks, models and mechanisms by their registered name: the one path the CLI and library share."""
 
 from __future__ import annotations
 
@@ -19,6 +19,19 @@ def make_task(name: str, config: dict[str, Any] | None = None) -> Task:
 
 def model_class(name: str) -> Any:
     return registry.models.get(name)
+
+
+def stackable(model_name: str) -> bool:
+    """Whether seeds of this model train together in one batched module (the class has `stacked`)."""
+    return hasattr(model_class(model_name), "stacked")
+
+
+def make_mechanism(name: str, config: dict[str, Any] | None = None) -> Any:
+    """Mechanism `name` with its config validated (errors name the field)."""
+    cls = registry.mechanisms.get(name)
+    mech = cls(cls.make_config(config or {}, "mechanism"))
+    mech.name = name
+    return mech
 
 
 def make_model_config(name: str, config: dict[str, Any] | None = None) -> Any:

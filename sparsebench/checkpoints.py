@@ -12,6 +12,7 @@ The cache root is `$SPARSEBENCH_CACHE`, else `~/.cache/sparsebench`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import torch
 
 import sparsebench
 from sparsebench.api import Task
-from sparsebench.build import make_model, make_model_config, make_task, model_class
+from sparsebench.build import make_model, make_model_config, make_task, stackable
 from sparsebench.config import stable_hash, to_dict
 from sparsebench.io import atomic_path
 from sparsebench.parallel import split
@@ -60,10 +61,14 @@ class RunSpec:
     def make_task(self) -> Task:
         return make_task(self.task, self.task_config)
 
+    @functools.cached_property
+    def task_version(self) -> int:  # read once: describe() runs for every key and record id
+        return self.make_task().version
+
     def describe(self, seed: int) -> dict[str, Any]:
         """The JSON form of (spec, seed): what the cache key hashes and what records store."""
         return {
-            "task": {"name": self.task, "version": self.make_task().version, "config": self.task_config},
+            "task": {"name": self.task, "version": self.task_version, "config": self.task_config},
             "model": {"name": self.model, "config": self.model_config},
             "train": to_dict(self.train),
             "seed": seed,
@@ -93,7 +98,8 @@ def file_sha256(path: Path) -> str:
 
 def load(spec: RunSpec, seed: int, *, device: torch.device, cache: Path | None = None) -> Checkpoint | None:
     """The cached checkpoint of (spec, seed), or None if there is none."""
-    folder = cache_root(cache) / "models" / spec.key(seed)
+    key = spec.key(seed)
+    folder = cache_root(cache) / "models" / key
     weights, info_path = folder / "model.safetensors", folder / "run.json"
     if not (weights.exists() and info_path.exists()):
         return None
@@ -101,16 +107,17 @@ def load(spec: RunSpec, seed: int, *, device: torch.device, cache: Path | None =
     model = make_model(spec.model, spec.model_config, task)
     safetensors.torch.load_model(model, str(weights), device=str(device))
     model.to(device).eval()
-    return Checkpoint(model, seed, spec.key(seed), file_sha256(weights), json.loads(info_path.read_text()))
+    return Checkpoint(model, seed, key, file_sha256(weights), json.loads(info_path.read_text()))
 
 
 def save(spec: RunSpec, seed: int, model: Any, info: dict[str, Any], *, cache: Path | None = None) -> Checkpoint:
-    folder = cache_root(cache) / "models" / spec.key(seed)
+    key = spec.key(seed)
+    folder = cache_root(cache) / "models" / key
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
         (tmp / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return Checkpoint(model, seed, spec.key(seed), file_sha256(folder / "model.safetensors"), info, trained=True)
+    return Checkpoint(model, seed, key, file_sha256(folder / "model.safetensors"), info, trained=True)
 
 
 def train_or_load(spec: RunSpec, seeds: list[int], *, device: torch.device, cache: Path | None = None,
@@ -123,8 +130,7 @@ def train_or_load(spec: RunSpec, seeds: list[int], *, device: torch.device, cach
     """
     found = {s: load(spec, s, device=device, cache=cache) for s in seeds}
     missing = [s for s in seeds if found[s] is None]
-    stackable = hasattr(model_class(spec.model), "stacked")
-    groups = ([missing] if missing else []) if stackable else [[s] for s in missing]
+    groups = ([missing] if missing else []) if stackable(spec.model) else [[s] for s in missing]
     task = spec.make_task()
     for group in groups:
         result = train(task, spec.model, spec.model_config, spec.train, group, device=device, progress=progress,

@@ -17,7 +17,7 @@ import json
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -26,7 +26,8 @@ import typer
 
 import sparsebench
 from sparsebench import registry
-from sparsebench.build import make_model, make_task, resolve_device
+from sparsebench.api import EVAL_SEED
+from sparsebench.build import make_mechanism, make_model, make_task, resolve_device
 from sparsebench.checkpoints import RunSpec, train_or_load
 from sparsebench.config import from_dict, stable_hash, to_dict
 from sparsebench.errors import UserError
@@ -36,7 +37,6 @@ from sparsebench.suite import Run, Suite
 from sparsebench.training import TrainConfig, seed_generator
 
 SCHEMA_VERSION = 1
-EVAL_SEED = 10_000_019  # held-out samples come from this seed, never a training seed
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,16 @@ class Plan:
 
     def __init__(self, suite: Suite):
         self.suite = suite
-        self.mechanisms = {m: self._mechanism(m) for m in suite.mechanisms}
+        self.mechanisms = {m: make_mechanism(m, suite.mechanism_config.get(m, {})) for m in suite.mechanisms}
         self.probes = {p: registry.probes.get(p)() for p in (suite.probes or registry.probes.names())}
         self.nulls = {n: registry.baselines.get(n)() for n in (suite.nulls or registry.baselines.names())}
-        for name, obj in (*self.probes.items(), *self.nulls.items(), *self.mechanisms.items()):
+        for name, obj in (*self.probes.items(), *self.nulls.items()):
             obj.name = name
+        self.tasks = [make_task(run.task, run.task_config) for run in suite.runs]
         self.specs = {(i, w): self.spec(run, w) for i, run in enumerate(suite.runs) for w in self.widths(i)}
         self._check_probes_against_models()
         if suite.construct:
-            for i, run in enumerate(suite.runs):
-                task = make_task(run.task, run.task_config)
+            for i, task in enumerate(self.tasks):
                 for w in self.construct_widths(i):
                     for mech in self.mechanisms.values():
                         mech.validate(task, w)
@@ -102,10 +102,6 @@ class Plan:
         if self.suite.construct_widths:
             return list(self.suite.construct_widths)
         return [w if w is not None else self._width(self.specs[(run, w)]) for w in self.widths(run)]
-
-    def _mechanism(self, name: str) -> Any:
-        cls = registry.mechanisms.get(name)
-        return cls(cls.make_config(self.suite.mechanism_config.get(name, {}), "mechanism"))
 
     def spec(self, run: Run, width: int | None) -> RunSpec:
         model_cfg = dict(run.model_config)
@@ -169,8 +165,7 @@ class Plan:
         return jobs
 
     def task(self, run: int) -> Any:
-        r = self.suite.runs[run]
-        return make_task(r.task, r.task_config)
+        return self.tasks[run]
 
     def record_paths(self, job: Job) -> list[str]:
         if job.kind == "construction":
@@ -321,9 +316,9 @@ def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | Non
     dev = resolve_device(device)
     jobs = plan.jobs()
     existing = set() if force else {str(p.relative_to(out)) for p in out.glob("*/*.json")} if out.exists() else set()
-    todo = [(j, existing & set(plan.record_paths(j))) for j in jobs
-            if not set(plan.record_paths(j)) <= existing]
-    skipped = sum(len(plan.record_paths(j)) for j in jobs) - sum(len(plan.record_paths(j)) - len(s) for j, s in todo)
+    paths = [(j, set(plan.record_paths(j))) for j in jobs]
+    todo = [(j, existing & p) for j, p in paths if not p <= existing]
+    skipped = sum(len(existing & p) for _, p in paths)
     written = 0
     for records in _execute(plan, todo, dev, cache, progress, executor, ray_address, workers):
         for rel, record in records:
@@ -481,15 +476,13 @@ def render_boards(out: Path) -> None:
     """
     from rich.console import Console
 
-    from sparsebench.io import atomic_path
+    from sparsebench.io import write_text
     from sparsebench.leaderboard import render
     from sparsebench.leaderboard.cli import build_boards, render_leaderboard
 
-    for name, fmt in (("leaderboard.md", "markdown"), ("leaderboard.html", "html")):
-        text = render_leaderboard([out], fmt)
-        with atomic_path(out / name) as tmp:
-            tmp.write_text(text)
     b = build_boards([out])
+    for name, fmt in (("leaderboard.md", "markdown"), ("leaderboard.html", "html")):
+        write_text(out / name, render_leaderboard([out], fmt, b))
     tables = render.board_tables(b["solutions"], b["best"], b["explanations"], b["ranking"])
     summary = [t for t in tables if t.title.startswith(("Best at each width", "Explanations ranking"))]
     print(render.to_terminal(summary, width=max(Console().width, 120)), end="")

@@ -38,11 +38,6 @@ LN2 = 0.6931471805599453  # ln(2)
 CHUNK_BYTES = 1024 * 1024  # logits tile per chunk: about one core's L2 (1 MiB on Zen 4; docs/performance.md)
 
 
-def sparse_kl_target(task: Any, batch: Any) -> tuple[Tensor, Tensor] | None:
-    """(index, probs) of the task's sparse KL target for this batch, or None if the task has no such loss."""
-    return task.sparse_kl_target(batch) if supports_fused(task) else None
-
-
 def supports_fused(task: Any) -> bool:
     """True if the task declares a sparse KL target (`sparse_kl_target`) the fused loss can use."""
     # The class that declares the sparse target must also be the one whose `loss` is in force:

@@ -34,6 +34,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def _finite(obj: Any) -> Any:
     """NaN and infinities become None: JSON has no such numbers, and readers must not meet them."""
     if isinstance(obj, float):

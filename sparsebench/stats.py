@@ -8,6 +8,7 @@
 - `kl_logits`: KL(softmax(a) || softmax(b)) per sample.
 - Reading models: `input_sum` (the weighted sum of input embeddings) and
   `final_residual` (the last block's residual at the readout position).
+- `ResidualFit`: the base of explanations that predict the final residual.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from sparsebench.api import Batch, last_position
+from sparsebench.api import Batch, Fitted, last_position
 
 
 @dataclass(frozen=True)
@@ -157,3 +158,21 @@ def final_residual(model: Any, batch: Batch) -> tuple[Tensor, Tensor]:
         return model(**batch.inputs), input_sum(model, batch)
     logits, cache = model.run_with_cache(**batch.inputs, names_filter=lambda n: n == name)
     return logits, last_position(cache[name])
+
+
+class ResidualFit(Fitted):
+    """An explanation that predicts the final residual (`residual`); the logits and the patch follow from it."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.hook = final_residual_hook(model)  # where the idealised residual goes (None for 0 layers)
+
+    def residual(self, batch: Batch) -> Tensor:
+        """The predicted final residual at the readout position: [batch, d_model]."""
+        raise NotImplementedError
+
+    def predict_logits(self, batch: Batch) -> Tensor:
+        return self.residual(batch) @ self.model.W_U.detach() + self.model.b_U.detach()
+
+    def ideal_activation(self, batch: Batch) -> tuple[str, Tensor] | None:
+        return None if self.hook is None else (self.hook, self.residual(batch))

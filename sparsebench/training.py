@@ -31,9 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsebench.api import Task
-from sparsebench.build import make_model, model_class
+from sparsebench.build import make_model, stackable
 from sparsebench.config import check, stable_hash
-from sparsebench.fused import sparse_kl_target, supports_fused, unembed_kl
+from sparsebench.fused import supports_fused, unembed_kl
 
 
 @dataclass(frozen=True)
@@ -121,11 +121,11 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
     (docs/performance.md, "Determinism"); run.json records the threads and processes used.
     """
     device = torch.device(device)
-    if workers > 1 and len(seeds) > 1 and device.type == "cpu" and hasattr(model_class(model_name), "stacked"):
+    if workers > 1 and len(seeds) > 1 and device.type == "cpu" and stackable(model_name):
         return _train_in_workers(task, model_name, model_cfg, cfg, seeds, fused, workers)
     models = init_models(task, model_name, model_cfg, seeds)
     start = time.perf_counter()
-    if hasattr(type(models[0]), "stacked"):
+    if stackable(model_name):
         stacked = type(models[0]).stacked(models).to(device)
         losses = _optimise(stacked, task, cfg, seeds, device, progress, stacked=True,
                            fused=use_fused(task, stacked, device, fused))
@@ -138,7 +138,6 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
             trained.append(model)
     for m in trained:
         m.eval()
-        m.name = model_name
     return TrainResult(trained, losses, time.perf_counter() - start, threads=torch.get_num_threads())
 
 
@@ -156,9 +155,7 @@ def _train_in_workers(task: Task, model_name: str, model_cfg: dict[str, Any], cf
     for group, (states, group_losses) in zip(groups, results):
         for model, state in zip(init_models(task, model_name, model_cfg, group), states):
             model.load_state_dict(state)
-            model.eval()
-            model.name = model_name
-            models.append(model)
+            models.append(model.eval())
         losses += group_losses
     return TrainResult(models, losses, time.perf_counter() - start, processes=len(groups), threads=1)
 
@@ -190,7 +187,7 @@ def step_loss(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig,
               fused: bool) -> torch.Tensor:
     """Per-instance mean training loss of one batch ([inst], or a scalar for an unstacked model)."""
     if fused:
-        index, probs = sparse_kl_target(task, batch)  # type: ignore[misc]
+        index, probs = task.sparse_kl_target(batch)  # type: ignore[attr-defined]
         W_U, b_U = module.unembed_params()  # type: ignore[operator]
         r = module.residual(**batch.inputs)  # type: ignore[operator]
         mm_dtype = torch.bfloat16 if cfg.precision == "bf16" else None

@@ -103,9 +103,6 @@ class TopKUniform(Task):
     Config = TopKUniformConfig
     version = 1
 
-    def __init__(self, config: TopKUniformConfig):
-        super().__init__(config)
-
     @property
     def n_inputs(self) -> int:
         return self.config.V

@@ -193,13 +193,12 @@ class StackedMLP(nn.Module):
         super().__init__()
         self.config = models[0].config
         self.n_instances = len(models)
-        names = [n for n, _ in models[0].named_parameters()]
-        self._names = names
+        params = [dict(m.named_parameters()) for m in models]
         # Parameter names mirror MLP's, with "." replaced (nn.Module names cannot contain dots).
         self.params = nn.ParameterDict({
-            n.replace(".", "__"): nn.Parameter(torch.stack([dict(m.named_parameters())[n].detach() for m in models]),
-                                               requires_grad=dict(models[0].named_parameters())[n].requires_grad)
-            for n in names})
+            n.replace(".", "__"): nn.Parameter(torch.stack([p[n].detach() for p in params]),
+                                               requires_grad=first.requires_grad)
+            for n, first in params[0].items()})
 
     def p(self, name: str) -> Tensor:
         return self.params[name.replace(".", "__")]

@@ -12,7 +12,7 @@ import torch
 
 from sparsebench import registry
 from sparsebench.api import Batch, Fitted, SparseModel, Task
-from sparsebench.build import make_model, make_task
+from sparsebench.build import make_mechanism, make_model, make_task
 from sparsebench.errors import ConfigError
 from sparsebench.probes import OWN_NULL, NotApplicable
 
@@ -91,10 +91,7 @@ class TestModel:
 
 
 def _mechanism(name: str):
-    cls = registry.mechanisms.get(name)
-    mech = cls(cls.make_config({}))
-    mech.name = name
-    return mech
+    return make_mechanism(name)
 
 
 @pytest.mark.parametrize("name", registry.mechanisms.names())

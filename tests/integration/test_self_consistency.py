@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sparsebench import registry
-from sparsebench.build import make_model, make_task
+from sparsebench.build import make_mechanism, make_model, make_task
 from sparsebench.probes import NotApplicable
 
 # Main scores a perfect explanation reaches (up to float error), per probe.
@@ -21,10 +21,7 @@ def task():
 
 
 def scores(mechanism: str, model, task) -> dict:
-    cls = registry.mechanisms.get(mechanism)
-    mech = cls(cls.Config())
-    mech.name = mechanism
-    fitted = mech.fit(model, task, generator=torch.Generator().manual_seed(1))
+    fitted = make_mechanism(mechanism).fit(model, task, generator=torch.Generator().manual_seed(1))
     batch = task.held_out(2048)
     out = {}
     for name in registry.probes.names():
@@ -36,8 +33,7 @@ def scores(mechanism: str, model, task) -> dict:
 
 @pytest.mark.parametrize("mechanism", ["bloom", "jl", "softmax-bottleneck"])
 def test_construction_fitted_back_is_explained_perfectly(task, mechanism):
-    cls = registry.mechanisms.get(mechanism)
-    model = cls(cls.Config()).construct(task, 32, generator=torch.Generator().manual_seed(0))
+    model = make_mechanism(mechanism).construct(task, 32, generator=torch.Generator().manual_seed(0))
     got = scores(mechanism, model, task)
     applicable = {p: v for p, v in got.items() if v is not None}
     assert applicable, "a mechanism must be checkable by at least one probe"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparsebench.build import make_task
-from sparsebench.fused import sparse_kl_target, supports_fused, unembed_kl, unembed_kl_reference
+from sparsebench.fused import supports_fused, unembed_kl, unembed_kl_reference
 from sparsebench.models.mlp import MLP, StackedMLP
 from sparsebench.tasks.topk import TopKUniform
 from sparsebench.training import TrainConfig, init_models, lr_factor, seed_generator, train, use_fused
@@ -203,7 +203,7 @@ def test_fused_loss_equals_the_task_loss(task):
     models = init_models(task, "mlp1", MODEL, [0, 1])
     stacked = MLP.stacked(models)
     batch = task.sample_stacked(24, generators=[seed_generator(s, "data") for s in range(2)])
-    index, probs = sparse_kl_target(task, batch)
+    index, probs = task.sparse_kl_target(batch)
     with torch.no_grad():
         fused = unembed_kl(stacked.residual(**batch.inputs), *stacked.unembed_params(), index, probs)
         generic = task.loss(stacked(**batch.inputs), batch).mean(-1)

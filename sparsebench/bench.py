@@ -42,6 +42,8 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from sparsebench.bench_parts import PARTS, StepParts, ceiling, summarise
+
 REGIMES: dict[str, dict[str, int]] = {
     # overhead-bound: small widths and batch
     "small": dict(V=500, k=5, d=32, m=32, batch=256, steps=160),
@@ -160,11 +162,10 @@ def _threads(n: int) -> str:
 
 def _worker(conn: Any, regime: dict[str, int], n: int, first_seed: int, precision: str) -> None:
     """A benchmark worker process: build its share of the instances, then run steps on request."""
-    import torch
-
     from sparsebench.build import make_task
+    from sparsebench.parallel import init_worker
 
-    torch.set_num_threads(1)
+    init_worker()  # as `train(..., workers=P)` sets up its workers
     task = make_task("topk-uniform", {"V": regime["V"], "k": regime["k"]})
     run = trainer_runner(task, regime["d"], regime["m"], regime["batch"], n, precision, first_seed=first_seed)
     conn.send("ready")
@@ -276,6 +277,10 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
                                              max(2, n_steps // n), _ref(1))
         runners[f"sparsebench N={n_max} bf16"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n_max, "bf16"),
                                                   n_max, max(2, n_steps // n_max), _ref(1))
+        # One worker's share of the N=16 step, split into parts (sparsebench/bench_parts.py).
+        share = -(-n_max // procs)
+        parts = StepParts(task, r["d"], r["m"], r["batch"], share)
+        part_runs: list[dict[str, float]] = []
         pools: list[ProcessRunner] = []
         try:
             for precision in ("fp32", "bf16") if procs > 1 else ():
@@ -294,6 +299,9 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
                 sps = {label: n * r["batch"] * s / _timed(lambda: run(s))
                        for label, (run, n, s, _) in runners.items()}
                 best_plain = max(sps[label] for label in plains)
+                times = parts.time(max(2, n_steps // n_max))
+                ceil_sps = n_max * r["batch"] / ceiling(times, parts.loss_flops(), mm[BF16_REF][-1])
+                part_runs.append({**times, "ceiling_samples_s": ceil_sps, "ceiling_vs_plain": ceil_sps / best_plain})
                 for label, (_, _, _, ref) in runners.items():
                     rows[label]["samples_s"].append(sps[label])
                     rows[label]["vs_plain"].append(sps[label] / best_plain)
@@ -306,7 +314,8 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
             "config": {**r, "steps": n_steps}, "forward_flops_per_sample": fwd,
             "matmul_gflops": {k: statistics.median(v) / 1e9 for k, v in mm.items()},
             "reference": {label: ref for label, (_, _, _, ref) in runners.items()},
-            "median": med, "raw": rows}
+            "median": med, "raw": rows,
+            "step_parts": {"instances": share, "processes": min(procs, n_max), **summarise(part_runs)}}
     _print(report)
     if json_path is not None:
         write_json(json_path, report)
@@ -332,7 +341,29 @@ def _print(report: dict[str, Any]) -> None:
             table.add_row(label, f"{m['samples_s']:,.0f}", f"{m['vs_plain']:.2f}", f"{gf:.1f}",
                           f"{100 * m['of_matmul']:.0f}%")
         console.print(table)
+        console.print(_parts_table(reg))
     console.print("x plain: against the faster plain loop of the same repeat. % matmul: of the fp32 matmul on "
                   "as many cores as the row uses (rows without 'procs' or 'threads' use 1). FLOPs: 3 x forward "
                   "matmul FLOPs, forward = 2 (2 d m + d V) per sample. Medians of per-repeat values, all timed "
                   "interleaved.")
+
+
+def _parts_table(reg: dict[str, Any]) -> Any:
+    """Where one worker's step goes, and the ceiling of a perfect loss kernel (bench_parts.py)."""
+    from rich.table import Table
+
+    sp = reg["step_parts"]
+    procs = f" over {sp['processes']} procs" if sp["processes"] > 1 else ""
+    table = Table(title=f"N={INSTANCES[-1]}{procs}: one worker's step ({sp['instances']} instances, 1 thread), "
+                        f"ms (medians)")
+    table.add_column("part", no_wrap=True)
+    for col in ("ms", "% of step"):
+        table.add_column(col, justify="right")
+    for name in (*PARTS, "step"):
+        table.add_row(name, f"{1e3 * sp[name]:.2f}", f"{100 * sp[name] / sp['step']:.0f}%")
+    other = sp["step"] - sum(sp[p] for p in PARTS)
+    table.add_row("rest (glue; negative = parts overlap in cache)", f"{1e3 * other:.2f}",
+                  f"{100 * other / sp['step']:.0f}%")
+    table.caption = (f"ceiling: loss at the bf16 matmul rate doing only its matmuls, the rest as measured: "
+                     f"{sp['ceiling_samples_s']:,.0f} samples/s = {sp['ceiling_vs_plain']:.2f}x plain")
+    return table

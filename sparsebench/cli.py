@@ -142,8 +142,10 @@ def _format_warning(message: Any, category: Any, filename: str, lineno: int, fil
 
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
+    from sparsebench.parallel import keep_freed_memory
     from sparsebench.registry import PluginWarning
 
+    keep_freed_memory()  # this process is ours: reuse freed tensors' pages (sparsebench.parallel)
     warnings.showwarning = _format_warning  # one line per warning, no source echo
     warnings.simplefilter("always", PluginWarning)
     _register_optional_commands()

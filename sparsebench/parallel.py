@@ -24,10 +24,40 @@ from sparsebench.errors import UserError
 T = TypeVar("T")
 
 
-def _one_thread() -> None:
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (malloc.h)
+KEEP_BYTES = 32 * 1024 * 1024  # allocations below this are served from, and freed back to, the heap
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed blocks below 32 MiB for reuse instead of unmapping them.
+
+    A training step frees and reallocates the same 0.1-1 MiB tensors (gradients, logits
+    tiles) every step. By default glibc serves blocks over its mmap threshold with a fresh
+    mmap, whose pages fault in, zeroed, on first touch: ~500 page faults per small-regime
+    step here, 15-20% of its time (docs/performance.md). The cost is that a process keeps
+    up to its peak heap instead of returning it to the OS. Process-wide, so it is called
+    by processes sparsebench owns (the CLI, worker processes), not on import. Returns
+    whether it applied (False off glibc: macOS, Windows, musl).
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 8 * KEEP_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
+def init_worker() -> None:
+    """Set up a worker process: torch on one thread, freed memory kept for reuse."""
     import torch
 
     torch.set_num_threads(1)
+    keep_freed_memory()
 
 
 @contextmanager
@@ -43,7 +73,7 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     if workers < 1:
         raise ValueError(f"workers must be at least 1 (got {workers})")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_one_thread)
+                               initializer=init_worker)
     try:
         yield pool
     except BaseException:

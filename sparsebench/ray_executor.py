@@ -20,9 +20,11 @@ from sparsebench.errors import UserError
 
 def _job_in_worker(plan: Any, job: Any, device: str, cache: str | None, skip: set[str]) -> list:
     # One CPU per task: torch would otherwise start a thread per core in every task and oversubscribe.
+    # Ray reuses its worker processes, so the set-up is the same as the local workers' and idempotent.
     from sparsebench.evaluate import run_job
+    from sparsebench.parallel import init_worker
 
-    torch.set_num_threads(1)
+    init_worker()
     return run_job(plan, job, torch.device(device), Path(cache) if cache else None, False, skip)
 
 

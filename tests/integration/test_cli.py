@@ -117,6 +117,14 @@ def test_bench_measures_every_loop_against_the_plain_one(tmp_path):
         assert label in r.stdout
     assert ref["sparsebench N=16, 2 procs"] == ("fp32, 2 threads" if report["cores"] >= 2 else "fp32, 1 thread")
     assert ref["sparsebench N=16"] == ref["sparsebench N=16 bf16"] == "fp32, 1 thread"
+    # The step breakdown is one worker's share (16 instances over 2 processes), and its ceiling follows
+    # from the measured parts: ceiling > 0, and with the loss's own time > its ideal matmul time, the
+    # ceiling beats the measured step of that worker.
+    parts = small["step_parts"]
+    assert parts["instances"] == 8 and parts["processes"] == 2
+    assert all(parts[k] > 0 for k in ("sample", "model", "loss", "optimiser", "step"))
+    assert parts["ceiling_samples_s"] > 16 * 256 / parts["step"] * 0.5
+    assert "ceiling" in r.stdout and "one worker's step" in r.stdout
 
 
 def test_ctrl_c_stops_every_worker_at_once(tmp_path):

@@ -1,0 +1,115 @@
+"""Where a training step's time goes, and the ceiling a perfect loss kernel would reach.
+
+`sparsebench bench` uses this to put its "x plain" figures next to a measured bound.
+A step of the trainer (`training._optimise`, fused path) is four pieces of work:
+
+    sample    task.sample_stacked: draw the batch of every instance
+    model     the residual stream r (embedding bag, MLP blocks), forward + backward
+    loss      the fused unembedding + sparse KL (`fused.unembed_kl`), forward + backward:
+              three [B, d] x [d, V] matmuls per instance plus the softmax work on [B, V]
+    optimiser AdamW (fused kernel) over every parameter
+
+Each is timed on its own, on one thread, for the instances one worker process holds.
+"ceiling" is the step time if the loss ran its matmuls at the bf16 matmul rate measured
+in the same run and did nothing else (no softmax, no exp, no Python): the best any
+hand-written loss kernel could do with everything else unchanged. It bounds the
+multi-process rows from above (it also assumes processes do not slow each other).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+PARTS = ("sample", "model", "loss", "optimiser")
+
+
+class StepParts:
+    """The trainer's step on `n` stacked `mlp1` instances, split into separately timed parts."""
+
+    def __init__(self, task: Any, d: int, m: int, batch: int, n: int):
+        import torch
+
+        from sparsebench.training import TrainConfig, init_models, make_optimizer, seed_generator
+
+        seeds = list(range(n))
+        models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, seeds)
+        self.module = type(models[0]).stacked(models)
+        self.opt = make_optimizer([p for p in self.module.parameters() if p.requires_grad],
+                                  TrainConfig(steps=1, batch_size=batch, warmup=0))
+        self.task, self.batch, self.n = task, batch, n
+        self.gens = [seed_generator(s, "data") for s in seeds]
+        self.fixed = task.sample_stacked(batch, generators=self.gens)  # one batch reused by model/loss
+        r = self.module.residual(**self.fixed.inputs)  # [n, batch, d]
+        self.r = r.detach().requires_grad_()
+        self.grad_r = torch.randn_like(r)  # a stand-in upstream gradient for the model's backward
+        self.step()  # every parameter has a .grad, so the optimiser part does real work
+
+    def loss_flops(self) -> int:
+        """Matmul FLOPs of the loss part: 3 matmuls of 2 * batch * d * V per instance."""
+        W_U, _ = self.module.unembed_params()
+        return 3 * 2 * self.n * self.batch * W_U.shape[-2] * W_U.shape[-1]
+
+    def _loss(self, r: Any, batch: Any) -> Any:
+        from sparsebench.fused import unembed_kl
+
+        W_U, b_U = self.module.unembed_params()
+        index, probs = self.task.sparse_kl_target(batch)
+        return unembed_kl(r, W_U, b_U, index, probs).sum()
+
+    def step(self) -> None:
+        """One whole training step, as the trainer runs it (fp32)."""
+        batch = self.task.sample_stacked(self.batch, generators=self.gens)
+        loss = self._loss(self.module.residual(**batch.inputs), batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def parts(self) -> dict[str, Callable[[], Any]]:
+        """The parts as calls. model and loss return their gradients (autograd.grad) instead of
+        accumulating them into .grad, so repeating them leaves the model as it was."""
+        import torch
+
+        W_U, b_U = self.module.unembed_params()
+        body = [p for p in self.module.parameters() if p.requires_grad and p is not W_U and p is not b_U]
+        return {
+            "sample": lambda: self.task.sample_stacked(self.batch, generators=self.gens),
+            "model": lambda: torch.autograd.grad(self.module.residual(**self.fixed.inputs), body, self.grad_r),
+            "loss": lambda: torch.autograd.grad(self._loss(self.r, self.fixed), [self.r, W_U, b_U]),
+            "optimiser": self.opt.step,
+            "step": self.step,
+        }
+
+    def time(self, reps: int, names: tuple[str, ...] = (*PARTS, "step")) -> dict[str, float]:
+        """Seconds per call of each named part (default: all, and the whole step), mean of `reps` calls.
+
+        The optimiser part re-applies the last step's gradients `reps` times; the weights and
+        optimiser state are restored afterwards, so the model only moves by real steps.
+        """
+        import copy
+
+        out = {}
+        parts = self.parts()
+        for name in names:
+            fn = parts[name]
+            saved = copy.deepcopy((self.module.state_dict(), self.opt.state_dict())) if name == "optimiser" else None
+            fn()  # first-call costs
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            out[name] = (time.perf_counter() - t) / reps
+            if saved is not None:
+                self.module.load_state_dict(saved[0])
+                self.opt.load_state_dict(saved[1])
+        return out
+
+
+def ceiling(times: dict[str, float], loss_flops: int, bf16_rate: float) -> float:
+    """Step seconds with the loss at `bf16_rate` FLOP/s doing nothing but its matmuls."""
+    return times["step"] - times["loss"] + loss_flops / bf16_rate
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Median over repeats of each timed quantity."""
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}

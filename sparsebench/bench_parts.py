@@ -13,7 +13,8 @@ Each is timed on its own, on one thread, for the instances one worker process ho
 "ceiling" is the step time if the loss ran its matmuls at the bf16 matmul rate measured
 in the same run and did nothing else (no softmax, no exp, no Python): the best any
 hand-written loss kernel could do with everything else unchanged. It bounds the
-multi-process rows from above (it also assumes processes do not slow each other).
+multi-process rows from above (it also assumes processes do not slow each other;
+with more processes than cores, bench.py counts the rounds they take turns in).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class StepParts:
         return unembed_kl(r, W_U, b_U, index, probs).sum()
 
     def step(self) -> None:
-        """One whole training step, as the trainer runs it (fp32)."""
+        """One whole training step, as the trainer runs it (fp32; without the lr scheduler's step,
+        a few Python operations on the optimiser's settings, not tensor work)."""
         batch = self.task.sample_stacked(self.batch, generators=self.gens)
         loss = self._loss(self.module.residual(**batch.inputs), batch)
         self.opt.zero_grad(set_to_none=True)

@@ -117,13 +117,18 @@ def test_bench_measures_every_loop_against_the_plain_one(tmp_path):
         assert label in r.stdout
     assert ref["sparsebench N=16, 2 procs"] == ("fp32, 2 threads" if report["cores"] >= 2 else "fp32, 1 thread")
     assert ref["sparsebench N=16"] == ref["sparsebench N=16 bf16"] == "fp32, 1 thread"
-    # The step breakdown is one worker's share (16 instances over 2 processes), and its ceiling follows
-    # from the measured parts: ceiling > 0, and with the loss's own time > its ideal matmul time, the
-    # ceiling beats the measured step of that worker.
-    parts = small["step_parts"]
+    # The step breakdown is one worker's share (16 instances over 2 processes). With one repeat its
+    # ceiling is exactly N x batch samples over (step - loss + loss matmul FLOPs at the bf16 rate),
+    # in as many rounds as the processes need cores.
+    parts, cfg = small["step_parts"], small["config"]
     assert parts["instances"] == 8 and parts["processes"] == 2
+    assert parts["waves"] == (1 if report["cores"] >= 2 else 2)
+    assert parts["loss_flops"] == 3 * 2 * 8 * cfg["batch"] * cfg["d"] * cfg["V"]
     assert all(parts[k] > 0 for k in ("sample", "model", "loss", "optimiser", "step"))
-    assert parts["ceiling_samples_s"] > 16 * 256 / parts["step"] * 0.5
+    ideal = parts["step"] - parts["loss"] + parts["loss_flops"] / (mm["bf16, 1 thread"] * 1e9)
+    assert parts["ceiling_samples_s"] == pytest.approx(16 * cfg["batch"] / (parts["waves"] * ideal), rel=1e-9)
+    assert parts["ceiling_vs_plain"] == pytest.approx(
+        parts["ceiling_samples_s"] / max(med[p]["samples_s"] for p in plains), rel=1e-9)
     assert "ceiling" in r.stdout and "one worker's step" in r.stdout
 
 

@@ -318,7 +318,7 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
             "reference": {label: ref for label, (_, _, _, ref) in runners.items()},
             "median": med, "raw": rows,
             "step_parts": {"instances": share, "processes": workers, "waves": waves,
-                           "loss_flops": parts.loss_flops(), **summarise(part_runs)}}
+                           "loss_flops": parts.loss_flops(), **summarise(part_runs), "raw": part_runs}}
     _print(report)
     if json_path is not None:
         write_json(json_path, report)

@@ -125,6 +125,7 @@ def test_bench_measures_every_loop_against_the_plain_one(tmp_path):
     assert parts["waves"] == (1 if report["cores"] >= 2 else 2)
     assert parts["loss_flops"] == 3 * 2 * 8 * cfg["batch"] * cfg["d"] * cfg["V"]
     assert all(parts[k] > 0 for k in ("sample", "model", "loss", "optimiser", "step"))
+    assert parts["raw"] == [{k: parts[k] for k in parts["raw"][0]}]  # one repeat: its values are the medians
     ideal = parts["step"] - parts["loss"] + parts["loss_flops"] / (mm["bf16, 1 thread"] * 1e9)
     assert parts["ceiling_samples_s"] == pytest.approx(16 * cfg["batch"] / (parts["waves"] * ideal), rel=1e-9)
     assert parts["ceiling_vs_plain"] == pytest.approx(

@@ -37,8 +37,8 @@ class StepParts:
         seeds = list(range(n))
         models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, seeds)
         self.module = type(models[0]).stacked(models)
-        self.opt = make_optimizer([p for p in self.module.parameters() if p.requires_grad],
-                                  TrainConfig(steps=1, batch_size=batch, warmup=0))
+        self.cfg = TrainConfig(steps=1, batch_size=batch, warmup=0)
+        self.opt = make_optimizer([p for p in self.module.parameters() if p.requires_grad], self.cfg)
         self.task, self.batch, self.n = task, batch, n
         self.gens = [seed_generator(s, "data") for s in seeds]
         self.fixed = task.sample_stacked(batch, generators=self.gens)  # one batch reused by model/loss
@@ -53,6 +53,7 @@ class StepParts:
         return 3 * 2 * self.n * self.batch * W_U.shape[-2] * W_U.shape[-1]
 
     def _loss(self, r: Any, batch: Any) -> Any:
+        """The fused loss from a given residual stream r (the trainer's `step_loss` computes r itself)."""
         from sparsebench.fused import unembed_kl
 
         W_U, b_U = self.module.unembed_params()
@@ -60,12 +61,16 @@ class StepParts:
         return unembed_kl(r, W_U, b_U, index, probs).sum()
 
     def step(self) -> None:
-        """One whole training step, as the trainer runs it (fp32; without the lr scheduler's step,
-        a few Python operations on the optimiser's settings, not tensor work)."""
+        """One whole training step through the trainer's own `step_loss` (fp32, fused; without the
+        lr scheduler's step, a few Python operations on the optimiser's settings, not tensor work)."""
+        import torch
+
+        from sparsebench.training import step_loss
+
         batch = self.task.sample_stacked(self.batch, generators=self.gens)
-        loss = self._loss(self.module.residual(**batch.inputs), batch)
+        loss = step_loss(self.module, self.task, batch, self.cfg, torch.device("cpu"), fused=True)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()
         self.opt.step()
 
     def parts(self) -> dict[str, Callable[[], Any]]:

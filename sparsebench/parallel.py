@@ -22,8 +22,6 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 from sparsebench.errors import UserError
 
 T = TypeVar("T")
-
-
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters (malloc.h)
 MMAP_BYTES = 32 * 1024 * 1024  # blocks below this come from the heap (32 MiB: the cap on older 64-bit glibc)
 TRIM_BYTES = 256 * 1024 * 1024  # free heap above this is returned to the OS
@@ -36,10 +34,11 @@ def keep_freed_memory() -> bool:
     tiles) every step. By default glibc gives such memory back to the OS (fresh mmaps for
     large blocks, trimming the heap top for the rest), and the next step faults the pages
     in again, zeroed: 600-1000 minor page faults per small-regime step at 8-16 instances
-    here, against 3-8 when kept, and 9-18% more samples/s (docs/performance.md). Both settings are needed: each alone disables glibc's
-    adaptive threshold and leaves the other path faulting (measured: more faults than the
-    default). The cost is that a process keeps up to its peak heap. Process-wide, so it is
-    called by processes sparsebench owns (the CLI, worker processes), not on import.
+    here, against 3-8 when kept, and 9-18% more samples/s (docs/performance.md). Both
+    settings are needed: each alone disables glibc's adaptive threshold and leaves the
+    other path faulting (measured: more faults than the default). The cost is that a
+    process keeps up to its peak heap. Process-wide, so it is called by processes
+    sparsebench owns (the CLI, worker processes), not on import.
     Returns whether it applied (False off glibc: macOS, Windows, musl).
     """
     import ctypes

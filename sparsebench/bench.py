@@ -18,6 +18,9 @@ Rows and their references:
 - "bf16" rows run the fused loss's three matmuls in bf16 (`train.precision=bf16`);
   their "% of matmul" is still against the *fp32* matmul (the issue's reference);
   the bf16 matmul rate is printed too.
+- "native" rows run each step's forward and backward as one compiled call
+  (`--kernel native`, `sparsebench.native`; fp32). Where it cannot run (no AVX-512 or
+  no C compiler) they are left out and the reason is printed.
 
 FLOPs are counted from the model's matmuls only (embedding sums, softmax and the
 optimiser are not counted, so the figure is a lower bound on the work done):
@@ -42,15 +45,23 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from sparsebench.bench_parts import PARTS, StepParts, ceiling, summarise
+from sparsebench.bench_parts import NATIVE_PARTS, PARTS, StepParts, ceiling, summarise
 
 REGIMES: dict[str, dict[str, int]] = {
     # overhead-bound: small widths and batch
-    "small": dict(V=500, k=5, d=32, m=32, batch=256, steps=160),
+    "small": dict(V=500, k=5, d=32, m=32, batch=256, steps=160, min_steps=40),
     # the suite's default training size
-    "default": dict(V=2000, k=5, d=64, m=64, batch=1024, steps=32),
+    "default": dict(V=2000, k=5, d=64, m=64, batch=1024, steps=32, min_steps=2),
 }
 INSTANCES = (1, 4, 16)
+
+
+def trainer_steps(regime: dict[str, int], n_steps: int, n: int) -> int:
+    """Steps per measurement for N instances: the plain loop's samples (n_steps / N steps), but at
+    least `min_steps` (capped by n_steps). Each call of the trainer's loop builds its optimiser,
+    scheduler and generators (~2 ms, once per training run in real use); in the small regime 40
+    steps keep that a few per cent of a measurement instead of a fifth."""
+    return max(min(regime["min_steps"], n_steps), n_steps // n, 2)
 
 
 def forward_flops(V: int, d: int, m: int, n_layers: int = 1) -> int:
@@ -114,21 +125,22 @@ def plain_runner(task: Any, V: int, k: int, d: int, m: int, batch: int) -> Any:
 
 
 def trainer_runner(task: Any, d: int, m: int, batch: int, n: int, precision: str = "fp32",
-                   first_seed: int = 0) -> Any:
+                   first_seed: int = 0, kernel: str = "torch") -> Any:
     """The sparsebench trainer's loop on an N-instance StackedMLP; returns run(steps)."""
     import torch
 
-    from sparsebench.training import TrainConfig, _optimise, init_models, use_fused
+    from sparsebench.training import TrainConfig, _optimise, init_models, use_fused, use_native
 
     seeds = list(range(first_seed, first_seed + n))
     models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, seeds)
     module = type(models[0]).stacked(models)
     device = torch.device("cpu")
-    on = use_fused(task, module, device)
+    on: bool | str = use_fused(task, module, device)
 
     def run(steps: int) -> None:
         cfg = TrainConfig(steps=steps, batch_size=batch, warmup=0, precision=precision)  # type: ignore[arg-type]
-        _optimise(module, task, cfg, seeds, device, progress=False, stacked=True, fused=on)
+        path = "native" if use_native(task, module, cfg, bool(on), kernel) else on
+        _optimise(module, task, cfg, seeds, device, progress=False, stacked=True, fused=path)
 
     return run
 
@@ -160,14 +172,14 @@ def _threads(n: int) -> str:
     return f"{n} thread{'s' if n > 1 else ''}"
 
 
-def _worker(conn: Any, regime: dict[str, int], n: int, first_seed: int, precision: str) -> None:
+def _worker(conn: Any, regime: dict[str, int], n: int, first_seed: int, precision: str, kernel: str) -> None:
     """A benchmark worker process: build its share of the instances, then run steps on request."""
     from sparsebench.build import make_task
     from sparsebench.parallel import init_worker
 
     init_worker()  # as `train(..., workers=P)` sets up its workers
     task = make_task("topk-uniform", {"V": regime["V"], "k": regime["k"]})
-    run = trainer_runner(task, regime["d"], regime["m"], regime["batch"], n, precision, first_seed=first_seed)
+    run = trainer_runner(task, regime["d"], regime["m"], regime["batch"], n, precision, first_seed, kernel)
     conn.send("ready")
     while (steps := conn.recv()) is not None:
         run(steps)
@@ -181,7 +193,8 @@ class ProcessRunner:
     wall time is the machine's time for N instances. Workers live for the whole benchmark.
     """
 
-    def __init__(self, regime: dict[str, int], n: int, processes: int, precision: str = "fp32"):
+    def __init__(self, regime: dict[str, int], n: int, processes: int, precision: str = "fp32",
+                 kernel: str = "torch"):
         import multiprocessing
 
         from sparsebench.parallel import split
@@ -190,7 +203,8 @@ class ProcessRunner:
         self.conns, self.procs = [], []
         for share in split(list(range(n)), processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, regime, len(share), share[0], precision), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, regime, len(share), share[0], precision, kernel),
+                               daemon=True)
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -220,7 +234,8 @@ class ProcessRunner:
 def bench(
     repeats: int = typer.Option(5, help="Interleaved repeats; figures are medians over them."),
     steps: Optional[int] = typer.Option(None, help="Timed steps per measurement at N=1 (N instances run "
-                                        "max(2, steps/N) steps, the same samples). Default: 160 small, 32 default."),
+                                        "steps/N steps, the same samples, but at least 40 (small regime) or 2). "
+                                        "Default: 160 small, 32 default."),
     regime: str = typer.Option("both", help="small (V=500, d=m=32, batch 256), default (V=2000, d=m=64, "
                                "batch 1024), or both."),
     processes: int = typer.Option(0, help="Worker processes for the multi-process rows "
@@ -253,12 +268,15 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
            json_path: Path | None) -> dict[str, Any]:
     import torch
 
+    from sparsebench import native
     from sparsebench.build import make_task
     from sparsebench.io import write_json
 
     names = ["small", "default"] if regime == "both" else [regime]
+    has_native, why_not = native.available()
+    native_precisions = [p for p in ("fp32", "bf16") if has_native and native.available(bf16=p == "bf16")[0]]
     report: dict[str, Any] = {"cores": cores, "processes": procs, "torch": torch.__version__,
-                              "repeats": repeats, "regimes": {}}
+                              "repeats": repeats, "native": has_native or why_not, "regimes": {}}
     n_max = INSTANCES[-1]
     for name in names:
         r = REGIMES[name]
@@ -274,22 +292,27 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
             label: (with_threads(plain, t), 1, n_steps, _ref(t)) for label, t in plains.items()}
         for n in INSTANCES:
             runners[f"sparsebench N={n}"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n), n,
-                                             max(2, n_steps // n), _ref(1))
+                                             trainer_steps(r, n_steps, n), _ref(1))
         runners[f"sparsebench N={n_max} bf16"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n_max, "bf16"),
-                                                  n_max, max(2, n_steps // n_max), _ref(1))
+                                                  n_max, trainer_steps(r, n_steps, n_max), _ref(1))
+        for precision in native_precisions:
+            runners[f"sparsebench N={n_max} native{' bf16' if precision == 'bf16' else ''}"] = (
+                trainer_runner(task, r["d"], r["m"], r["batch"], n_max, precision, kernel="native"), n_max,
+                trainer_steps(r, n_steps, n_max), _ref(1))
         # One worker's share of the N=16 step, split into parts (sparsebench/bench_parts.py). With more
         # workers than cores they take turns: `waves` rounds of steps per step of N=16.
         workers = min(procs, n_max)
         share, waves = -(-n_max // workers), -(-workers // cores)
-        parts = StepParts(task, r["d"], r["m"], r["batch"], share)
+        parts = StepParts(task, r["d"], r["m"], r["batch"], share, native=has_native)
         part_runs: list[dict[str, float]] = []
         pools: list[ProcessRunner] = []
         try:
-            for precision in ("fp32", "bf16") if procs > 1 else ():
-                pools.append(ProcessRunner(r, n_max, procs, precision))
-                label = f"sparsebench N={n_max} bf16, {procs} procs" if precision == "bf16" else \
-                    f"sparsebench N={n_max}, {procs} procs"
-                runners[label] = (pools[-1], n_max, max(2, n_steps // n_max), _ref(min(procs, cores)))
+            variants = [("fp32", "torch", ""), ("bf16", "torch", " bf16")] + [
+                (p, "native", " native bf16" if p == "bf16" else " native") for p in native_precisions]
+            for precision, kernel, tag in variants if procs > 1 else ():
+                pools.append(ProcessRunner(r, n_max, procs, precision, kernel))
+                runners[f"sparsebench N={n_max}{tag}, {procs} procs"] = (
+                    pools[-1], n_max, trainer_steps(r, n_steps, n_max), _ref(min(procs, cores)))
             for run, _, s, _ in runners.values():  # warm-up: allocator, kernels, first-call costs
                 run(max(1, s // 4))
             rows = {k: {"samples_s": [], "vs_plain": [], "of_matmul": []} for k in runners}
@@ -301,7 +324,7 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
                 sps = {label: n * r["batch"] * s / _timed(lambda: run(s))
                        for label, (run, n, s, _) in runners.items()}
                 best_plain = max(sps[label] for label in plains)
-                times = parts.time(max(2, n_steps // n_max))
+                times = parts.time(trainer_steps(r, n_steps, n_max))
                 ceil_sps = n_max * r["batch"] / (waves * ceiling(times, parts.loss_flops(), mm[BF16_REF][-1]))
                 part_runs.append({**times, "ceiling_samples_s": ceil_sps, "ceiling_vs_plain": ceil_sps / best_plain})
                 for label, (_, _, _, ref) in runners.items():
@@ -345,6 +368,8 @@ def _print(report: dict[str, Any]) -> None:
                           f"{100 * m['of_matmul']:.0f}%")
         console.print(table)
         console.print(_parts_table(reg))
+    if report["native"] is not True:
+        console.print(f"native rows left out: {report['native']}")
     console.print("x plain: against the faster plain loop of the same repeat. % matmul: of the fp32 matmul on "
                   "as many cores as the row uses (rows without 'procs' or 'threads' use 1). FLOPs: 3 x forward "
                   "matmul FLOPs, forward = 2 (2 d m + d V) per sample. Medians of per-repeat values, all timed "
@@ -367,6 +392,9 @@ def _parts_table(reg: dict[str, Any]) -> Any:
     other = sp["step"] - sum(sp[p] for p in PARTS)
     table.add_row("step - parts (glue, cache misses, noise)", f"{1e3 * other:.2f}",
                   f"{100 * other / sp['step']:.0f}%")
+    for name in NATIVE_PARTS:
+        if name in sp:
+            table.add_row(name, f"{1e3 * sp[name]:.2f}", f"{100 * sp[name] / sp['step']:.0f}%")
     table.caption = (f"ceiling: loss at the bf16 matmul rate doing only its matmuls, the rest as measured: "
                      f"{sp['ceiling_samples_s']:,.0f} samples/s = {sp['ceiling_vs_plain']:.2f}x plain")
     return table

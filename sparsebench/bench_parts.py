@@ -15,6 +15,10 @@ in the same run and did nothing else (no softmax, no exp, no Python): the best a
 hand-written loss kernel could do with everything else unchanged. It bounds the
 multi-process rows from above (it also assumes processes do not slow each other;
 with more processes than cores, bench.py counts the rounds they take turns in).
+
+Where the native kernel runs (`sparsebench.native`), its one call (model and loss, forward
+and backward: the work of "model" + "loss") and the whole step with it are timed too, in
+fp32 and with bf16 matmuls: what a compiled kernel actually reached, next to the ceiling.
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ import time
 from typing import Any, Callable
 
 PARTS = ("sample", "model", "loss", "optimiser")
+# Timed when the native kernel runs here: its one call (model and loss, forward and backward) and the
+# whole step with it, in fp32 and with bf16 matmuls.
+NATIVE_PARTS = ("model + loss, native", "step, native", "model + loss, native bf16", "step, native bf16")
 
 
 class StepParts:
     """The trainer's step on `n` stacked `mlp1` instances, split into separately timed parts."""
 
-    def __init__(self, task: Any, d: int, m: int, batch: int, n: int):
+    def __init__(self, task: Any, d: int, m: int, batch: int, n: int, native: bool = False):
         import torch
 
         from sparsebench.training import TrainConfig, init_models, make_optimizer, seed_generator
@@ -39,7 +46,7 @@ class StepParts:
         self.module = type(models[0]).stacked(models)
         self.cfg = TrainConfig(steps=1, batch_size=batch, warmup=0)
         self.opt = make_optimizer([p for p in self.module.parameters() if p.requires_grad], self.cfg)
-        self.task, self.batch, self.n = task, batch, n
+        self.task, self.batch, self.n, self.native = task, batch, n, native
         self.gens = [seed_generator(s, "data") for s in seeds]
         self.fixed = task.sample_stacked(batch, generators=self.gens)  # one batch reused by model/loss
         r = self.module.residual(**self.fixed.inputs)  # [n, batch, d]
@@ -60,15 +67,19 @@ class StepParts:
         index, probs = self.task.sparse_kl_target(batch)
         return unembed_kl(r, W_U, b_U, index, probs).sum()
 
-    def step(self) -> None:
-        """One whole training step through the trainer's own `step_loss` (fp32, fused; without the
-        lr scheduler's step, a few Python operations on the optimiser's settings, not tensor work)."""
+    def step(self, path: bool | str = True, precision: str = "fp32") -> None:
+        """One whole training step through the trainer's own `step_loss` (fused, or the native kernel
+        if path="native"; without the lr scheduler's step, a few Python operations on the
+        optimiser's settings, not tensor work)."""
+        import dataclasses
+
         import torch
 
         from sparsebench.training import step_loss
 
         batch = self.task.sample_stacked(self.batch, generators=self.gens)
-        loss = step_loss(self.module, self.task, batch, self.cfg, torch.device("cpu"), fused=True)
+        cfg = dataclasses.replace(self.cfg, precision=precision)
+        loss = step_loss(self.module, self.task, batch, cfg, torch.device("cpu"), fused=path)
         self.opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         self.opt.step()
@@ -79,17 +90,34 @@ class StepParts:
         import torch
 
         W_U, b_U = self.module.unembed_params()
-        body = [p for p in self.module.parameters() if p.requires_grad and p is not W_U and p is not b_U]
+        trainable = [p for p in self.module.parameters() if p.requires_grad]
+        body = [p for p in trainable if p is not W_U and p is not b_U]
+        native = {}
+        if self.native:
+            from sparsebench.native import available, mlp1_kl
+
+            index, probs = self.task.sparse_kl_target(self.fixed)
+            inputs = self.fixed.inputs
+
+            def call(bf16: bool) -> Any:
+                loss = mlp1_kl(self.module, inputs["tokens"], inputs["weights"], index, probs, bf16=bf16)
+                return torch.autograd.grad(loss.sum(), trainable)
+
+            calls = (lambda: call(False), lambda: self.step("native"), lambda: call(True),
+                     lambda: self.step("native", "bf16"))
+            native = dict(zip(NATIVE_PARTS[:4 if available(bf16=True)[0] else 2], calls))
         return {
             "sample": lambda: self.task.sample_stacked(self.batch, generators=self.gens),
             "model": lambda: torch.autograd.grad(self.module.residual(**self.fixed.inputs), body, self.grad_r),
             "loss": lambda: torch.autograd.grad(self._loss(self.r, self.fixed), [self.r, W_U, b_U]),
             "optimiser": self.opt.step,
             "step": self.step,
+            **native,
         }
 
-    def time(self, reps: int, names: tuple[str, ...] = (*PARTS, "step")) -> dict[str, float]:
-        """Seconds per call of each named part (default: all, and the whole step), mean of `reps` calls.
+    def time(self, reps: int, names: tuple[str, ...] | None = None) -> dict[str, float]:
+        """Seconds per call of each named part (default: all, the whole step and the native parts if
+        the kernel runs here), mean of `reps` calls.
 
         The optimiser part re-applies the last step's gradients `reps` times; the weights and
         optimiser state are restored afterwards, so the model only moves by real steps.
@@ -98,7 +126,7 @@ class StepParts:
 
         out = {}
         parts = self.parts()
-        for name in names:
+        for name in names or parts:
             fn = parts[name]
             saved = copy.deepcopy((self.module.state_dict(), self.opt.state_dict())) if name == "optimiser" else None
             fn()  # first-call costs

@@ -121,12 +121,13 @@ def save(spec: RunSpec, seed: int, model: Any, info: dict[str, Any], *, cache: P
 
 
 def train_or_load(spec: RunSpec, seeds: list[int], *, device: torch.device, cache: Path | None = None,
-                  progress: bool = True, workers: int = 1) -> list[Checkpoint]:
+                  progress: bool = True, workers: int = 1, kernel: str = "torch") -> list[Checkpoint]:
     """One checkpoint per seed: cached ones load, the missing ones train and are saved.
 
     Stackable models train all missing seeds together (split over `workers` single-threaded
     processes on the CPU); others train one seed at a time and save each as soon as it is
-    done, so an interrupted run keeps every finished seed.
+    done, so an interrupted run keeps every finished seed. `kernel` is `train`'s (which one ran
+    goes into run.json; like the thread count it is not part of the cache key).
     """
     found = {s: load(spec, s, device=device, cache=cache) for s in seeds}
     missing = [s for s in seeds if found[s] is None]
@@ -134,12 +135,12 @@ def train_or_load(spec: RunSpec, seeds: list[int], *, device: torch.device, cach
     task = spec.make_task()
     for group in groups:
         result = train(task, spec.model, spec.model_config, spec.train, group, device=device, progress=progress,
-                       workers=workers)
+                       workers=workers, kernel=kernel)
         together = {s: len(g) for g in split(group, result.processes) for s in g}  # seeds in one batched module
         for seed, model, loss in zip(group, result.models, result.final_loss):
             info = {**spec.describe(seed), "final_train_loss": loss, "train_seconds": result.seconds,
                     "trained_together": together[seed], "processes": result.processes,
-                    "threads": result.threads, "device": str(device),
+                    "threads": result.threads, "kernel": result.kernel, "device": str(device),
                     "sparsebench_version": sparsebench.__version__, "torch_version": torch.__version__}
             found[seed] = save(spec, seed, model, info, cache=cache)
     return [found[s] for s in seeds]  # type: ignore[misc]

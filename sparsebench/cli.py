@@ -27,6 +27,9 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file with [task], [m
 SetOpt = typer.Option(None, "--set", "-s", help="Override one field: section.field=value (repeatable).")
 DeviceOpt = typer.Option("auto", "--device", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
 CacheOpt = typer.Option(None, "--cache", help="Model cache folder [default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench].")
+KernelOpt = typer.Option("torch", "--kernel", help="'torch', or 'native': a compiled CPU kernel for the whole "
+                         "training step of one-block mlp1 on sparse-KL tasks (x86-64 AVX-512 and a C compiler; "
+                         "docs/performance.md).")
 
 
 def _settings(config: Optional[Path], sets: Optional[list[str]], **flags: Any) -> dict[str, Any]:
@@ -91,6 +94,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     workers: int = typer.Option(1, "--workers", "-w", help="CPU, batched models (mlp1): split the seeds over "
                                 "this many single-threaded processes (one per core is fastest; no progress bar)."),
+    kernel: str = KernelOpt,
 ) -> None:
     """Train models (one per seed, batched together where the model allows) or load them from the cache."""
     import time
@@ -99,6 +103,7 @@ def train(
 
     from sparsebench.build import resolve_device
     from sparsebench.checkpoints import cache_root, train_or_load
+    from sparsebench.training import check_kernel
 
     if workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")
@@ -106,8 +111,10 @@ def train(
     seeds = list(seed) if seed else list(data.get("seeds", [0]))
     spec = run_spec(data)
     dev = resolve_device(device)
+    check_kernel(kernel, dev)
     start = time.perf_counter()
-    checkpoints = train_or_load(spec, seeds, device=dev, cache=cache, progress=progress, workers=workers)
+    checkpoints = train_or_load(spec, seeds, device=dev, cache=cache, progress=progress, workers=workers,
+                                kernel=kernel)
     elapsed = time.perf_counter() - start
     task_obj = spec.make_task()
     held = task_obj.held_out(4096, device=dev)

@@ -34,7 +34,7 @@ from sparsebench.errors import UserError
 from sparsebench.io import write_json
 from sparsebench.probes import OWN_NULL, NotApplicable, model_hook_names
 from sparsebench.suite import Run, Suite
-from sparsebench.training import TrainConfig, seed_generator
+from sparsebench.training import TrainConfig, check_kernel, seed_generator
 
 SCHEMA_VERSION = 1
 
@@ -214,12 +214,13 @@ def _score_probes(plan: Plan, model: Any, fitted: Any, nulls: dict[str, tuple[An
 
 
 def run_trained(plan: Plan, job: Job, device: torch.device, cache: Path | None, progress: bool,
-                skip: set[str]) -> list[tuple[str, dict[str, Any]]]:
+                skip: set[str], kernel: str = "torch") -> list[tuple[str, dict[str, Any]]]:
     """Train or load every seed of (run, width); write its solution and explanation records."""
     spec = plan.specs[(job.run, job.width)]
     task = spec.make_task()
     width = job.width if job.width is not None else plan._width(spec)
-    checkpoints = train_or_load(spec, list(plan.suite.seeds), device=device, cache=cache, progress=progress)
+    checkpoints = train_or_load(spec, list(plan.suite.seeds), device=device, cache=cache, progress=progress,
+                                kernel=kernel)
     held = task.held_out(plan.suite.eval_samples, seed=EVAL_SEED, device=device)
     probe_batch = task.held_out(plan.suite.probe_samples, seed=EVAL_SEED + 1, device=device)
     out = []
@@ -288,16 +289,19 @@ def built_summary(model: Any) -> dict[str, float]:
 
 
 def run_job(plan: Plan, job: Job, device: torch.device, cache: Path | None, progress: bool,
-            skip: set[str]) -> list[tuple[str, dict[str, Any]]]:
+            skip: set[str], kernel: str = "torch") -> list[tuple[str, dict[str, Any]]]:
     if job.kind == "construction":
         return run_construction(plan, job, device, skip)
-    return run_trained(plan, job, device, cache, progress, skip)
+    return run_trained(plan, job, device, cache, progress, skip, kernel)
 
 
 def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | None = None, force: bool = False,
              progress: bool = True, executor: str = "local", ray_address: str | None = None,
-             workers: int = 1) -> dict[str, int]:
+             workers: int = 1, kernel: str = "torch") -> dict[str, int]:
     """Run the suite; write records under `out`. Returns counts of written and skipped records.
+
+    kernel: what trains models that are not cached (`training.train`); like the thread count it
+    changes trained weights only in the last bits, and it is recorded in each model's run.json.
 
     workers > 1 (local executor): run the jobs in that many single-threaded processes
     (`sparsebench.parallel`); the records are the same as in-process, and this driver writes them.
@@ -314,13 +318,14 @@ def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | Non
 
         require_installed(plan.registry_names())
     dev = resolve_device(device)
+    check_kernel(kernel, dev)
     jobs = plan.jobs()
     existing = set() if force else {str(p.relative_to(out)) for p in out.glob("*/*.json")} if out.exists() else set()
     paths = [(j, set(plan.record_paths(j))) for j in jobs]
     todo = [(j, existing & p) for j, p in paths if not p <= existing]
     skipped = sum(len(existing & p) for _, p in paths)
     written = 0
-    for records in _execute(plan, todo, dev, cache, progress, executor, ray_address, workers):
+    for records in _execute(plan, todo, dev, cache, progress, executor, ray_address, workers, kernel):
         for rel, record in records:
             write_json(out / rel, record)
             written += 1
@@ -328,7 +333,8 @@ def evaluate(suite: Suite, out: Path, *, device: str = "auto", cache: Path | Non
 
 
 def _execute(plan: Plan, todo: list[tuple[Job, set[str]]], dev: torch.device, cache: Path | None, progress: bool,
-             executor: str, ray_address: str | None, workers: int = 1) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+             executor: str, ray_address: str | None, workers: int = 1,
+             kernel: str = "torch") -> Iterator[list[tuple[str, dict[str, Any]]]]:
     if executor == "local" and workers > 1 and todo:
         from concurrent.futures import as_completed
 
@@ -339,7 +345,7 @@ def _execute(plan: Plan, todo: list[tuple[Job, set[str]]], dev: torch.device, ca
         # Even one job goes to a worker: every model of a --workers run then trains on one thread.
         workers = min(workers, len(todo))
         with worker_pool(workers) as pool:  # jobs go out in plan order: the long training jobs first
-            futures = [pool.submit(run_job, plan, job, dev, cache, False, skip) for job, skip in todo]
+            futures = [pool.submit(run_job, plan, job, dev, cache, False, skip, kernel) for job, skip in todo]
             for future in tqdm(as_completed(futures), total=len(futures), desc=f"evaluate ({workers} processes)",
                                disable=not progress, leave=False):
                 yield future.result()
@@ -347,11 +353,11 @@ def _execute(plan: Plan, todo: list[tuple[Job, set[str]]], dev: torch.device, ca
         from tqdm.auto import tqdm
 
         for job, skip in tqdm(todo, desc="evaluate", disable=not progress, leave=False):
-            yield run_job(plan, job, dev, cache, progress, skip)
+            yield run_job(plan, job, dev, cache, progress, skip, kernel)
     elif executor == "ray":
         from sparsebench.ray_executor import run_on_ray
 
-        yield from run_on_ray(plan, todo, dev, cache, ray_address)
+        yield from run_on_ray(plan, todo, dev, cache, ray_address, kernel)
     else:
         raise UserError(f"unknown executor {executor!r}; choose 'local' or 'ray'")
 
@@ -451,6 +457,8 @@ def evaluate_command(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster."),
     workers: int = typer.Option(1, "--workers", "-w", help="Local executor: run the jobs in this many "
                                 "single-threaded processes (one per core is fastest; 1 = in this process)."),
+    kernel: str = typer.Option("torch", "--kernel", help="'torch', or 'native': a compiled CPU kernel for the whole "
+                               "training step of one-block mlp1 on sparse-KL tasks (docs/performance.md)."),
     board: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Render the boards afterwards."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -461,7 +469,7 @@ def evaluate_command(
                   seeds=_csv_ints(seeds, "--seeds"), widths=_csv_ints(widths, "--widths"), sets=set_ or [])
     start = time.perf_counter()
     counts = evaluate(s, out, device=device, cache=cache, force=force, progress=progress, executor=executor,
-                      ray_address=ray_address, workers=workers)
+                      ray_address=ray_address, workers=workers, kernel=kernel)
     print(f"suite {s.name!r}: {counts['written']} record(s) written, {counts['skipped']} already there, "
           f"{counts['jobs']} job(s) run in {time.perf_counter() - start:.1f}s -> {out}")
     if board:

@@ -18,18 +18,18 @@ import torch
 from sparsebench.errors import UserError
 
 
-def _job_in_worker(plan: Any, job: Any, device: str, cache: str | None, skip: set[str]) -> list:
+def _job_in_worker(plan: Any, job: Any, device: str, cache: str | None, skip: set[str], kernel: str) -> list:
     # One CPU per task: torch would otherwise start a thread per core in every task and oversubscribe.
     # Ray reuses its worker processes, so the set-up is the same as the local workers' and idempotent.
     from sparsebench.evaluate import run_job
     from sparsebench.parallel import init_worker
 
     init_worker()
-    return run_job(plan, job, torch.device(device), Path(cache) if cache else None, False, skip)
+    return run_job(plan, job, torch.device(device), Path(cache) if cache else None, False, skip, kernel)
 
 
 def run_on_ray(plan: Any, todo: list, device: torch.device, cache: Path | None,
-               address: str | None) -> Iterator[list]:
+               address: str | None, kernel: str = "torch") -> Iterator[list]:
     try:
         import ray
     except ImportError:
@@ -42,7 +42,8 @@ def run_on_ray(plan: Any, todo: list, device: torch.device, cache: Path | None,
             raise UserError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}") from None
     try:
         task = ray.remote(num_cpus=1, num_gpus=1 if device.type == "cuda" else 0)(_job_in_worker)
-        pending = [task.remote(plan, job, str(device), str(cache) if cache else None, skip) for job, skip in todo]
+        pending = [task.remote(plan, job, str(device), str(cache) if cache else None, skip, kernel)
+                   for job, skip in todo]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])

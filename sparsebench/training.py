@@ -12,6 +12,8 @@ Speed (docs/performance.md): when the task has a sparse KL target (`fused.suppor
 and the model exposes `residual` and `unembed_params` (StackedMLP does), the CPU trainer
 replaces "logits, then task.loss" by `fused.unembed_kl`, which never builds a batch x
 vocab tensor; any other task or model trains through `task.loss` (the generic path).
+With `kernel="native"` a stacked one-block `mlp1` on that path runs its whole forward and
+backward in one compiled call instead (`sparsebench.native`).
 AdamW uses its fused kernel where the device has one.
 
 Randomness: seed s initialises weights from generator(s, "init") and draws data
@@ -33,6 +35,7 @@ from tqdm.auto import tqdm
 from sparsebench.api import Task
 from sparsebench.build import make_model, stackable
 from sparsebench.config import check, stable_hash
+from sparsebench.errors import UserError
 from sparsebench.fused import supports_fused, unembed_kl
 
 
@@ -88,6 +91,7 @@ class TrainResult:
     seconds: float  # wall time of the whole (batched) training
     processes: int = 1  # worker processes the seeds were split over (1: this process)
     threads: int = 1  # torch intra-op threads per process (CPU results depend on it in the last bits)
+    kernel: str = "torch"  # what computed the steps: "torch", or "native" (sparsebench.native)
 
 
 def init_models(task: Task, model_name: str, model_cfg: dict[str, Any], seeds: list[int]) -> list[Any]:
@@ -103,8 +107,27 @@ def use_fused(task: Task, module: torch.nn.Module, device: torch.device, fused: 
     return bool(fused) and possible
 
 
+def check_kernel(kernel: str, device: torch.device) -> None:
+    """A UserError unless `kernel` is a known kernel that can run on `device` here."""
+    from sparsebench import native
+
+    if kernel not in native.KERNELS:
+        raise UserError(f"--kernel must be one of {', '.join(native.KERNELS)} (got {kernel!r})")
+    if kernel == "native":
+        native.require(device)
+
+
+def use_native(task: Task, module: torch.nn.Module, cfg: TrainConfig, fused: bool, kernel: str) -> bool:
+    """Whether the native kernel computes the steps: asked for, on the fused path, and a model (and, for
+    bf16 precision, a CPU) it covers."""
+    from sparsebench import native
+
+    return kernel == "native" and fused and native.supports(module, cfg.precision)
+
+
 def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: list[int], *,
-          device: torch.device, progress: bool = True, fused: bool | None = None, workers: int = 1) -> TrainResult:
+          device: torch.device, progress: bool = True, fused: bool | None = None, workers: int = 1,
+          kernel: str = "torch") -> TrainResult:
     """Train one model per seed; stackable models train all seeds in one batched module.
 
     fused: use the fused unembedding + sparse KL loss when the task and model support it
@@ -114,6 +137,9 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
     instance's arithmetic does not depend on its neighbours, so the weights match a
     one-process run on one thread (tests/unit/test_training.py). Unstackable models, a single
     seed and CUDA train in this process. Time includes starting the workers (~2-4 s each).
+    kernel: "native" computes each step of a stacked one-block `mlp1` on the fused path (CPU)
+    in one compiled call (`sparsebench.native`); anything else trains as with "torch", and
+    `TrainResult.kernel` says which ran. A UserError if the native kernel cannot run here.
 
     Bitwise reproducibility holds for the same machine, torch build and thread count. Other
     thread counts split a few matmul reductions differently (~1e-10 after one step), and over
@@ -121,14 +147,18 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
     (docs/performance.md, "Determinism"); run.json records the threads and processes used.
     """
     device = torch.device(device)
+    check_kernel(kernel, device)
     if workers > 1 and len(seeds) > 1 and device.type == "cpu" and stackable(model_name):
-        return _train_in_workers(task, model_name, model_cfg, cfg, seeds, fused, workers)
+        return _train_in_workers(task, model_name, model_cfg, cfg, seeds, fused, workers, kernel)
     models = init_models(task, model_name, model_cfg, seeds)
     start = time.perf_counter()
+    ran = "torch"
     if stackable(model_name):
         stacked = type(models[0]).stacked(models).to(device)
-        losses = _optimise(stacked, task, cfg, seeds, device, progress, stacked=True,
-                           fused=use_fused(task, stacked, device, fused))
+        path = use_fused(task, stacked, device, fused)
+        if use_native(task, stacked, cfg, path, kernel):
+            path, ran = "native", "native"
+        losses = _optimise(stacked, task, cfg, seeds, device, progress, stacked=True, fused=path)
         trained = [m.to(device) for m in stacked.unstack(models[0].to(device))]
     else:
         trained, losses = [], []
@@ -138,33 +168,34 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
             trained.append(model)
     for m in trained:
         m.eval()
-    return TrainResult(trained, losses, time.perf_counter() - start, threads=torch.get_num_threads())
+    return TrainResult(trained, losses, time.perf_counter() - start, threads=torch.get_num_threads(), kernel=ran)
 
 
 def _train_in_workers(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: list[int],
-                      fused: bool | None, workers: int) -> TrainResult:
+                      fused: bool | None, workers: int, kernel: str) -> TrainResult:
     from sparsebench.parallel import require_installed, split, worker_pool
 
     require_installed({"tasks": [getattr(task, "name", "")], "models": [model_name]})
     groups = split(seeds, workers)
     start = time.perf_counter()
     with worker_pool(len(groups)) as pool:
-        futures = [pool.submit(_train_states, task, model_name, model_cfg, cfg, g, fused) for g in groups]
+        futures = [pool.submit(_train_states, task, model_name, model_cfg, cfg, g, fused, kernel) for g in groups]
         results = [f.result() for f in futures]
     models, losses = [], []
-    for group, (states, group_losses) in zip(groups, results):
+    for group, (states, group_losses, ran) in zip(groups, results):
         for model, state in zip(init_models(task, model_name, model_cfg, group), states):
             model.load_state_dict(state)
             models.append(model.eval())
         losses += group_losses
-    return TrainResult(models, losses, time.perf_counter() - start, processes=len(groups), threads=1)
+    return TrainResult(models, losses, time.perf_counter() - start, processes=len(groups), threads=1, kernel=ran)
 
 
 def _train_states(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: list[int],
-                  fused: bool | None) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
+                  fused: bool | None, kernel: str) -> tuple[list[dict[str, torch.Tensor]], list[float], str]:
     """Worker side of `_train_in_workers`: weights travel back as state dicts (plain tensors)."""
-    result = train(task, model_name, model_cfg, cfg, seeds, device=torch.device("cpu"), progress=False, fused=fused)
-    return [m.state_dict() for m in result.models], result.final_loss
+    result = train(task, model_name, model_cfg, cfg, seeds, device=torch.device("cpu"), progress=False, fused=fused,
+                   kernel=kernel)
+    return [m.state_dict() for m in result.models], result.final_loss, result.kernel
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -184,8 +215,17 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
 
 
 def step_loss(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig, device: torch.device,
-              fused: bool) -> torch.Tensor:
-    """Per-instance mean training loss of one batch ([inst], or a scalar for an unstacked model)."""
+              fused: bool | str) -> torch.Tensor:
+    """Per-instance mean training loss of one batch ([inst], or a scalar for an unstacked model).
+
+    fused: False (task.loss on the logits), True (`fused.unembed_kl`) or "native" (`native.mlp1_kl`).
+    """
+    if fused == "native":
+        from sparsebench.native import mlp1_kl
+
+        index, probs = task.sparse_kl_target(batch)  # type: ignore[attr-defined]
+        return mlp1_kl(module, batch.inputs["tokens"], batch.inputs["weights"], index, probs,
+                       bf16=cfg.precision == "bf16")
     if fused:
         index, probs = task.sparse_kl_target(batch)  # type: ignore[attr-defined]
         W_U, b_U = module.unembed_params()  # type: ignore[operator]
@@ -198,7 +238,7 @@ def step_loss(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig,
 
 
 def _optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[int], device: torch.device,
-              progress: bool, stacked: bool, fused: bool = False) -> list[float]:
+              progress: bool, stacked: bool, fused: bool | str = False) -> list[float]:
     params = [p for p in module.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))

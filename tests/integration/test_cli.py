@@ -131,6 +131,18 @@ def test_bench_measures_every_loop_against_the_plain_one(tmp_path):
     assert parts["ceiling_vs_plain"] == pytest.approx(
         parts["ceiling_samples_s"] / max(med[p]["samples_s"] for p in plains), rel=1e-9)
     assert "ceiling" in r.stdout and "one worker's step" in r.stdout
+    # The native kernel's rows and parts, where it runs (and the reason printed where it does not).
+    from sparsebench import native
+
+    if report["native"] is True:
+        assert {"sparsebench N=16 native", "sparsebench N=16 native, 2 procs"} <= set(med)
+        assert all(parts[k] > 0 for k in ("model + loss, native", "step, native"))
+        if native.available(bf16=True)[0]:
+            assert {"sparsebench N=16 native bf16", "sparsebench N=16 native bf16, 2 procs"} <= set(med)
+            assert parts["model + loss, native bf16"] > 0
+    else:
+        assert not any("native" in label for label in med)
+        assert f"native rows left out: {report['native']}" in r.stdout
 
 
 def test_ctrl_c_stops_every_worker_at_once(tmp_path):

@@ -1,0 +1,181 @@
+"""The native CPU kernel: a whole `mlp1` training step's forward and backward in one compiled call.
+
+`csrc/mlp1_kl.c` computes, for stacked `mlp1` (one residual ReLU block) and a task with a sparse
+KL target (`fused.supports_fused`), the per-instance loss and the gradients of every weight in one
+pass over blocks of 8 batch rows (the maths is in the C file's header). It is the same arithmetic
+as the torch path in fp32, summed in another order, so weights trained with it differ from the
+torch path's in the last bits, as they do across thread counts (docs/performance.md).
+
+Why: at the small sizes this suite trains, an eager-torch step is bound by per-op overhead and by
+passes over [rows, V] tiles (docs/performance.md, "Where one worker's step goes"); one compiled
+call removes both. It is opt-in (`sparsebench train/evaluate --kernel native`, `bench` rows
+"native"): x86-64 with AVX-512 and a C compiler (`$CC`, else `cc`).
+
+Build: compiled on first use into `<cache>/native/` (the model cache root, `SPARSEBENCH_CACHE`),
+named by a hash of the source and flags, written then renamed (two processes building at once
+both succeed); loaded with ctypes. Nothing is downloaded. `available()` says whether it can run
+here and why not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsebench.config import stable_hash
+from sparsebench.errors import UserError
+
+# No -march=native: a cache folder may be shared by machines with different CPUs.
+FLAGS = ("-O3", "-mavx512f", "-mavx512bf16", "-mfma", "-shared", "-fPIC")
+SOURCE = "mlp1_kl.c"
+KERNELS = ("torch", "native")  # the values of `--kernel`
+
+
+def _cpu_reason(bf16: bool = False) -> str | None:
+    """Why this CPU cannot run the kernel (in bf16 if asked), or None if it can."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"it needs an x86-64 CPU (this is {platform.machine()})"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "it reads the CPU's AVX-512 support from /proc/cpuinfo (Linux), which is not readable here"
+    if " avx512f" not in flags:
+        return "this CPU has no AVX-512"
+    if bf16 and " avx512_bf16" not in flags:
+        return "this CPU has no AVX512-BF16 (the fp32 kernel runs; train.precision=bf16 trains with torch)"
+    return None
+
+
+def _build(cache: Path) -> Path:
+    source = resources.files("sparsebench").joinpath("csrc", SOURCE).read_text()
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise UserError(f"no C compiler ({compiler!r} not found; set CC)")
+    out = cache / "native" / f"mlp1_kl-{stable_hash({'source': source, 'flags': FLAGS, 'cc': compiler})}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        src = Path(tmp) / SOURCE
+        src.write_text(source)
+        lib = Path(tmp) / out.name
+        done = subprocess.run([compiler, *FLAGS, "-o", str(lib), str(src), "-lm"], capture_output=True, text=True)
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or ["(no output)"])[0]
+            raise UserError(f"{compiler} could not build {SOURCE}: {first}")
+        os.replace(lib, out)  # atomic: a concurrent build of the same file just replaces it whole
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL:
+    """The loaded kernel, built on first use under the cache root of that moment (once per process)."""
+    from sparsebench.checkpoints import cache_root
+
+    lib = ctypes.CDLL(str(_build(cache_root())))
+    fn = lib.sb_mlp1_kl
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_int] * 11 + [ctypes.c_void_p] * 19
+    return lib
+
+
+def available(bf16: bool = False) -> tuple[bool, str]:
+    """(True, "") if the native kernel (with bf16 matmuls if asked) runs here, else (False, the reason)."""
+    reason = _cpu_reason(bf16)
+    if reason is not None:
+        return False, reason
+    try:
+        _library()
+    except UserError as e:
+        return False, str(e)
+    return True, ""
+
+
+def require(device: torch.device) -> None:
+    """Raise one clear UserError if `--kernel native` cannot run on `device` here."""
+    if torch.device(device).type != "cpu":
+        raise UserError(f"--kernel native runs on the CPU only (device is {device}); use --kernel torch")
+    ok, why = available()
+    if not ok:
+        raise UserError(f"--kernel native cannot run here: {why}")
+
+
+def supports(module: torch.nn.Module, precision: str = "fp32") -> bool:
+    """Whether the kernel computes this model: stacked `mlp1` with exactly one block and fp32 weights
+    (and, for precision "bf16", a CPU with AVX512-BF16)."""
+    cfg = getattr(module, "config", None)
+    return (type(module).__name__ == "StackedMLP" and getattr(cfg, "n_layers", None) == 1
+            and all(p.dtype == torch.float32 for p in module.parameters())
+            and (precision == "fp32" or available(bf16=True)[0]))
+
+
+_PARAMS = ("embed.W_E", "blocks.0.mlp.W_in", "blocks.0.mlp.b_in", "blocks.0.mlp.W_out", "blocks.0.mlp.b_out",
+           "unembed.W_U", "unembed.b_U")
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="sparsebench-native")
+
+
+class _Mlp1KL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, bf16: bool, grad_mode: bool, tokens: Tensor, weights: Tensor, *args: Tensor) -> Tensor:
+        # tokens, weights [N, B, S]; args = E [N, Vin, d], W_in [N, d, m], b_in [N, m], W_out [N, m, d],
+        # b_out [N, d], W_U [N, d, V], b_U [N, V], index [N, B, k], probs [N, B, k]  ->  mean loss [N]
+        params = [a.contiguous() for a in args[:7]]
+        index, probs = args[7].contiguous(), args[8].to(torch.float32).contiguous()
+        tokens, weights = tokens.contiguous(), weights.to(torch.float32).contiguous()
+        N, B, S = tokens.shape
+        Vin, d = params[0].shape[1:]
+        m, V, k = params[1].shape[2], params[5].shape[2], index.shape[2]
+        want = grad_mode and any(ctx.needs_input_grad[4:11])  # (grad mode is always off in here)
+        grads = [torch.empty_like(p) for p in params] if want else [torch.empty(0)] * 7  # the kernel fills them
+        loss = torch.empty(N, dtype=torch.float64)
+        lib = _library()
+        ptrs = [t.data_ptr() for t in (tokens, weights, *params, index, probs, loss, *grads)]
+
+        def run(n0: int, n1: int) -> int:  # ctypes releases the GIL: calls on other instances run in parallel
+            return lib.sb_mlp1_kl(n0, n1, B, S, Vin, d, m, V, k, int(want), int(bf16), *ptrs)
+
+        threads = min(N, torch.get_num_threads())
+        if threads > 1:
+            bounds = [(N * i // threads, N * (i + 1) // threads) for i in range(threads)]
+            status = min(f.result() for f in [_pool(threads).submit(run, *b) for b in bounds])
+        else:
+            status = run(0, N)
+        if status == -1:
+            raise IndexError(f"native kernel: a token or target index is out of range (inputs < {Vin}, outputs < {V})")
+        if status != 0:
+            raise MemoryError("native kernel: out of memory for its scratch buffers")
+        ctx.save_for_backward(*grads)  # gradients of each instance's mean loss
+        return (loss / B).to(torch.float32)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        grads = list(ctx.saved_tensors)
+        if not bool((grad_out == 1).all()):  # training backpropagates loss.sum(): all ones, nothing to scale
+            c = grad_out.view(-1, 1, 1)  # [N]
+            grads = [g * (c if g.dim() == 3 else c.view(-1, 1)) for g in grads]
+        return (None, None, None, None, *grads, None, None)
+
+
+def mlp1_kl(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: Tensor, probs: Tensor, *,
+            bf16: bool = False) -> Tensor:
+    """Per-instance mean over the batch of KL(p* || softmax(module(tokens, weights))) for stacked
+    `mlp1` (`supports(module)`); p* is `probs` on `index`. Gradients reach every weight.
+    bf16: the logits, dL/dr and dL/dW_U matmuls take bf16 operands (fp32 accumulation)."""
+    params = [module.p(name) for name in _PARAMS]  # type: ignore[operator]
+    return _Mlp1KL.apply(bf16, torch.is_grad_enabled(), tokens, weights, *params, index, probs)

@@ -1,0 +1,230 @@
+"""The native kernel (`--kernel native`): the same loss and gradients as autograd, training that
+matches the torch path, bitwise independence of threads and processes, and clear errors."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparsebench import native
+from sparsebench.build import make_task
+from sparsebench.errors import UserError
+from sparsebench.fused import unembed_kl_reference
+from sparsebench.training import TrainConfig, check_kernel, init_models, seed_generator, train
+
+OK, WHY = native.available()
+pytestmark = pytest.mark.skipif(not OK, reason=f"the native kernel cannot run here: {WHY}")
+CPU = torch.device("cpu")
+
+
+def _problem(task_name: str, V: int, k: int, d: int, m: int, B: int, n: int, **model: object):
+    """A stacked mlp1 with perturbed weights (non-zero biases) and one batch."""
+    task = make_task(task_name, {"V": V, "k": k})
+    cfg = {"d_model": d, "d_mlp": m, **model}
+    module = type(init_models(task, "mlp1", cfg, [0])[0]).stacked(init_models(task, "mlp1", cfg, list(range(n))))
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    batch = task.sample_stacked(B, generators=[seed_generator(s, "data") for s in range(n)])
+    return task, module, batch
+
+
+def _native(task, module, batch, bf16: bool = False) -> torch.Tensor:
+    index, probs = task.sparse_kl_target(batch)
+    return native.mlp1_kl(module, batch.inputs["tokens"], batch.inputs["weights"], index, probs, bf16=bf16)
+
+
+def _reference(task, module, batch, up: torch.Tensor):
+    """Per-instance mean loss and the gradients of (loss * up).sum(), in float64 autograd (the sparse
+    KL written with plain ops; test_training.py checks it equals task.loss)."""
+    ref = copy.deepcopy(module).double()
+    index, probs = task.sparse_kl_target(batch)
+    W_U, b_U = ref.unembed_params()
+    loss = unembed_kl_reference(ref.residual(**batch.inputs), W_U, b_U, index, probs.double())  # [inst]
+    grads = torch.autograd.grad((loss * up.double()).sum(), [p for p in ref.parameters() if p.requires_grad])
+    return loss.detach(), grads
+
+
+SHAPES = {  # V, k, d, m, B, n: the suite's small size, and ragged sizes that exercise every masked tail
+    "small": (500, 5, 32, 32, 256, 3),
+    "ragged": (37, 3, 20, 24, 13, 2),
+    "wide": (70, 1, 48, 40, 9, 1),
+}
+
+
+@pytest.mark.parametrize("task_name", ["topk-uniform", "topk-conditional"])
+@pytest.mark.parametrize("shape", SHAPES, ids=list(SHAPES))
+def test_loss_and_every_gradient_equal_autograd(task_name, shape):
+    task, module, batch = _problem(task_name, *SHAPES[shape])
+    n = SHAPES[shape][-1]
+    up = torch.linspace(0.5, 2.0, n)  # a non-trivial upstream gradient per instance
+    loss = _native(task, module, batch)
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((loss * up).sum(), params)
+    ref_loss, ref_grads = _reference(task, module, batch, up)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    names = [name for name, p in module.named_parameters() if p.requires_grad]
+    assert len(names) == 7
+    for name, a, b in zip(names, grads, ref_grads):
+        scale = b.abs().max().item()
+        assert scale > 0, name  # every gradient is non-trivial, so the comparison means something
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=2e-5 * scale, msg=name)
+
+
+def test_bf16_matmuls_stay_close_to_fp32():
+    task, module, batch = _problem("topk-conditional", *SHAPES["small"])
+    params = [p for p in module.parameters() if p.requires_grad]
+    up = torch.ones(SHAPES["small"][-1])
+    ref_loss, ref_grads = _reference(task, module, batch, up)
+    errors = {}
+    for bf16 in (False, True):
+        loss = _native(task, module, batch, bf16=bf16)
+        grads = torch.autograd.grad(loss.sum(), params)
+        errors[bf16] = max((a.double() - b).norm().item() / b.norm().item() for a, b in zip(grads, ref_grads))
+        torch.testing.assert_close(loss.double(), ref_loss, rtol=2e-2, atol=2e-2)
+    # bf16 rounding shows (so the bf16 path really ran), and stays at bf16's precision
+    assert errors[False] < 1e-5 < errors[True] < 2e-2, errors
+
+
+def test_frozen_embedding_and_no_biases():
+    task, module, batch = _problem("topk-uniform", 60, 4, 16, 16, 24, 2, embed="fixed", bias_in=False,
+                                   bias_out=False, bias_unembed=False)
+    params = [p for p in module.parameters() if p.requires_grad]
+    assert len(params) == 3  # W_in, W_out, W_U
+    grads = torch.autograd.grad(_native(task, module, batch).sum(), params)
+    _, ref_grads = _reference(task, module, batch, torch.ones(2))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=2e-5 * b.abs().max().item())
+
+
+def test_extreme_logits_stay_finite():
+    task, module, batch = _problem("topk-uniform", 30, 2, 16, 16, 10, 2)
+    with torch.no_grad():
+        module.p("unembed.W_U").mul_(200.0)  # logits in the thousands
+    loss = _native(task, module, batch)
+    ref_loss, _ = _reference(task, module, batch, torch.ones(2))
+    assert torch.isfinite(loss).all()
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-4, atol=1e-2)
+
+
+def test_without_grad_mode_only_the_loss_is_computed():
+    task, module, batch = _problem("topk-uniform", *SHAPES["ragged"])
+    with_grad = _native(task, module, batch)
+    with torch.no_grad():
+        without = _native(task, module, batch)
+    assert with_grad.requires_grad and not without.requires_grad
+    assert torch.equal(with_grad.detach(), without)
+
+
+def test_out_of_range_indices_raise():
+    task, module, batch = _problem("topk-uniform", *SHAPES["ragged"])
+    index, probs = task.sparse_kl_target(batch)
+    bad = index.clone()
+    bad[0, 0, 0] = 37  # V = 37
+    with pytest.raises(IndexError, match="out of range"):
+        native.mlp1_kl(module, batch.inputs["tokens"], batch.inputs["weights"], bad, probs)
+
+
+def test_instances_split_over_threads_give_bitwise_the_same_numbers():
+    task, module, batch = _problem("topk-uniform", *SHAPES["small"])
+    params = [p for p in module.parameters() if p.requires_grad]
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            loss = _native(task, module, batch)
+            results.append((loss.detach(), torch.autograd.grad(loss.sum(), params)))
+    finally:
+        torch.set_num_threads(old)
+    for loss, grads in results[1:]:
+        assert torch.equal(loss, results[0][0])
+        assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1]))
+
+
+MODEL = {"d_model": 16, "d_mlp": 16}
+CFG = TrainConfig(steps=40, batch_size=64, lr=1e-2, warmup=5)
+
+
+def test_training_with_the_native_kernel_matches_torch():
+    task = make_task("topk-uniform", {"V": 50, "k": 3})
+    torch_run = train(task, "mlp1", MODEL, CFG, [0, 1], device=CPU, progress=False)
+    native_run = train(task, "mlp1", MODEL, CFG, [0, 1], device=CPU, progress=False, kernel="native")
+    assert (torch_run.kernel, native_run.kernel) == ("torch", "native")
+    for a, b in zip(torch_run.models, native_run.models):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4, msg=name)
+    assert native_run.final_loss == pytest.approx(torch_run.final_loss, rel=1e-4)
+    # and the weights moved: the comparison is not between two initialisations
+    init = init_models(task, "mlp1", MODEL, [0])[0]
+    assert not torch.allclose(init.W_U, native_run.models[0].W_U, atol=1e-2)
+
+
+def test_bf16_training_reaches_the_same_loss():
+    task = make_task("topk-conditional", {"V": 200, "k": 4})
+    cfg = TrainConfig(steps=150, batch_size=128, lr=1e-2, warmup=10)
+    model = {"d_model": 32, "d_mlp": 32}
+    fp32 = train(task, "mlp1", model, cfg, [0, 1], device=CPU, progress=False, kernel="native")
+    bf16 = train(task, "mlp1", model, dataclasses.replace(cfg, precision="bf16"), [0, 1], device=CPU,
+                 progress=False, kernel="native")
+    assert bf16.kernel == "native"
+    held = task.held_out(512)
+    start = task.loss(init_models(task, "mlp1", model, [0])[0](**held.inputs), held).mean().item()
+    for a, c in zip(fp32.final_loss, bf16.final_loss):
+        assert a < 0.9 * start  # training moved the loss: the comparison is not vacuous
+        assert c == pytest.approx(a, rel=2e-2)
+
+
+def test_seeds_split_over_worker_processes_equal_one_process():
+    # The kernel's numbers do not depend on the split (each instance is computed alone: see the
+    # threads test); AdamW's fused kernel rounds a few elements differently when the stacked
+    # tensors change size, so the weights agree to float tolerance, as on the torch path.
+    task = make_task("topk-uniform", {"V": 50, "k": 3})
+    seeds = [0, 1, 2]
+    here = train(task, "mlp1", MODEL, CFG, seeds, device=CPU, progress=False, kernel="native")
+    split = train(task, "mlp1", MODEL, CFG, seeds, device=CPU, progress=False, kernel="native", workers=2)
+    assert (split.processes, split.kernel) == (2, "native")
+    for a, b in zip(here.models, split.models):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_models_the_kernel_does_not_cover_train_with_torch():
+    task = make_task("topk-uniform", {"V": 50, "k": 3})
+    two_blocks = train(task, "mlp1", {**MODEL, "n_layers": 2}, CFG, [0, 1], device=CPU, progress=False,
+                       kernel="native")
+    assert two_blocks.kernel == "torch"
+
+
+def test_kernel_choice_is_checked():
+    with pytest.raises(UserError, match="--kernel must be one of torch, native"):
+        check_kernel("fast", CPU)
+    with pytest.raises(UserError, match="CPU only"):
+        check_kernel("native", torch.device("cuda"))
+    check_kernel("native", CPU)  # runs here (the module is skipped otherwise)
+
+
+def test_cli_records_the_kernel_and_reports_a_missing_compiler(tmp_path):
+    env = {**os.environ, "SPARSEBENCH_CACHE": str(tmp_path / "cache")}
+    sets = ["task.V=40", "task.k=3", "model.d_model=8", "model.d_mlp=8", "train.steps=5", "train.warmup=1"]
+    args = [sys.executable, "-m", "sparsebench", "train", "--no-progress", "--kernel", "native",
+            *[a for s in sets for a in ("--set", s)]]
+    ok = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    (run_json,) = (tmp_path / "cache" / "models").glob("*/run.json")
+    assert json.loads(run_json.read_text())["kernel"] == "native"
+    # A fresh cache and no compiler: one clear line, exit 2, no model written.
+    env = {**env, "SPARSEBENCH_CACHE": str(tmp_path / "empty"), "CC": "no-such-compiler"}
+    bad = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("error: --kernel native cannot run here: no C compiler ('no-such-compiler' not "
+                                  "found; set CC)")
+    assert not (tmp_path / "empty" / "models").exists()

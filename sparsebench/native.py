@@ -136,8 +136,8 @@ class _Mlp1KL(torch.autograd.Function):
         # tokens, weights [N, B, S]; args = E [N, Vin, d], W_in [N, d, m], b_in [N, m], W_out [N, m, d],
         # b_out [N, d], W_U [N, d, V], b_U [N, V], index [N, B, k], probs [N, B, k]  ->  mean loss [N]
         params = [a.contiguous() for a in args[:7]]
-        index, probs = args[7].contiguous(), args[8].to(torch.float32).contiguous()
-        tokens, weights = tokens.contiguous(), weights.to(torch.float32).contiguous()
+        index, probs = args[7].to(torch.long).contiguous(), args[8].to(torch.float32).contiguous()
+        tokens, weights = tokens.to(torch.long).contiguous(), weights.to(torch.float32).contiguous()
         N, B, S = tokens.shape
         Vin, d = params[0].shape[1:]
         m, V, k = params[1].shape[2], params[5].shape[2], index.shape[2]
@@ -160,12 +160,15 @@ class _Mlp1KL(torch.autograd.Function):
             raise IndexError(f"native kernel: a token or target index is out of range (inputs < {Vin}, outputs < {V})")
         if status != 0:
             raise MemoryError("native kernel: out of memory for its scratch buffers")
-        ctx.save_for_backward(*grads)  # gradients of each instance's mean loss
+        # The gradients of each instance's mean loss. Kept as a plain attribute and handed over in
+        # backward (not save_for_backward): with no other reference left, autograd can make them the
+        # parameters' .grad without a copy.
+        ctx.grads = grads
         return (loss / B).to(torch.float32)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        grads = list(ctx.saved_tensors)
+        grads, ctx.grads = ctx.grads, None
         if not bool((grad_out == 1).all()):  # training backpropagates loss.sum(): all ones, nothing to scale
             c = grad_out.view(-1, 1, 1)  # [N]
             grads = [g * (c if g.dim() == 3 else c.view(-1, 1)) for g in grads]
@@ -178,4 +181,8 @@ def mlp1_kl(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: Ten
     `mlp1` (`supports(module)`); p* is `probs` on `index`. Gradients reach every weight.
     bf16: the logits, dL/dr and dL/dW_U matmuls take bf16 operands (fp32 accumulation)."""
     params = [module.p(name) for name in _PARAMS]  # type: ignore[operator]
+    if any(t.device.type != "cpu" for t in (*params, tokens, weights, index, probs)):
+        raise ValueError("native kernel: every tensor must be on the CPU")
+    if any(p.dtype != torch.float32 for p in params):
+        raise TypeError("native kernel: the weights must be float32")
     return _Mlp1KL.apply(bf16, torch.is_grad_enabled(), tokens, weights, *params, index, probs)

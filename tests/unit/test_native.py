@@ -133,6 +133,12 @@ def test_out_of_range_indices_raise():
         native.mlp1_kl(module, batch.inputs["tokens"], batch.inputs["weights"], bad, probs)
 
 
+def test_weights_of_another_dtype_are_refused():
+    task, module, batch = _problem("topk-uniform", *SHAPES["ragged"])
+    with pytest.raises(TypeError, match="float32"):
+        _native(task, copy.deepcopy(module).double(), batch)
+
+
 def test_instances_split_over_threads_give_bitwise_the_same_numbers():
     task, module, batch = _problem("topk-uniform", *SHAPES["small"])
     params = [p for p in module.parameters() if p.requires_grad]

@@ -68,20 +68,18 @@ class StepParts:
         return unembed_kl(r, W_U, b_U, index, probs).sum()
 
     def step(self, path: bool | str = True, precision: str = "fp32") -> None:
-        """One whole training step through the trainer's own `step_loss` (fused, or the native kernel
+        """One whole training step through the trainer's own `step_grads` (fused, or the native kernel
         if path="native"; without the lr scheduler's step, a few Python operations on the
         optimiser's settings, not tensor work)."""
         import dataclasses
 
         import torch
 
-        from sparsebench.training import step_loss
+        from sparsebench.training import step_grads
 
         batch = self.task.sample_stacked(self.batch, generators=self.gens)
         cfg = dataclasses.replace(self.cfg, precision=precision)
-        loss = step_loss(self.module, self.task, batch, cfg, torch.device("cpu"), fused=path)
-        self.opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        step_grads(self.module, self.task, batch, cfg, torch.device("cpu"), path, self.opt)
         self.opt.step()
 
     def parts(self) -> dict[str, Callable[[], Any]]:

@@ -130,41 +130,50 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="sparsebench-native")
 
 
+def _run(bf16: bool, want: bool, tokens: Tensor, weights: Tensor, params: list[Tensor], index: Tensor,
+         probs: Tensor, grads: list[Tensor] | None) -> Tensor:
+    """One kernel call: per-instance mean loss [N] (float32); if `want`, the gradients of each
+    instance's mean loss written into `grads` (contiguous float32 tensors shaped like `params`)."""
+    params = [a.detach().contiguous() for a in params]
+    index, probs = index.to(torch.long).contiguous(), probs.to(torch.float32).contiguous()
+    tokens, weights = tokens.to(torch.long).contiguous(), weights.to(torch.float32).contiguous()
+    N, B, S = tokens.shape
+    Vin, d = params[0].shape[1:]
+    m, V, k = params[1].shape[2], params[5].shape[2], index.shape[2]
+    outs = grads if want and grads is not None else [torch.empty(0)] * 7
+    loss = torch.empty(N, dtype=torch.float64)
+    lib = _library()
+    ptrs = [t.data_ptr() for t in (tokens, weights, *params, index, probs, loss, *outs)]
+
+    def run(n0: int, n1: int) -> int:  # ctypes releases the GIL: calls on other instances run in parallel
+        return lib.sb_mlp1_kl(n0, n1, B, S, Vin, d, m, V, k, int(want), int(bf16), *ptrs)
+
+    threads = min(N, torch.get_num_threads())
+    if threads > 1:
+        bounds = [(N * i // threads, N * (i + 1) // threads) for i in range(threads)]
+        status = min(f.result() for f in [_pool(threads).submit(run, *b) for b in bounds])
+    else:
+        status = run(0, N)
+    if status == -1:
+        raise IndexError(f"native kernel: a token or target index is out of range (inputs < {Vin}, outputs < {V})")
+    if status != 0:
+        raise MemoryError("native kernel: out of memory for its scratch buffers")
+    return (loss / B).to(torch.float32)
+
+
 class _Mlp1KL(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, bf16: bool, grad_mode: bool, tokens: Tensor, weights: Tensor, *args: Tensor) -> Tensor:
         # tokens, weights [N, B, S]; args = E [N, Vin, d], W_in [N, d, m], b_in [N, m], W_out [N, m, d],
         # b_out [N, d], W_U [N, d, V], b_U [N, V], index [N, B, k], probs [N, B, k]  ->  mean loss [N]
-        params = [a.contiguous() for a in args[:7]]
-        index, probs = args[7].to(torch.long).contiguous(), args[8].to(torch.float32).contiguous()
-        tokens, weights = tokens.to(torch.long).contiguous(), weights.to(torch.float32).contiguous()
-        N, B, S = tokens.shape
-        Vin, d = params[0].shape[1:]
-        m, V, k = params[1].shape[2], params[5].shape[2], index.shape[2]
         want = grad_mode and any(ctx.needs_input_grad[4:11])  # (grad mode is always off in here)
-        grads = [torch.empty_like(p) for p in params] if want else [torch.empty(0)] * 7  # the kernel fills them
-        loss = torch.empty(N, dtype=torch.float64)
-        lib = _library()
-        ptrs = [t.data_ptr() for t in (tokens, weights, *params, index, probs, loss, *grads)]
-
-        def run(n0: int, n1: int) -> int:  # ctypes releases the GIL: calls on other instances run in parallel
-            return lib.sb_mlp1_kl(n0, n1, B, S, Vin, d, m, V, k, int(want), int(bf16), *ptrs)
-
-        threads = min(N, torch.get_num_threads())
-        if threads > 1:
-            bounds = [(N * i // threads, N * (i + 1) // threads) for i in range(threads)]
-            status = min(f.result() for f in [_pool(threads).submit(run, *b) for b in bounds])
-        else:
-            status = run(0, N)
-        if status == -1:
-            raise IndexError(f"native kernel: a token or target index is out of range (inputs < {Vin}, outputs < {V})")
-        if status != 0:
-            raise MemoryError("native kernel: out of memory for its scratch buffers")
+        grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in args[:7]] if want else None
+        loss = _run(bf16, want, tokens, weights, list(args[:7]), args[7], args[8], grads)
         # The gradients of each instance's mean loss. Kept as a plain attribute and handed over in
         # backward (not save_for_backward): with no other reference left, autograd can make them the
         # parameters' .grad without a copy.
         ctx.grads = grads
-        return (loss / B).to(torch.float32)
+        return loss
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
@@ -175,14 +184,37 @@ class _Mlp1KL(torch.autograd.Function):
         return (None, None, None, None, *grads, None, None)
 
 
+def _checked(module: torch.nn.Module, *tensors: Tensor) -> list[Tensor]:
+    params = [module.p(name) for name in _PARAMS]  # type: ignore[operator]
+    if any(t.device.type != "cpu" for t in (*params, *tensors)):
+        raise ValueError("native kernel: every tensor must be on the CPU")
+    if any(p.dtype != torch.float32 for p in params):
+        raise TypeError("native kernel: the weights must be float32")
+    return params
+
+
+def train_step(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: Tensor, probs: Tensor, *,
+               bf16: bool = False) -> Tensor:
+    """`mlp1_kl`'s forward and backward without autograd, for the trainer: every trainable weight's
+    `.grad` is overwritten with the gradient of the sum over instances of their mean losses (the
+    buffers are reused from step to step, so set_to_none zeroing is not needed). Returns the
+    per-instance mean loss [N], detached."""
+    params = _checked(module, tokens, weights, index, probs)
+    grads = []
+    for p in params:
+        if p.requires_grad:
+            if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
+                p.grad = torch.empty_like(p, memory_format=torch.contiguous_format)
+            grads.append(p.grad)
+        else:  # frozen (a fixed embedding, a disabled bias): computed, then dropped
+            grads.append(torch.empty_like(p, memory_format=torch.contiguous_format))
+    return _run(bf16, True, tokens, weights, params, index, probs, grads)
+
+
 def mlp1_kl(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: Tensor, probs: Tensor, *,
             bf16: bool = False) -> Tensor:
     """Per-instance mean over the batch of KL(p* || softmax(module(tokens, weights))) for stacked
     `mlp1` (`supports(module)`); p* is `probs` on `index`. Gradients reach every weight.
     bf16: the logits, dL/dr and dL/dW_U matmuls take bf16 operands (fp32 accumulation)."""
-    params = [module.p(name) for name in _PARAMS]  # type: ignore[operator]
-    if any(t.device.type != "cpu" for t in (*params, tokens, weights, index, probs)):
-        raise ValueError("native kernel: every tensor must be on the CPU")
-    if any(p.dtype != torch.float32 for p in params):
-        raise TypeError("native kernel: the weights must be float32")
+    params = _checked(module, tokens, weights, index, probs)
     return _Mlp1KL.apply(bf16, torch.is_grad_enabled(), tokens, weights, *params, index, probs)

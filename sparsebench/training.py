@@ -215,17 +215,11 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
 
 
 def step_loss(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig, device: torch.device,
-              fused: bool | str) -> torch.Tensor:
+              fused: bool) -> torch.Tensor:
     """Per-instance mean training loss of one batch ([inst], or a scalar for an unstacked model).
 
-    fused: False (task.loss on the logits), True (`fused.unembed_kl`) or "native" (`native.mlp1_kl`).
+    fused: False (task.loss on the logits) or True (`fused.unembed_kl`).
     """
-    if fused == "native":
-        from sparsebench.native import mlp1_kl
-
-        index, probs = task.sparse_kl_target(batch)  # type: ignore[attr-defined]
-        return mlp1_kl(module, batch.inputs["tokens"], batch.inputs["weights"], index, probs,
-                       bf16=cfg.precision == "bf16")
     if fused:
         index, probs = task.sparse_kl_target(batch)  # type: ignore[attr-defined]
         W_U, b_U = module.unembed_params()  # type: ignore[operator]
@@ -235,6 +229,26 @@ def step_loss(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig,
     with autocast(device, cfg.precision):
         logits = module(**batch.inputs)
     return task.loss(logits.float(), batch).mean(-1)  # [inst] or scalar
+
+
+def step_grads(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig, device: torch.device,
+               fused: bool | str, opt: torch.optim.Optimizer) -> torch.Tensor:
+    """The loss of one batch and its gradients in the parameters' .grad, ready for `opt.step()`.
+
+    fused: False or True as in `step_loss` (autograd), or "native": one call of the native kernel,
+    which overwrites each .grad in place (no autograd graph, no zeroing, no new buffers).
+    Returns the per-instance mean loss, detached.
+    """
+    if fused == "native":
+        from sparsebench.native import train_step
+
+        index, probs = task.sparse_kl_target(batch)  # type: ignore[attr-defined]
+        return train_step(module, batch.inputs["tokens"], batch.inputs["weights"], index, probs,
+                          bf16=cfg.precision == "bf16")
+    per_instance = step_loss(module, task, batch, cfg, device, bool(fused))
+    opt.zero_grad(set_to_none=True)
+    per_instance.sum().backward()
+    return per_instance.detach()
 
 
 def _optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[int], device: torch.device,
@@ -253,14 +267,12 @@ def _optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list
             batch = task.sample_stacked(cfg.batch_size, generators=gens, device=device)
         else:
             batch = task.sample(cfg.batch_size, generator=gens[0], device=device)
-        per_instance = step_loss(module, task, batch, cfg, device, fused)
-        opt.zero_grad(set_to_none=True)
-        per_instance.sum().backward()
+        per_instance = step_grads(module, task, batch, cfg, device, fused, opt)
         opt.step()
         sched.step()
         if step >= cfg.steps - tail:
-            tail_sum += per_instance.detach().reshape(-1)
+            tail_sum += per_instance.reshape(-1)
         if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{per_instance.detach().mean().item():.4f}")
+            bar.set_postfix(loss=f"{per_instance.mean().item():.4f}")
     bar.close()
     return (tail_sum / tail).tolist()

@@ -105,6 +105,26 @@ def test_frozen_embedding_and_no_biases():
         torch.testing.assert_close(a.double(), b, rtol=0, atol=2e-5 * b.abs().max().item())
 
 
+def test_the_trainers_step_fills_grad_in_place_with_the_same_numbers():
+    task, module, batch = _problem("topk-conditional", *SHAPES["ragged"], embed="fixed")
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    loss = _native(task, module, batch)
+    grads = torch.autograd.grad(loss.sum(), trainable)
+    twin = copy.deepcopy(module)
+    index, probs = task.sparse_kl_target(batch)
+    step = native.train_step(twin, batch.inputs["tokens"], batch.inputs["weights"], index, probs)
+    assert torch.equal(step, loss.detach()) and not step.requires_grad
+    assert twin.p("embed.W_E").grad is None  # frozen: no gradient
+    twin_trainable = [p for p in twin.parameters() if p.requires_grad]
+    for p, g in zip(twin_trainable, grads):
+        assert torch.equal(p.grad, g)
+    # The next step overwrites the same buffers (no zeroing, no new memory).
+    buffers = [p.grad.data_ptr() for p in twin_trainable]
+    native.train_step(twin, batch.inputs["tokens"], batch.inputs["weights"], index, probs)
+    assert [p.grad.data_ptr() for p in twin_trainable] == buffers
+    assert all(torch.equal(p.grad, g) for p, g in zip(twin_trainable, grads))
+
+
 def test_extreme_logits_stay_finite():
     task, module, batch = _problem("topk-uniform", 30, 2, 16, 16, 10, 2)
     with torch.no_grad():

@@ -7,7 +7,8 @@
  *   r  = x + a W_out + b_out                     [d]
  *   z  = r W_U + b_U                             [V]
  *   loss_b = sum_i p_i log p_i - sum_i p_i z[idx_i] + logsumexp(z)
- * and the gradients of sum_b loss_b wrt E, W_in, b_in, W_out, b_out, W_U, b_U:
+ * and the gradients of the batch mean of loss_b wrt E, W_in, b_in, W_out, b_out, W_U, b_U
+ * (written below for the sum; the kernel folds the 1/B into g):
  *   g = softmax(z) - p*   dW_U += r^T g   db_U += g   dr = g W_U^T
  *   dW_out += a^T dr      db_out += dr    da = (dr W_out^T) * [a > 0]
  *   dW_in += x^T da       db_in += da     dx = dr + da W_in^T      dE[t_bs] += w_bs dx
@@ -18,7 +19,8 @@
  * a register-blocked AVX-512 FMA loop, and the softmax runs on the logits tile while it is hot.
  * Arithmetic is fp32 with fp32 accumulation (the loss sum in double); it equals the torch path up to
  * summation order (tests/unit/test_native.py). With bf16, the three V-sized matmuls round their
- * operands to bf16 (as the torch path's bf16 precision does) and accumulate in fp32. Single-threaded: callers run one call per core.
+ * operands to bf16 and accumulate in fp32 (the torch path's bf16 also rounds the matmul outputs).
+ * Single-threaded: the caller splits instances over threads or processes.
  *
  * Build: cc -O3 -mavx512f -mavx512bf16 -mfma -shared -fPIC (sparsebench/native.py, on first use). The
  * bf16 intrinsics run only when bf16 is asked for, so CPUs with AVX-512 but not AVX512-BF16 run the rest.
@@ -34,7 +36,10 @@
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
-INLINE __mmask16 tail(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1); }
+/* mask of the first n of 16 lanes (n may be <= 0 or >= 16) */
+INLINE __mmask16 tail(int n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
 
 /* 2^x for x <= 0: degree-6 polynomial on the fraction, exponent via scalef (rel. error ~2e-7). */
 INLINE __m512 exp2_ps(__m512 x) {
@@ -60,7 +65,8 @@ INLINE void nn_tile(const int Q, const int NV, int K, const float *A, int lda, c
     __mmask16 mk[4];
     for (int c = 0; c < NV; c++) mk[c] = tail(left - 16 * c);
     for (int q = 0; q < Q; q++)
-        for (int c = 0; c < NV; c++) acc[q][c] = _mm512_maskz_loadu_ps(mk[c], bias ? bias + 16 * c : C + q * ldc + 16 * c);
+        for (int c = 0; c < NV; c++)
+            acc[q][c] = _mm512_maskz_loadu_ps(mk[c], bias ? bias + 16 * c : C + q * ldc + 16 * c);
     for (int k = 0; k < K; k++) {
         for (int c = 0; c < NV; c++) b[c] = _mm512_maskz_loadu_ps(mk[c], B + (int64_t)k * ldb + 16 * c);
         for (int q = 0; q < Q; q++) {
@@ -84,7 +90,8 @@ static void gemm_nn(int rows, int K, int n, const float *A, int lda, const float
     for (int c0 = 0; c0 < n; c0 += 64) { /* wide output: 4 rows x 4 vectors */
         const float *bc = bias ? bias + c0 : NULL;
         int r = 0;
-        for (; r + 4 <= rows; r += 4) nn_tile(4, 4, K, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
+        for (; r + 4 <= rows; r += 4)
+            nn_tile(4, 4, K, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
         for (; r < rows; r++) nn_tile(1, 4, K, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
     }
 }
@@ -138,7 +145,9 @@ static void gemm_tn(int rows, int K, int n, const float *A, int lda, const float
 INLINE __m512i bf16_lo(__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); }
 
 /* pairs (lo[i], hi[i]) as 32-bit lanes: the operand layout of VDPBF16PS */
-INLINE __m512i bf16_pairs(__m512 lo, __m512 hi) { return _mm512_or_si512(bf16_lo(lo), _mm512_slli_epi32(bf16_lo(hi), 16)); }
+INLINE __m512i bf16_pairs(__m512 lo, __m512 hi) {
+    return _mm512_or_si512(bf16_lo(lo), _mm512_slli_epi32(bf16_lo(hi), 16));
+}
 
 /* C[Q rows, 16*NV cols] += A[Q, K2 pairs] B[K2 pairs, cols]: A holds bf16 pairs along K (one uint32
  * each), B holds for each pair index and column the pair (B[2k, c], B[2k+1, c]). */
@@ -149,7 +158,8 @@ INLINE void nn_tile_bf(const int Q, const int NV, int K2, const uint32_t *A, int
     __mmask16 mk[4];
     for (int c = 0; c < NV; c++) mk[c] = tail(left - 16 * c);
     for (int q = 0; q < Q; q++)
-        for (int c = 0; c < NV; c++) acc[q][c] = _mm512_maskz_loadu_ps(mk[c], bias ? bias + 16 * c : C + q * ldc + 16 * c);
+        for (int c = 0; c < NV; c++)
+            acc[q][c] = _mm512_maskz_loadu_ps(mk[c], bias ? bias + 16 * c : C + q * ldc + 16 * c);
     for (int k = 0; k < K2; k++) {
         for (int c = 0; c < NV; c++) b[c] = _mm512_maskz_loadu_epi32(mk[c], B + (int64_t)k * ldb + 16 * c);
         for (int q = 0; q < Q; q++) {
@@ -194,14 +204,17 @@ static void gemm_tn_bf(int rows, int K, int n, const uint32_t *Ap, const float *
         for (; k + 4 <= K; k += 4) {
             __m512 acc[4][2];
             for (int q = 0; q < 4; q++)
-                for (int h = 0; h < 2; h++) acc[q][h] = _mm512_maskz_loadu_ps(m[h], C + (int64_t)(k + q) * ldc + c0 + 16 * h);
+                for (int h = 0; h < 2; h++)
+                    acc[q][h] = _mm512_maskz_loadu_ps(m[h], C + (int64_t)(k + q) * ldc + c0 + 16 * h);
             for (int i = 0; i < ROWS / 2; i++)
                 for (int q = 0; q < 4; q++) {
                     __m512i x = _mm512_set1_epi32((int)Ap[i * K + k + q]);
-                    for (int h = 0; h < 2; h++) acc[q][h] = _mm512_dpbf16_ps(acc[q][h], (__m512bh)x, (__m512bh)bp[i][h]);
+                    for (int h = 0; h < 2; h++)
+                        acc[q][h] = _mm512_dpbf16_ps(acc[q][h], (__m512bh)x, (__m512bh)bp[i][h]);
                 }
             for (int q = 0; q < 4; q++)
-                for (int h = 0; h < 2; h++) _mm512_mask_storeu_ps(C + (int64_t)(k + q) * ldc + c0 + 16 * h, m[h], acc[q][h]);
+                for (int h = 0; h < 2; h++)
+                    _mm512_mask_storeu_ps(C + (int64_t)(k + q) * ldc + c0 + 16 * h, m[h], acc[q][h]);
         }
         for (; k < K; k++)
             for (int h = 0; h < 2; h++) {
@@ -219,7 +232,8 @@ static void pairs_along_row(int rows, int n, const float *src, int lds, uint32_t
         for (int v = 0; v < n; v += 32) {
             __m512 lo = _mm512_maskz_loadu_ps(tail(n - v), src + r * lds + v);
             __m512 hi = _mm512_maskz_loadu_ps(tail(n - v - 16), src + r * lds + v + 16);
-            _mm512_mask_storeu_epi32(dst + r * ldd + v / 2, tail((n - v + 1) / 2), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+            __m512i pairs = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_mask_storeu_epi32(dst + r * ldd + v / 2, tail((n - v + 1) / 2), pairs);
         }
 }
 
@@ -250,7 +264,8 @@ static void scale_rows(int rows, int n, float *X, int ld, const float *f) {
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < n; v += 16) {
             __mmask16 mk = tail(n - v);
-            _mm512_mask_storeu_ps(X + r * ld + v, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, X + r * ld + v), _mm512_set1_ps(f[r])));
+            __m512 y = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, X + r * ld + v), _mm512_set1_ps(f[r]));
+            _mm512_mask_storeu_ps(X + r * ld + v, mk, y);
         }
 }
 
@@ -373,7 +388,8 @@ int sb_mlp1_kl(int n0, int n1, int B, int S, int Vin, int d, int m, int V, int k
             if (rows < ROWS) memset(buf, 0, sizeof(float) * blk); /* gemm_tn reads ROWS rows */
             const int64_t *tb = tok + (int64_t)b0 * S;
             const float *wb = w + (int64_t)b0 * S;
-            /* forward: x (embedding bag), a = relu(x W_in + b_in), r = x + a W_out + b_out, z2 = log2(e) (r W_U + b_U) */
+            /* forward: x (embedding bag), a = relu(x W_in + b_in), r = x + a W_out + b_out,
+             * z2 = log2(e) (r W_U + b_U) */
             memset(x, 0, sizeof(float) * ROWS * d);
             for (int r = 0; r < rows; r++)
                 for (int s = 0; s < S; s++) {
@@ -381,7 +397,8 @@ int sb_mlp1_kl(int n0, int n1, int B, int S, int Vin, int d, int m, int V, int k
                     const float *e = En + tb[r * S + s] * d;
                     for (int j = 0; j < d; j += 16) {
                         __mmask16 mk = tail(d - j);
-                        __m512 v = _mm512_fmadd_ps(ws, _mm512_maskz_loadu_ps(mk, e + j), _mm512_maskz_loadu_ps(mk, x + r * d + j));
+                        __m512 v = _mm512_fmadd_ps(ws, _mm512_maskz_loadu_ps(mk, e + j),
+                                                   _mm512_maskz_loadu_ps(mk, x + r * d + j));
                         _mm512_mask_storeu_ps(x + r * d + j, mk, v);
                     }
                 }
@@ -432,7 +449,8 @@ int sb_mlp1_kl(int n0, int n1, int B, int S, int Vin, int d, int m, int V, int k
                     float *e = gEn + tb[r * S + s] * d;
                     for (int j = 0; j < d; j += 16) {
                         __mmask16 mk = tail(d - j);
-                        __m512 v = _mm512_fmadd_ps(ws, _mm512_maskz_loadu_ps(mk, dx + r * d + j), _mm512_maskz_loadu_ps(mk, e + j));
+                        __m512 v = _mm512_fmadd_ps(ws, _mm512_maskz_loadu_ps(mk, dx + r * d + j),
+                                                   _mm512_maskz_loadu_ps(mk, e + j));
                         _mm512_mask_storeu_ps(e + j, mk, v);
                     }
                 }

@@ -3,18 +3,19 @@
 `csrc/mlp1_kl.c` computes, for stacked `mlp1` (one residual ReLU block) and a task with a sparse
 KL target (`fused.supports_fused`), the per-instance loss and the gradients of every weight in one
 pass over blocks of 8 batch rows (the maths is in the C file's header). It is the same arithmetic
-as the torch path in fp32, summed in another order, so weights trained with it differ from the
-torch path's in the last bits, as they do across thread counts (docs/performance.md).
+as the torch path in fp32, summed in another order (and with a polynomial exp2), so weights trained
+with it differ from the torch path's in the last bits, as they do across thread counts
+(docs/performance.md).
 
 Why: at the small sizes this suite trains, an eager-torch step is bound by per-op overhead and by
 passes over [rows, V] tiles (docs/performance.md, "Where one worker's step goes"); one compiled
 call removes both. It is opt-in (`sparsebench train/evaluate --kernel native`, `bench` rows
-"native"): x86-64 with AVX-512 and a C compiler (`$CC`, else `cc`).
+"native"): x86-64 with AVX-512 (F and BW; BF16 for bf16 matmuls) and a C compiler (`$CC`, else `cc`).
 
-Build: compiled on first use into `<cache>/native/` (the model cache root, `SPARSEBENCH_CACHE`),
-named by a hash of the source and flags, written then renamed (two processes building at once
-both succeed); loaded with ctypes. Nothing is downloaded. `available()` says whether it can run
-here and why not.
+Build: compiled on first use into `native/` under the default cache root (`$SPARSEBENCH_CACHE`,
+else ~/.cache/sparsebench; `--cache` moves models only), named by a hash of the source and
+flags, written then renamed (two processes building at once both succeed); loaded with ctypes.
+Nothing is downloaded. `available()` says whether it can run here and why not.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def _cpu_reason(bf16: bool = False) -> str | None:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "it reads the CPU's AVX-512 support from /proc/cpuinfo (Linux), which is not readable here"
-    if " avx512f" not in flags:
-        return "this CPU has no AVX-512"
+    if " avx512f" not in flags or " avx512bw" not in flags:  # -mavx512bf16 implies AVX512BW code
+        return "this CPU has no AVX-512 (F and BW)"
     if bf16 and " avx512_bf16" not in flags:
         return "this CPU has no AVX512-BF16 (the fp32 kernel runs; train.precision=bf16 trains with torch)"
     return None
@@ -84,7 +85,10 @@ def _library() -> ctypes.CDLL:
     """The loaded kernel, built on first use under the cache root of that moment (once per process)."""
     from sparsebench.checkpoints import cache_root
 
-    lib = ctypes.CDLL(str(_build(cache_root())))
+    try:
+        lib = ctypes.CDLL(str(_build(cache_root())))
+    except OSError as e:  # an unwritable cache folder, a library the loader refuses
+        raise UserError(f"cannot build or load the kernel under {cache_root() / 'native'}: {e}") from None
     fn = lib.sb_mlp1_kl
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_int] * 11 + [ctypes.c_void_p] * 19
@@ -130,16 +134,31 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="sparsebench-native")
 
 
+def _shapes(tokens: Tensor, weights: Tensor, params: list[Tensor], index: Tensor, probs: Tensor) -> tuple[int, ...]:
+    """(N, B, S, Vin, d, m, V, k), after checking that every shape agrees (the kernel trusts them)."""
+    if tokens.dim() != 3 or index.dim() != 3:
+        raise ValueError("native kernel: tokens and index must be [instances, batch, set]")
+    N, B, S = tokens.shape
+    k = index.shape[2]
+    _, Vin, d = params[0].shape
+    m, V = params[1].shape[2], params[5].shape[2]
+    expected = [(N, Vin, d), (N, d, m), (N, m), (N, m, d), (N, d), (N, d, V), (N, V)]
+    if [tuple(p.shape) for p in params] != expected or weights.shape != tokens.shape \
+            or index.shape != probs.shape or tuple(index.shape[:2]) != (N, B):
+        raise ValueError(f"native kernel: shapes disagree: tokens {tuple(tokens.shape)}, weights "
+                         f"{tuple(weights.shape)}, index {tuple(index.shape)}, probs {tuple(probs.shape)}, "
+                         f"weights of the model {[tuple(p.shape) for p in params]}")
+    return N, B, S, Vin, d, m, V, k
+
+
 def _run(bf16: bool, want: bool, tokens: Tensor, weights: Tensor, params: list[Tensor], index: Tensor,
          probs: Tensor, grads: list[Tensor] | None) -> Tensor:
     """One kernel call: per-instance mean loss [N] (float32); if `want`, the gradients of each
     instance's mean loss written into `grads` (contiguous float32 tensors shaped like `params`)."""
+    N, B, S, Vin, d, m, V, k = _shapes(tokens, weights, params, index, probs)
     params = [a.detach().contiguous() for a in params]
     index, probs = index.to(torch.long).contiguous(), probs.to(torch.float32).contiguous()
     tokens, weights = tokens.to(torch.long).contiguous(), weights.to(torch.float32).contiguous()
-    N, B, S = tokens.shape
-    Vin, d = params[0].shape[1:]
-    m, V, k = params[1].shape[2], params[5].shape[2], index.shape[2]
     outs = grads if want and grads is not None else [torch.empty(0)] * 7
     loss = torch.empty(N, dtype=torch.float64)
     lib = _library()
@@ -178,6 +197,8 @@ class _Mlp1KL(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError("native kernel: one backward per forward (its gradients were handed over already)")
         if not bool((grad_out == 1).all()):  # training backpropagates loss.sum(): all ones, nothing to scale
             c = grad_out.view(-1, 1, 1)  # [N]
             grads = [g * (c if g.dim() == 3 else c.view(-1, 1)) for g in grads]
@@ -186,6 +207,8 @@ class _Mlp1KL(torch.autograd.Function):
 
 def _checked(module: torch.nn.Module, *tensors: Tensor) -> list[Tensor]:
     params = [module.p(name) for name in _PARAMS]  # type: ignore[operator]
+    if any(t.requires_grad for t in tensors):
+        raise ValueError("native kernel: it gives no gradient for tokens, input weights or targets; detach them")
     if any(t.device.type != "cpu" for t in (*params, *tensors)):
         raise ValueError("native kernel: every tensor must be on the CPU")
     if any(p.dtype != torch.float32 for p in params):

@@ -55,8 +55,9 @@ def _reference(task, module, batch, up: torch.Tensor):
 
 SHAPES = {  # V, k, d, m, B, n: the suite's small size, and ragged sizes that exercise every masked tail
     "small": (500, 5, 32, 32, 256, 3),
-    "ragged": (37, 3, 20, 24, 13, 2),
-    "wide": (70, 1, 48, 40, 9, 1),
+    "ragged": (37, 3, 20, 24, 13, 2),  # odd V, a partial last block of rows
+    "wide": (70, 1, 48, 40, 9, 1),  # more than 32 outputs in every narrow matmul
+    "tiny": (5, 1, 17, 5, 3, 2),  # odd d, fewer rows than one block
 }
 
 
@@ -79,10 +80,13 @@ def test_loss_and_every_gradient_equal_autograd(task_name, shape):
         torch.testing.assert_close(a.double(), b, rtol=0, atol=2e-5 * scale, msg=name)
 
 
-def test_bf16_matmuls_stay_close_to_fp32():
-    task, module, batch = _problem("topk-conditional", *SHAPES["small"])
+@pytest.mark.parametrize("shape", SHAPES, ids=list(SHAPES))
+def test_bf16_matmuls_stay_close_to_fp32(shape):
+    if not native.available(bf16=True)[0]:
+        pytest.skip(f"no bf16 kernel here: {native.available(bf16=True)[1]}")
+    task, module, batch = _problem("topk-conditional", *SHAPES[shape])
     params = [p for p in module.parameters() if p.requires_grad]
-    up = torch.ones(SHAPES["small"][-1])
+    up = torch.ones(SHAPES[shape][-1])
     ref_loss, ref_grads = _reference(task, module, batch, up)
     errors = {}
     for bf16 in (False, True):
@@ -130,9 +134,12 @@ def test_extreme_logits_stay_finite():
     with torch.no_grad():
         module.p("unembed.W_U").mul_(200.0)  # logits in the thousands
     loss = _native(task, module, batch)
-    ref_loss, _ = _reference(task, module, batch, torch.ones(2))
-    assert torch.isfinite(loss).all()
+    grads = torch.autograd.grad(loss.sum(), [p for p in module.parameters() if p.requires_grad])
+    ref_loss, ref_grads = _reference(task, module, batch, torch.ones(2))
+    assert torch.isfinite(loss).all() and all(torch.isfinite(g).all() for g in grads)
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-4, atol=1e-2)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=1e-4 * b.abs().max().item())
 
 
 def test_without_grad_mode_only_the_loss_is_computed():
@@ -151,6 +158,28 @@ def test_out_of_range_indices_raise():
     bad[0, 0, 0] = 37  # V = 37
     with pytest.raises(IndexError, match="out of range"):
         native.mlp1_kl(module, batch.inputs["tokens"], batch.inputs["weights"], bad, probs)
+
+
+def test_inputs_that_disagree_are_refused_before_the_kernel_runs():
+    # The kernel trusts the shapes it is given: a mismatch must never reach it.
+    task, module, batch = _problem("topk-uniform", *SHAPES["ragged"])
+    index, probs = task.sparse_kl_target(batch)
+    tokens, weights = batch.inputs["tokens"], batch.inputs["weights"]
+    with pytest.raises(ValueError, match="shapes disagree"):
+        native.mlp1_kl(module, tokens.repeat(3, 1, 1), weights.repeat(3, 1, 1), index.repeat(3, 1, 1),
+                       probs.repeat(3, 1, 1))  # 6 instances of data for a 2-instance model
+    with pytest.raises(ValueError, match="shapes disagree"):
+        native.mlp1_kl(module, tokens, weights, index[:, :5], probs[:, :5])  # fewer target rows
+    with pytest.raises(ValueError, match="detach"):
+        native.mlp1_kl(module, tokens, weights.clone().requires_grad_(), index, probs)
+
+
+def test_a_second_backward_is_refused():
+    task, module, batch = _problem("topk-uniform", *SHAPES["tiny"])
+    loss = _native(task, module, batch).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        loss.backward()
 
 
 def test_weights_of_another_dtype_are_refused():

@@ -18,8 +18,9 @@
  * (docs/performance.md). Here every intermediate of a block of 8 rows stays in L1/L2, each matmul is
  * a register-blocked AVX-512 FMA loop, and the softmax runs on the logits tile while it is hot.
  * Arithmetic is fp32 with fp32 accumulation (the loss sum in double); it equals the torch path up to
- * summation order and a polynomial exp2 (relative error ~2e-7; tests/unit/test_native.py). With bf16, the three V-sized matmuls round their
- * operands to bf16 and accumulate in fp32 (the torch path's bf16 also rounds the matmul outputs).
+ * summation order and a polynomial exp2 (relative error ~2e-7; tests/unit/test_native.py). With
+ * bf16, the three V-sized matmuls round their operands to bf16 and accumulate in fp32 (the torch
+ * path's bf16 also rounds the matmul outputs).
  * Single-threaded: the caller splits instances over threads or processes.
  *
  * Build: cc -O3 -mavx512f -mavx512bf16 -mfma -shared -fPIC (sparsebench/native.py, on first use). The

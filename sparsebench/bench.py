@@ -19,8 +19,8 @@ Rows and their references:
   their "% of matmul" is still against the *fp32* matmul (the issue's reference);
   the bf16 matmul rate is printed too.
 - "native" rows run each step's forward and backward as one compiled call
-  (`--kernel native`, `sparsebench.native`; fp32). Where it cannot run (no AVX-512 or
-  no C compiler) they are left out and the reason is printed.
+  (`--kernel native`, `sparsebench.native`; "native bf16" with bf16 matmuls). Where it
+  cannot run (no AVX-512 or no C compiler) they are left out and the reason is printed.
 
 FLOPs are counted from the model's matmuls only (embedding sums, softmax and the
 optimiser are not counted, so the figure is a lower bound on the work done):
@@ -135,11 +135,11 @@ def trainer_runner(task: Any, d: int, m: int, batch: int, n: int, precision: str
     models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, seeds)
     module = type(models[0]).stacked(models)
     device = torch.device("cpu")
-    on: bool | str = use_fused(task, module, device)
+    fused = use_fused(task, module, device)
+    path = "native" if use_native(module, precision, fused, kernel) else fused
 
     def run(steps: int) -> None:
         cfg = TrainConfig(steps=steps, batch_size=batch, warmup=0, precision=precision)  # type: ignore[arg-type]
-        path = "native" if use_native(task, module, cfg, bool(on), kernel) else on
         _optimise(module, task, cfg, seeds, device, progress=False, stacked=True, fused=path)
 
     return run
@@ -303,7 +303,7 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
         # workers than cores they take turns: `waves` rounds of steps per step of N=16.
         workers = min(procs, n_max)
         share, waves = -(-n_max // workers), -(-workers // cores)
-        parts = StepParts(task, r["d"], r["m"], r["batch"], share, native=has_native)
+        parts = StepParts(task, r["d"], r["m"], r["batch"], share, native=tuple(native_precisions))
         part_runs: list[dict[str, float]] = []
         pools: list[ProcessRunner] = []
         try:

@@ -36,7 +36,7 @@ NATIVE_PARTS = ("model + loss, native", "step, native", "model + loss, native bf
 class StepParts:
     """The trainer's step on `n` stacked `mlp1` instances, split into separately timed parts."""
 
-    def __init__(self, task: Any, d: int, m: int, batch: int, n: int, native: bool = False):
+    def __init__(self, task: Any, d: int, m: int, batch: int, n: int, native: tuple[str, ...] = ()):
         import torch
 
         from sparsebench.training import TrainConfig, init_models, make_optimizer, seed_generator
@@ -91,19 +91,19 @@ class StepParts:
         trainable = [p for p in self.module.parameters() if p.requires_grad]
         body = [p for p in trainable if p is not W_U and p is not b_U]
         native = {}
-        if self.native:
-            from sparsebench.native import available, mlp1_kl
+        for precision in self.native:  # the precisions the native kernel runs in here
+            from sparsebench.native import mlp1_kl
 
             index, probs = self.task.sparse_kl_target(self.fixed)
-            inputs = self.fixed.inputs
+            inputs, bf16 = self.fixed.inputs, precision == "bf16"
 
-            def call(bf16: bool) -> Any:
+            def call(bf16: bool = bf16) -> Any:
                 loss = mlp1_kl(self.module, inputs["tokens"], inputs["weights"], index, probs, bf16=bf16)
                 return torch.autograd.grad(loss.sum(), trainable)
 
-            calls = (lambda: call(False), lambda: self.step("native"), lambda: call(True),
-                     lambda: self.step("native", "bf16"))
-            native = dict(zip(NATIVE_PARTS[:4 if available(bf16=True)[0] else 2], calls))
+            tag = " bf16" if bf16 else ""
+            native[f"model + loss, native{tag}"] = call
+            native[f"step, native{tag}"] = lambda precision=precision: self.step("native", precision)
         return {
             "sample": lambda: self.task.sample_stacked(self.batch, generators=self.gens),
             "model": lambda: torch.autograd.grad(self.module.residual(**self.fixed.inputs), body, self.grad_r),

@@ -103,7 +103,7 @@ def train(
 
     from sparsebench.build import resolve_device
     from sparsebench.checkpoints import cache_root, train_or_load
-    from sparsebench.training import check_kernel
+    from sparsebench.native import check_kernel
 
     if workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")

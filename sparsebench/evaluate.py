@@ -32,9 +32,10 @@ from sparsebench.checkpoints import RunSpec, train_or_load
 from sparsebench.config import from_dict, stable_hash, to_dict
 from sparsebench.errors import UserError
 from sparsebench.io import write_json
+from sparsebench.native import check_kernel
 from sparsebench.probes import OWN_NULL, NotApplicable, model_hook_names
 from sparsebench.suite import Run, Suite
-from sparsebench.training import TrainConfig, check_kernel, seed_generator
+from sparsebench.training import TrainConfig, seed_generator
 
 SCHEMA_VERSION = 1
 

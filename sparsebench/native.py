@@ -44,6 +44,7 @@ SOURCE = "mlp1_kl.c"
 KERNELS = ("torch", "native")  # the values of `--kernel`
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_reason(bf16: bool = False) -> str | None:
     """Why this CPU cannot run the kernel (in bf16 if asked), or None if it can."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -107,8 +108,12 @@ def available(bf16: bool = False) -> tuple[bool, str]:
     return True, ""
 
 
-def require(device: torch.device) -> None:
-    """Raise one clear UserError if `--kernel native` cannot run on `device` here."""
+def check_kernel(kernel: str, device: torch.device) -> None:
+    """One clear UserError unless `kernel` is a known kernel that can run on `device` here."""
+    if kernel not in KERNELS:
+        raise UserError(f"--kernel must be one of {', '.join(KERNELS)} (got {kernel!r})")
+    if kernel == "torch":
+        return
     if torch.device(device).type != "cpu":
         raise UserError(f"--kernel native runs on the CPU only (device is {device}); use --kernel torch")
     ok, why = available()
@@ -119,8 +124,9 @@ def require(device: torch.device) -> None:
 def supports(module: torch.nn.Module, precision: str = "fp32") -> bool:
     """Whether the kernel computes this model: stacked `mlp1` with exactly one block and fp32 weights
     (and, for precision "bf16", a CPU with AVX512-BF16)."""
-    cfg = getattr(module, "config", None)
-    return (type(module).__name__ == "StackedMLP" and getattr(cfg, "n_layers", None) == 1
+    from sparsebench.models.mlp import StackedMLP
+
+    return (isinstance(module, StackedMLP) and module.config.n_layers == 1
             and all(p.dtype == torch.float32 for p in module.parameters())
             and (precision == "fp32" or available(bf16=True)[0]))
 

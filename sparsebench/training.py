@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 from sparsebench.api import Task
 from sparsebench.build import make_model, stackable
 from sparsebench.config import check, stable_hash
-from sparsebench.errors import UserError
 from sparsebench.fused import supports_fused, unembed_kl
+from sparsebench.native import check_kernel, train_step
+from sparsebench.native import supports as native_supports
 
 
 @dataclass(frozen=True)
@@ -107,22 +108,10 @@ def use_fused(task: Task, module: torch.nn.Module, device: torch.device, fused: 
     return bool(fused) and possible
 
 
-def check_kernel(kernel: str, device: torch.device) -> None:
-    """A UserError unless `kernel` is a known kernel that can run on `device` here."""
-    from sparsebench import native
-
-    if kernel not in native.KERNELS:
-        raise UserError(f"--kernel must be one of {', '.join(native.KERNELS)} (got {kernel!r})")
-    if kernel == "native":
-        native.require(device)
-
-
-def use_native(task: Task, module: torch.nn.Module, cfg: TrainConfig, fused: bool, kernel: str) -> bool:
+def use_native(module: torch.nn.Module, precision: str, fused: bool, kernel: str) -> bool:
     """Whether the native kernel computes the steps: asked for, on the fused path, and a model (and, for
     bf16 precision, a CPU) it covers."""
-    from sparsebench import native
-
-    return kernel == "native" and fused and native.supports(module, cfg.precision)
+    return kernel == "native" and fused and native_supports(module, precision)
 
 
 def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConfig, seeds: list[int], *,
@@ -156,7 +145,7 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
     if stackable(model_name):
         stacked = type(models[0]).stacked(models).to(device)
         path = use_fused(task, stacked, device, fused)
-        if use_native(task, stacked, cfg, path, kernel):
+        if use_native(stacked, cfg.precision, path, kernel):
             path, ran = "native", "native"
         losses = _optimise(stacked, task, cfg, seeds, device, progress, stacked=True, fused=path)
         trained = [m.to(device) for m in stacked.unstack(models[0].to(device))]
@@ -240,8 +229,6 @@ def step_grads(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig
     Returns the per-instance mean loss, detached.
     """
     if fused == "native":
-        from sparsebench.native import train_step
-
         index, probs = task.sparse_kl_target(batch)  # type: ignore[attr-defined]
         return train_step(module, batch.inputs["tokens"], batch.inputs["weights"], index, probs,
                           bf16=cfg.precision == "bf16")

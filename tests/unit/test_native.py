@@ -17,7 +17,8 @@ from sparsebench import native
 from sparsebench.build import make_task
 from sparsebench.errors import UserError
 from sparsebench.fused import unembed_kl_reference
-from sparsebench.training import TrainConfig, check_kernel, init_models, seed_generator, train
+from sparsebench.native import check_kernel
+from sparsebench.training import TrainConfig, init_models, seed_generator, train
 
 OK, WHY = native.available()
 pytestmark = pytest.mark.skipif(not OK, reason=f"the native kernel cannot run here: {WHY}")

@@ -1,6 +1,7 @@
 """keep_freed_memory: freed tensors' pages are reused instead of faulting in again every step."""
 
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -35,13 +36,14 @@ def _faults(mode: str) -> tuple[str, int]:
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt tuning applies to glibc's malloc only")
 def test_freed_memory_is_reused_without_page_faults():
-    applied, kept = _faults("keep")
-    _, default = _faults("default")
-    assert applied == "True"
-    # By default glibc gives freed memory back, and each step faults its pages in again (600-1000
-    # per step here); kept, a warm step reuses its pages (0-8 faults).
-    assert default > 100, default
-    assert kept * 20 < default, (kept, default)
+    # Medians of three processes each: the default's count depends on glibc's adaptive threshold
+    # and moved from 96 to 1000 per step between single runs here; kept, a warm step reuses its
+    # pages (0-12 faults).
+    runs = {mode: [_faults(mode) for _ in range(3)] for mode in ("keep", "default")}
+    assert all(applied == "True" for applied, _ in runs["keep"])
+    kept, default = (statistics.median(n for _, n in runs[mode]) for mode in ("keep", "default"))
+    assert default > 100, runs
+    assert kept * 20 < default, runs
 
 
 @pytest.mark.skipif(GLIBC, reason="off glibc the call must report that it did nothing")

@@ -7,7 +7,7 @@ A step of the trainer (`training._optimise`, fused path) is four pieces of work:
     model     the residual stream r (embedding bag, MLP blocks), forward + backward
     loss      the fused unembedding + sparse KL (`fused.unembed_kl`), forward + backward:
               three [B, d] x [d, V] matmuls per instance plus the softmax work on [B, V]
-    optimiser AdamW (fused kernel) over every parameter
+    optimiser AdamW (torch's fused kernel) over every parameter
 
 Each is timed on its own, on one thread, for the instances one worker process holds.
 "ceiling" is the step time if the loss ran its matmuls at the bf16 matmul rate measured
@@ -17,8 +17,9 @@ multi-process rows from above (it also assumes processes do not slow each other;
 with more processes than cores, bench.py counts the rounds they take turns in).
 
 Where the native kernel runs (`sparsebench.native`), its one call (model and loss, forward
-and backward: the work of "model" + "loss") and the whole step with it are timed too, in
-fp32 and with bf16 matmuls: what a compiled kernel actually reached, next to the ceiling.
+and backward: the work of "model" + "loss") and the whole step with it (sample, then one call
+that also takes the AdamW step) are timed too, in fp32 and with bf16 matmuls: what a compiled
+kernel actually reached, next to the ceiling.
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ class StepParts:
     def __init__(self, task: Any, d: int, m: int, batch: int, n: int, native: tuple[str, ...] = ()):
         import torch
 
-        from sparsebench.training import TrainConfig, init_models, make_optimizer, seed_generator
+        from sparsebench.training import Step, TrainConfig, init_models, seed_generator
 
         seeds = list(range(n))
         models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, seeds)
         self.module = type(models[0]).stacked(models)
         self.cfg = TrainConfig(steps=1, batch_size=batch, warmup=0)
-        self.opt = make_optimizer([p for p in self.module.parameters() if p.requires_grad], self.cfg)
         self.task, self.batch, self.n, self.native = task, batch, n, native
+        self.steps: dict[tuple[bool | str, str], Any] = {}  # (path, precision) -> the trainer's Step
+        self.opt = self.stepper(True, "fp32").opt
         self.gens = [seed_generator(s, "data") for s in seeds]
         self.fixed = task.sample_stacked(batch, generators=self.gens)  # one batch reused by model/loss
         r = self.module.residual(**self.fixed.inputs)  # [n, batch, d]
@@ -67,20 +69,22 @@ class StepParts:
         index, probs = self.task.sparse_kl_target(batch)
         return unembed_kl(r, W_U, b_U, index, probs).sum()
 
-    def step(self, path: bool | str = True, precision: str = "fp32") -> None:
-        """One whole training step through the trainer's own `step_grads` (fused, or the native kernel
-        if path="native"; without the lr scheduler's step, a few Python operations on the
-        optimiser's settings, not tensor work)."""
+    def stepper(self, path: bool | str, precision: str) -> Any:
+        """The trainer's own `Step` on this module (fused, or the native kernel if path="native")."""
         import dataclasses
 
         import torch
 
-        from sparsebench.training import step_grads
+        from sparsebench.training import Step
 
-        batch = self.task.sample_stacked(self.batch, generators=self.gens)
-        cfg = dataclasses.replace(self.cfg, precision=precision)
-        step_grads(self.module, self.task, batch, cfg, torch.device("cpu"), path, self.opt)
-        self.opt.step()
+        if (path, precision) not in self.steps:
+            cfg = dataclasses.replace(self.cfg, precision=precision)
+            self.steps[path, precision] = Step(self.module, self.task, cfg, torch.device("cpu"), path)
+        return self.steps[path, precision]
+
+    def step(self, path: bool | str = True, precision: str = "fp32") -> None:
+        """One whole training step as the trainer takes it: sample, then `Step` (at step 0's lr)."""
+        self.stepper(path, precision)(self.task.sample_stacked(self.batch, generators=self.gens), 0)
 
     def parts(self) -> dict[str, Callable[[], Any]]:
         """The parts as calls. model and loss return their gradients (autograd.grad) instead of

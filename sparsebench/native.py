@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import platform
 import shutil
@@ -92,7 +93,7 @@ def _library() -> ctypes.CDLL:
         raise UserError(f"cannot build or load the kernel under {cache_root() / 'native'}: {e}") from None
     fn = lib.sb_mlp1_kl
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int] * 11 + [ctypes.c_void_p] * 19
+    fn.argtypes = [ctypes.c_int] * 11 + [ctypes.c_void_p] * 20 + [ctypes.c_int] + [ctypes.c_void_p] * 2
     return lib
 
 
@@ -158,11 +159,12 @@ def _shapes(tokens: Tensor, weights: Tensor, params: list[Tensor], index: Tensor
 
 
 def _run(bf16: bool, want: bool, tokens: Tensor, weights: Tensor, params: list[Tensor], index: Tensor,
-         probs: Tensor, grads: list[Tensor] | None) -> Tensor:
+         probs: Tensor, grads: list[Tensor] | None, adam: tuple[Any, ...] = (None, 0, None, None)) -> Tensor:
     """One kernel call: per-instance mean loss [N] (float32); if `want`, the gradients of each
-    instance's mean loss written into `grads` (contiguous float32 tensors shaped like `params`)."""
+    instance's mean loss written into `grads` (contiguous float32 tensors shaped like `params`);
+    `adam` (from `AdamW._args`) makes each instance then take an AdamW step in place."""
     N, B, S, Vin, d, m, V, k = _shapes(tokens, weights, params, index, probs)
-    params = [a.detach().contiguous() for a in params]
+    params = [a.detach().contiguous() for a in params]  # (AdamW._args checked that updated ones are)
     index, probs = index.to(torch.long).contiguous(), probs.to(torch.float32).contiguous()
     tokens, weights = tokens.to(torch.long).contiguous(), weights.to(torch.float32).contiguous()
     outs = grads if want and grads is not None else [torch.empty(0)] * 7
@@ -171,7 +173,7 @@ def _run(bf16: bool, want: bool, tokens: Tensor, weights: Tensor, params: list[T
     ptrs = [t.data_ptr() for t in (tokens, weights, *params, index, probs, loss, *outs)]
 
     def run(n0: int, n1: int) -> int:  # ctypes releases the GIL: calls on other instances run in parallel
-        return lib.sb_mlp1_kl(n0, n1, B, S, Vin, d, m, V, k, int(want), int(bf16), *ptrs)
+        return lib.sb_mlp1_kl(n0, n1, B, S, Vin, d, m, V, k, int(want), int(bf16), *ptrs, *adam)
 
     threads = min(N, torch.get_num_threads())
     if threads > 1:
@@ -183,7 +185,8 @@ def _run(bf16: bool, want: bool, tokens: Tensor, weights: Tensor, params: list[T
         raise IndexError(f"native kernel: a token or target index is out of range (inputs < {Vin}, outputs < {V})")
     if status != 0:
         raise MemoryError("native kernel: out of memory for its scratch buffers")
-    return (loss / B).to(torch.float32)
+    # The kernel sums the cross-entropy -sum p z + logsumexp(z); the KL adds the entropy sum p log p.
+    return ((loss + torch.xlogy(probs, probs).sum((1, 2), dtype=torch.float64)) / B).to(torch.float32)
 
 
 class _Mlp1KL(torch.autograd.Function):
@@ -222,12 +225,49 @@ def _checked(module: torch.nn.Module, *tensors: Tensor) -> list[Tensor]:
     return params
 
 
+class AdamW:
+    """torch.optim.AdamW's update (amsgrad off) taken inside the kernel call (`train_step(adamw=)`):
+    each instance steps right after its gradients are computed, while they and its weights are in
+    cache, instead of in a separate pass over every weight, gradient and moment of the stack
+    (docs/performance.md). Same arithmetic as torch's, in another order (float32 throughout):
+    weights agree to a few ulps per step (tests/unit/test_native.py).
+
+    State: the moments of every trainable weight of `module` (zeros at first) and the step count.
+    The learning rate is given per step, so any schedule works."""
+
+    def __init__(self, module: torch.nn.Module, *, betas: tuple[float, float] = (0.9, 0.999),
+                 weight_decay: float = 0.0, eps: float = 1e-8):
+        params = [module.p(name) for name in _PARAMS]  # type: ignore[operator]
+        if any(p.requires_grad and not p.is_contiguous() for p in params):
+            raise ValueError("native AdamW: trainable weights must be contiguous (it updates them in place)")
+        self.betas, self.weight_decay, self.eps, self.steps = betas, weight_decay, eps, 0
+        self.shapes = [p.shape for p in params]
+        self.mask = sum(1 << i for i, p in enumerate(params) if p.requires_grad)
+        # (exp_avg, exp_avg_sq) per weight, None for frozen ones, as torch.optim.AdamW's state
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) if p.requires_grad else None for p in params]
+        self._m = (ctypes.c_void_p * 7)(*[mv[0].data_ptr() if mv else None for mv in self.moments])
+        self._v = (ctypes.c_void_p * 7)(*[mv[1].data_ptr() if mv else None for mv in self.moments])
+
+    def _args(self, params: list[Tensor], lr: float) -> tuple[Any, ...]:
+        """The kernel's AdamW arguments for the next step (counting it)."""
+        if [p.shape for p in params] != self.shapes or any(p.requires_grad and not p.is_contiguous() for p in params):
+            raise ValueError("native AdamW: the model's weights are not the ones this optimiser was built for")
+        self.steps += 1
+        b1, b2 = self.betas
+        hyper = (lr * self.weight_decay, 1 - b1, b2, 1 - b2, lr / (1 - b1**self.steps),
+                 1 / math.sqrt(1 - b2**self.steps), self.eps)
+        return (ctypes.c_double * 7)(*hyper), self.mask, self._m, self._v
+
+
 def train_step(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: Tensor, probs: Tensor, *,
-               bf16: bool = False) -> Tensor:
+               bf16: bool = False, adamw: AdamW | None = None, lr: float = 0.0) -> Tensor:
     """`mlp1_kl`'s forward and backward without autograd, for the trainer: every trainable weight's
     `.grad` is overwritten with the gradient of the sum over instances of their mean losses (the
-    buffers are reused from step to step, so set_to_none zeroing is not needed). Returns the
-    per-instance mean loss [N], detached."""
+    buffers are reused from step to step, so set_to_none zeroing is not needed). With `adamw`, each
+    instance then takes an AdamW step at learning rate `lr` in the same call. Returns the
+    per-instance mean loss [N], detached.
+
+    An IndexError (a token or target out of range) leaves the instances before the bad one stepped."""
     params = _checked(module, tokens, weights, index, probs)
     grads = []
     for p in params:
@@ -237,7 +277,9 @@ def train_step(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: 
             grads.append(p.grad)
         else:  # frozen (a fixed embedding, a disabled bias): computed, then dropped
             grads.append(torch.empty_like(p, memory_format=torch.contiguous_format))
-    return _run(bf16, True, tokens, weights, params, index, probs, grads)
+    if adamw is None:
+        return _run(bf16, True, tokens, weights, params, index, probs, grads)
+    return _run(bf16, True, tokens, weights, params, index, probs, grads, adamw._args(params, lr))
 
 
 def mlp1_kl(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: Tensor, probs: Tensor, *,

@@ -13,8 +13,9 @@ and the model exposes `residual` and `unembed_params` (StackedMLP does), the CPU
 replaces "logits, then task.loss" by `fused.unembed_kl`, which never builds a batch x
 vocab tensor; any other task or model trains through `task.loss` (the generic path).
 With `kernel="native"` a stacked one-block `mlp1` on that path runs its whole forward and
-backward in one compiled call instead (`sparsebench.native`).
-AdamW uses its fused kernel where the device has one.
+backward in one compiled call instead (`sparsebench.native`), and that call also takes the AdamW
+step, instance by instance while its gradients are in cache (`native.AdamW`).
+Otherwise AdamW is torch's, with its fused kernel where the device has one.
 
 Randomness: seed s initialises weights from generator(s, "init") and draws data
 from generator(s, "data"); the same config and seed give the same weights on the
@@ -36,8 +37,11 @@ from sparsebench.api import Task
 from sparsebench.build import make_model, stackable
 from sparsebench.config import check, stable_hash
 from sparsebench.fused import supports_fused, unembed_kl
+from sparsebench.native import AdamW as NativeAdamW
 from sparsebench.native import check_kernel, train_step
 from sparsebench.native import supports as native_supports
+
+ADAM_EPS = 1e-8  # AdamW's epsilon (torch's default), on either path
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,7 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
     per tensor (a large share of a step when the model is tiny). Elementwise either way, so
     instances stay independent.
     """
-    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, eps=ADAM_EPS)
     if params and all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params):
         try:
             return torch.optim.AdamW(params, fused=True, **kw)
@@ -220,29 +224,42 @@ def step_loss(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig,
     return task.loss(logits.float(), batch).mean(-1)  # [inst] or scalar
 
 
-def step_grads(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig, device: torch.device,
-               fused: bool | str, opt: torch.optim.Optimizer) -> torch.Tensor:
-    """The loss of one batch and its gradients in the parameters' .grad, ready for `opt.step()`.
+class Step:
+    """One training step as a call, step(batch, i) -> the per-instance mean loss (detached): the
+    gradients of the batch, then AdamW with the learning rate of step i (warm-up and cosine,
+    `lr_factor`).
 
-    fused: False or True as in `step_loss` (autograd), or "native": one call of the native kernel,
-    which overwrites each .grad in place (no autograd graph, no zeroing, no new buffers).
-    Returns the per-instance mean loss, detached.
+    fused: False or True as in `step_loss` (autograd, then torch's AdamW, `self.opt`), or "native":
+    one call of the native kernel, which also takes the AdamW step (`native.AdamW`). Its gradients
+    overwrite each .grad in place (no autograd graph, no zeroing, no new buffers).
     """
-    if fused == "native":
-        index, probs = task.sparse_kl_target(batch)  # type: ignore[attr-defined]
-        return train_step(module, batch.inputs["tokens"], batch.inputs["weights"], index, probs,
-                          bf16=cfg.precision == "bf16")
-    per_instance = step_loss(module, task, batch, cfg, device, bool(fused))
-    opt.zero_grad(set_to_none=True)
-    per_instance.sum().backward()
-    return per_instance.detach()
+
+    def __init__(self, module: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device,
+                 fused: bool | str):
+        self.module, self.task, self.cfg, self.device, self.fused = module, task, cfg, device, fused
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.native = NativeAdamW(module, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                                  eps=ADAM_EPS) if fused == "native" else None
+        self.opt = None if self.native else make_optimizer(params, cfg)
+
+    def __call__(self, batch: Any, i: int) -> torch.Tensor:
+        lr = self.cfg.lr * lr_factor(i, self.cfg)
+        if self.native is not None:
+            index, probs = self.task.sparse_kl_target(batch)  # type: ignore[attr-defined]
+            return train_step(self.module, batch.inputs["tokens"], batch.inputs["weights"], index, probs,
+                              bf16=self.cfg.precision == "bf16", adamw=self.native, lr=lr)
+        per_instance = step_loss(self.module, self.task, batch, self.cfg, self.device, bool(self.fused))
+        self.opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+        per_instance.sum().backward()
+        for group in self.opt.param_groups:  # type: ignore[union-attr]
+            group["lr"] = lr
+        self.opt.step()  # type: ignore[union-attr]
+        return per_instance.detach()
 
 
 def _optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[int], device: torch.device,
               progress: bool, stacked: bool, fused: bool | str = False) -> list[float]:
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    step_fn = Step(module, task, cfg, device, fused)
     gens = [seed_generator(s, "data", device) for s in seeds]
     tail = max(1, cfg.steps // 20)
     tail_sum = torch.zeros(len(seeds), device=device)
@@ -254,9 +271,7 @@ def _optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list
             batch = task.sample_stacked(cfg.batch_size, generators=gens, device=device)
         else:
             batch = task.sample(cfg.batch_size, generator=gens[0], device=device)
-        per_instance = step_grads(module, task, batch, cfg, device, fused, opt)
-        opt.step()
-        sched.step()
+        per_instance = step_fn(batch, step)
         if step >= cfg.steps - tail:
             tail_sum += per_instance.reshape(-1)
         if progress and step % 50 == 0:

@@ -42,58 +42,53 @@ INLINE __mmask16 tail(int n) {
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
-/* 2^x for x <= 0: degree-6 polynomial on the fraction, exponent via scalef (rel. error ~2e-7). */
+/* 2^x for x <= 0: degree-5 minimax polynomial on the fraction (relative error 7.5e-8 before
+ * float rounding, ~2e-7 after), exponent via scalef. */
 INLINE __m512 exp2_ps(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-126.f));
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n); /* [-0.5, 0.5] */
-    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    __m512 p = _mm512_set1_ps(1.3276472454890609e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.675540961325169e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550713092088699e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022120237350464e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931469440460205e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001192092896f));
     return _mm512_scalef_ps(p, n);
 }
 
-/* C[Q rows, 16*NV cols] (+)= A[Q, K] B[K, cols]: starting from C, or from `bias` (one row, broadcast
- * over the rows) if it is not NULL; cols past `left` are masked off. Q and NV are compile-time
- * constants at every call, so the accumulators live in registers. */
-INLINE void nn_tile(const int Q, const int NV, int K, const float *A, int lda, const float *B, int ldb,
+/* C[Q rows, 32 cols] (+)= A[Q, K] B[K, cols]: starting from C, or from `bias` (one row, broadcast
+ * over the rows) if it is not NULL; cols past `left` are masked off. Q is a compile-time constant at
+ * every call, so the accumulators live in registers. */
+INLINE void nn_tile(const int Q, int K, const float *A, int lda, const float *B, int ldb,
                     float *C, int ldc, int left, const float *bias) {
-    __m512 acc[8][4], b[4];
-    __mmask16 mk[4];
-    for (int c = 0; c < NV; c++) mk[c] = tail(left - 16 * c);
+    __m512 acc[8][2], b[2];
+    __mmask16 mk[2];
+    for (int c = 0; c < 2; c++) mk[c] = tail(left - 16 * c);
     for (int q = 0; q < Q; q++)
-        for (int c = 0; c < NV; c++)
+        for (int c = 0; c < 2; c++)
             acc[q][c] = _mm512_maskz_loadu_ps(mk[c], bias ? bias + 16 * c : C + q * ldc + 16 * c);
     for (int k = 0; k < K; k++) {
-        for (int c = 0; c < NV; c++) b[c] = _mm512_maskz_loadu_ps(mk[c], B + (int64_t)k * ldb + 16 * c);
+        for (int c = 0; c < 2; c++) b[c] = _mm512_maskz_loadu_ps(mk[c], B + (int64_t)k * ldb + 16 * c);
         for (int q = 0; q < Q; q++) {
             __m512 x = _mm512_set1_ps(A[q * lda + k]);
-            for (int c = 0; c < NV; c++) acc[q][c] = _mm512_fmadd_ps(x, b[c], acc[q][c]);
+            for (int c = 0; c < 2; c++) acc[q][c] = _mm512_fmadd_ps(x, b[c], acc[q][c]);
         }
     }
     for (int q = 0; q < Q; q++)
-        for (int c = 0; c < NV; c++) _mm512_mask_storeu_ps(C + q * ldc + 16 * c, mk[c], acc[q][c]);
+        for (int c = 0; c < 2; c++) _mm512_mask_storeu_ps(C + q * ldc + 16 * c, mk[c], acc[q][c]);
 }
 
-/* C[rows, n] += A[rows, K] B[K, n], or C = bias + A B if bias is not NULL (rows <= ROWS; row-major) */
+/* C[rows, n] += A[rows, K] B[K, n], or C = bias + A B if bias is not NULL (rows <= ROWS; row-major).
+ * Tiles of 8 rows x 2 vectors (1 row in a partial block) along the columns: a block reads B once. */
 static void gemm_nn(int rows, int K, int n, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
                     const float *bias) {
-    if (n <= 32) { /* narrow output (d or m <= 32): 8 rows x 2 vectors */
-        int r = 0;
-        for (; r + 8 <= rows; r += 8) nn_tile(8, 2, K, A + r * lda, lda, B, ldb, C + r * ldc, ldc, n, bias);
-        for (; r < rows; r++) nn_tile(1, 2, K, A + r * lda, lda, B, ldb, C + r * ldc, ldc, n, bias);
-        return;
-    }
-    for (int c0 = 0; c0 < n; c0 += 64) { /* wide output: 4 rows x 4 vectors */
+    for (int c0 = 0; c0 < n; c0 += 32) {
         const float *bc = bias ? bias + c0 : NULL;
         int r = 0;
-        for (; r + 4 <= rows; r += 4)
-            nn_tile(4, 4, K, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
-        for (; r < rows; r++) nn_tile(1, 4, K, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
+        for (; r + 8 <= rows; r += 8)
+            nn_tile(8, K, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
+        for (; r < rows; r++) nn_tile(1, K, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
     }
 }
 
@@ -150,42 +145,36 @@ INLINE __m512i bf16_pairs(__m512 lo, __m512 hi) {
     return _mm512_or_si512(bf16_lo(lo), _mm512_slli_epi32(bf16_lo(hi), 16));
 }
 
-/* C[Q rows, 16*NV cols] += A[Q, K2 pairs] B[K2 pairs, cols]: A holds bf16 pairs along K (one uint32
+/* C[Q rows, 32 cols] += A[Q, K2 pairs] B[K2 pairs, cols]: A holds bf16 pairs along K (one uint32
  * each), B holds for each pair index and column the pair (B[2k, c], B[2k+1, c]). */
-INLINE void nn_tile_bf(const int Q, const int NV, int K2, const uint32_t *A, int lda, const uint32_t *B, int ldb,
+INLINE void nn_tile_bf(const int Q, int K2, const uint32_t *A, int lda, const uint32_t *B, int ldb,
                        float *C, int ldc, int left, const float *bias) {
-    __m512 acc[8][4];
-    __m512i b[4];
-    __mmask16 mk[4];
-    for (int c = 0; c < NV; c++) mk[c] = tail(left - 16 * c);
+    __m512 acc[8][2];
+    __m512i b[2];
+    __mmask16 mk[2];
+    for (int c = 0; c < 2; c++) mk[c] = tail(left - 16 * c);
     for (int q = 0; q < Q; q++)
-        for (int c = 0; c < NV; c++)
+        for (int c = 0; c < 2; c++)
             acc[q][c] = _mm512_maskz_loadu_ps(mk[c], bias ? bias + 16 * c : C + q * ldc + 16 * c);
     for (int k = 0; k < K2; k++) {
-        for (int c = 0; c < NV; c++) b[c] = _mm512_maskz_loadu_epi32(mk[c], B + (int64_t)k * ldb + 16 * c);
+        for (int c = 0; c < 2; c++) b[c] = _mm512_maskz_loadu_epi32(mk[c], B + (int64_t)k * ldb + 16 * c);
         for (int q = 0; q < Q; q++) {
             __m512i x = _mm512_set1_epi32((int)A[q * lda + k]);
-            for (int c = 0; c < NV; c++) acc[q][c] = _mm512_dpbf16_ps(acc[q][c], (__m512bh)x, (__m512bh)b[c]);
+            for (int c = 0; c < 2; c++) acc[q][c] = _mm512_dpbf16_ps(acc[q][c], (__m512bh)x, (__m512bh)b[c]);
         }
     }
     for (int q = 0; q < Q; q++)
-        for (int c = 0; c < NV; c++) _mm512_mask_storeu_ps(C + q * ldc + 16 * c, mk[c], acc[q][c]);
+        for (int c = 0; c < 2; c++) _mm512_mask_storeu_ps(C + q * ldc + 16 * c, mk[c], acc[q][c]);
 }
 
 static void gemm_nn_bf(int rows, int K2, int n, const uint32_t *A, int lda, const uint32_t *B, int ldb, float *C,
                        int ldc, const float *bias) {
-    if (n <= 32) {
-        int r = 0;
-        for (; r + 8 <= rows; r += 8) nn_tile_bf(8, 2, K2, A + r * lda, lda, B, ldb, C + r * ldc, ldc, n, bias);
-        for (; r < rows; r++) nn_tile_bf(1, 2, K2, A + r * lda, lda, B, ldb, C + r * ldc, ldc, n, bias);
-        return;
-    }
-    for (int c0 = 0; c0 < n; c0 += 64) {
+    for (int c0 = 0; c0 < n; c0 += 32) {
         const float *bc = bias ? bias + c0 : NULL;
         int r = 0;
-        for (; r + 4 <= rows; r += 4)
-            nn_tile_bf(4, 4, K2, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
-        for (; r < rows; r++) nn_tile_bf(1, 4, K2, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
+        for (; r + 8 <= rows; r += 8)
+            nn_tile_bf(8, K2, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
+        for (; r < rows; r++) nn_tile_bf(1, K2, A + r * lda, lda, B + c0, ldb, C + r * ldc + c0, ldc, n - c0, bc);
     }
 }
 
@@ -276,6 +265,30 @@ static void transpose(int rows, int cols, const float *src, float *dst) {
         for (int j = 0; j < cols; j++) dst[(int64_t)j * rows + i] = src[(int64_t)i * cols + j];
 }
 
+/* One AdamW step on n weights in place (torch.optim.AdamW's update, amsgrad off): with
+ * h = {lr * weight_decay, 1 - beta1, beta2, 1 - beta2, lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t), eps},
+ *   w *= 1 - lr wd;  m += (1 - beta1)(g - m);  v = beta2 v + (1 - beta2) g^2
+ *   w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps) */
+static void adamw(int64_t n, float *w, const float *g, float *m, float *v, const double *h) {
+    const __m512 decay = _mm512_set1_ps((float)(1.0 - h[0])), b1c = _mm512_set1_ps((float)h[1]);
+    const __m512 b2 = _mm512_set1_ps((float)h[2]), b2c = _mm512_set1_ps((float)h[3]);
+    const __m512 step = _mm512_set1_ps((float)h[4]), inv_bc2 = _mm512_set1_ps((float)h[5]);
+    const __m512 eps = _mm512_set1_ps((float)h[6]);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 mk = tail((int)(n - i < 16 ? n - i : 16));
+        __m512 gi = _mm512_maskz_loadu_ps(mk, g + i), mi = _mm512_maskz_loadu_ps(mk, m + i);
+        __m512 vi = _mm512_maskz_loadu_ps(mk, v + i), wi = _mm512_maskz_loadu_ps(mk, w + i);
+        wi = _mm512_mul_ps(wi, decay);
+        mi = _mm512_fmadd_ps(b1c, _mm512_sub_ps(gi, mi), mi);
+        vi = _mm512_fmadd_ps(b2, vi, _mm512_mul_ps(b2c, _mm512_mul_ps(gi, gi)));
+        __m512 denom = _mm512_fmadd_ps(_mm512_sqrt_ps(vi), inv_bc2, eps); /* one division per weight, not two */
+        wi = _mm512_fnmadd_ps(step, _mm512_div_ps(mi, denom), wi);
+        _mm512_mask_storeu_ps(m + i, mk, mi);
+        _mm512_mask_storeu_ps(v + i, mk, vi);
+        _mm512_mask_storeu_ps(w + i, mk, wi);
+    }
+}
+
 /* This thread's scratch memory, at least `n` floats, 64-byte aligned. Kept between calls (a step
  * needs the same size every time): allocating it per call costs page faults on every call. */
 static float *scratch(size_t n) {
@@ -292,14 +305,14 @@ static float *scratch(size_t n) {
 
 /* In place, one row of base-2 logits z2 = z log2(e) -> e = 2^(z2 - max) - p* total, where total =
  * sum 2^(z2 - max): then softmax(z) - p* = e / total, so the normalisation is left to the consumers
- * (a factor per row) instead of a pass over the row. Returns this row's loss; *sum = total. */
+ * (a factor per row) instead of a pass over the row. Returns this row's cross-entropy
+ * -sum_i p_i z_i + logsumexp(z) (the KL without the entropy term, which the caller adds); *sum = total. */
 static double softmax_row(float *z, int V, int k, const int64_t *idx, const float *p, float *sum) {
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int v = 0; v < V; v += 16) mx = _mm512_mask_max_ps(mx, tail(V - v), mx, _mm512_loadu_ps(z + v));
     const float m = _mm512_reduce_max_ps(mx);
-    double target = 0; /* sum_i p_i (log p_i - z_i), z in natural units */
-    for (int i = 0; i < k; i++)
-        if (p[i] > 0) target += (double)p[i] * (logf(p[i]) - LN2 * z[idx[i]]);
+    double target = 0; /* -sum_i p_i z_i, z in natural units */
+    for (int i = 0; i < k; i++) target -= (double)p[i] * LN2 * z[idx[i]];
     const __m512 mv = _mm512_set1_ps(m);
     __m512 s = _mm512_setzero_ps();
     for (int v = 0; v < V; v += 16) {
@@ -316,16 +329,22 @@ static double softmax_row(float *z, int V, int k, const int64_t *idx, const floa
 
 /* Instances [n0, n1) of a stack of N. Shapes (row-major, contiguous): tokens, wts [N, B, S];
  * E [N, Vin, d]; W_in [N, d, m]; b_in [N, m]; W_out [N, m, d]; b_out [N, d]; W_U [N, d, V];
- * b_U [N, V]; idx [N, B, k] (int64); p [N, B, k]. Writes loss[n] = the batch's summed loss (double).
+ * b_U [N, V]; idx [N, B, k] (int64); p [N, B, k]. Writes loss[n] = the batch's summed cross-entropy
+ * -sum_i p_i z_i + logsumexp(z) (double; the caller adds the entropy sum_i p_i log p_i for the KL).
  * If want_grad, writes the gradients of the batch *mean* loss into the g* arrays (same shapes as
  * the weights). bf16: the three V-sized matmuls (logits, dL/dr, dL/dW_U) take
  * bf16 operands with fp32 accumulation (needs AVX512-BF16); everything else stays fp32.
+ * If adam is not NULL (it needs want_grad), each instance then takes one AdamW step (`adamw`, with
+ * hyper-parameters adam[0..6]) right after its gradients, while they are in cache: weight i
+ * (0 = E .. 6 = b_U, in argument order) is updated if bit i of adam_mask is set, with its moments
+ * in am[i], av[i] (shaped like it). Weights are read-only otherwise.
  * Returns 0, -1 if an index is out of range, -2 if memory ran out. */
 int sb_mlp1_kl(int n0, int n1, int B, int S, int Vin, int d, int m, int V, int k, int want_grad, int bf16,
-               const int64_t *tokens, const float *wts, const float *E, const float *W_in, const float *b_in,
-               const float *W_out, const float *b_out, const float *W_U, const float *b_U,
+               const int64_t *tokens, const float *wts, float *E, float *W_in, float *b_in,
+               float *W_out, float *b_out, float *W_U, float *b_U,
                const int64_t *idx, const float *p, double *loss, float *gE, float *gW_in, float *gb_in,
-               float *gW_out, float *gb_out, float *gW_U, float *gb_U) {
+               float *gW_out, float *gb_out, float *gW_U, float *gb_U,
+               const double *adam, int adam_mask, float *const *am, float *const *av) {
     const int Vs = (V + 15) & ~15; /* logits row stride: rows start 64-byte apart */
     const int d2 = (d + 1) / 2, V2 = (V + 1) / 2; /* bf16 pairs along d and along V */
     const float scale = 1.0f / (float)B;           /* gradients are of the batch mean */
@@ -457,6 +476,15 @@ int sb_mlp1_kl(int n0, int n1, int B, int S, int Vin, int d, int m, int V, int k
                 }
         }
         loss[n] = total;
+        if (!adam || !want_grad) continue;
+        float *const W[7] = {E, W_in, b_in, W_out, b_out, W_U, b_U};
+        float *const G[7] = {gE, gW_in, gb_in, gW_out, gb_out, gW_U, gb_U};
+        const int64_t size[7] = {(int64_t)Vin * d, (int64_t)d * m, m, (int64_t)m * d, d, (int64_t)d * V, V};
+        for (int i = 0; i < 7; i++)
+            if (adam_mask >> i & 1) {
+                const int64_t o = n * size[i];
+                adamw(size[i], W[i] + o, G[i] + o, am[i] + o, av[i] + o, adam);
+            }
     }
     return status;
 }

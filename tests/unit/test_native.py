@@ -130,6 +130,48 @@ def test_the_trainers_step_fills_grad_in_place_with_the_same_numbers():
     assert all(torch.equal(p.grad, g) for p, g in zip(twin_trainable, grads))
 
 
+@pytest.mark.parametrize("shape", ["small", "ragged"])
+def test_adamw_in_the_kernel_equals_torch_adamw_on_its_gradients(shape):
+    # Three steps with a changing lr and weight decay, one weight frozen: the kernel's own AdamW step
+    # against torch.optim.AdamW (fused) applied to the same kernel's gradients.
+    task, module, batch = _problem("topk-conditional", *SHAPES[shape], embed="fixed")
+    twin, start = copy.deepcopy(module), copy.deepcopy(module)
+    trainable = [p for p in twin.parameters() if p.requires_grad]
+    betas, wd = (0.8, 0.95), 0.1
+    opt = torch.optim.AdamW(trainable, lr=1.0, betas=betas, weight_decay=wd, eps=1e-8, fused=True)
+    adamw = native.AdamW(module, betas=betas, weight_decay=wd, eps=1e-8)
+    index, probs = task.sparse_kl_target(batch)
+    args = (batch.inputs["tokens"], batch.inputs["weights"], index, probs)
+    for lr in (0.05, 0.02, 0.01):
+        native.train_step(module, *args, adamw=adamw, lr=lr)
+        native.train_step(twin, *args)  # its gradients, for torch's AdamW
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+        # After the first step the twins' weights differ in the last bits, and so do their next
+        # gradients. A step moves a weight by up to ~lr, and by ~lr where a gradient is tiny (Adam
+        # divides it by its own scale), so a last-bit difference there moves it by ~1e-4 lr: weights
+        # agree to 1e-3 lr, moments to 1e-5 of their scale (a wrong update is off by ~0.1 lr).
+        for name in native._PARAMS[1:]:
+            a, b = module.p(name), twin.p(name)
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-3 * lr, msg=name)
+            for mine, theirs in zip(adamw.moments[native._PARAMS.index(name)], (opt.state[b]["exp_avg"],
+                                                                                 opt.state[b]["exp_avg_sq"])):
+                torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item(), msg=name)
+    assert adamw.steps == 3 and adamw.moments[0] is None
+    assert torch.equal(module.p("embed.W_E"), start.p("embed.W_E"))  # frozen weights are not stepped
+    assert (module.p("unembed.W_U") - start.p("unembed.W_U")).abs().mean() > 1e-2  # three steps of ~lr
+
+
+def test_adamw_refuses_a_model_it_was_not_built_for():
+    task, module, batch = _problem("topk-uniform", *SHAPES["tiny"])
+    _, other, _ = _problem("topk-uniform", 5, 1, 16, 5, 3, 2)
+    adamw = native.AdamW(module)
+    index, probs = task.sparse_kl_target(batch)
+    with pytest.raises(ValueError, match="not the ones"):
+        native.train_step(other, batch.inputs["tokens"], batch.inputs["weights"], index, probs, adamw=adamw, lr=0.1)
+    assert adamw.steps == 0
+
+
 def test_extreme_logits_stay_finite():
     task, module, batch = _problem("topk-uniform", 30, 2, 16, 16, 10, 2)
     with torch.no_grad():

@@ -185,8 +185,7 @@ def _run(bf16: bool, want: bool, tokens: Tensor, weights: Tensor, params: list[T
         raise IndexError(f"native kernel: a token or target index is out of range (inputs < {Vin}, outputs < {V})")
     if status != 0:
         raise MemoryError("native kernel: out of memory for its scratch buffers")
-    # The kernel sums the cross-entropy -sum p z + logsumexp(z); the KL adds the entropy sum p log p.
-    return ((loss + torch.xlogy(probs, probs).sum((1, 2), dtype=torch.float64)) / B).to(torch.float32)
+    return (loss / B).to(torch.float32)
 
 
 class _Mlp1KL(torch.autograd.Function):
@@ -218,7 +217,7 @@ def _checked(module: torch.nn.Module, *tensors: Tensor) -> list[Tensor]:
     params = [module.p(name) for name in _PARAMS]  # type: ignore[operator]
     if any(t.requires_grad for t in tensors):
         raise ValueError("native kernel: it gives no gradient for tokens, input weights or targets; detach them")
-    if any(t.device.type != "cpu" for t in (*params, *tensors)):
+    if not all(t.is_cpu for t in (*params, *tensors)):
         raise ValueError("native kernel: every tensor must be on the CPU")
     if any(p.dtype != torch.float32 for p in params):
         raise TypeError("native kernel: the weights must be float32")

@@ -58,8 +58,8 @@ INSTANCES = (1, 4, 16)
 
 def trainer_steps(regime: dict[str, int], n_steps: int, n: int) -> int:
     """Steps per measurement for N instances: the plain loop's samples (n_steps / N steps), but at
-    least `min_steps` (capped by n_steps). Each call of the trainer's loop builds its optimiser,
-    scheduler and generators (~2 ms, once per training run in real use); in the small regime 40
+    least `min_steps` (capped by n_steps). Each call of the trainer's loop builds its optimiser
+    state and generators (~2 ms, once per training run in real use); in the small regime 40
     steps keep that a few per cent of a measurement instead of a fifth."""
     return max(min(regime["min_steps"], n_steps), n_steps // n, 2)
 

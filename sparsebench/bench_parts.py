@@ -40,7 +40,7 @@ class StepParts:
     def __init__(self, task: Any, d: int, m: int, batch: int, n: int, native: tuple[str, ...] = ()):
         import torch
 
-        from sparsebench.training import Step, TrainConfig, init_models, seed_generator
+        from sparsebench.training import TrainConfig, init_models, seed_generator
 
         seeds = list(range(n))
         models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, seeds)

@@ -1,5 +1,6 @@
 /* One training step's forward and backward of stacked `mlp1` with the sparse-target KL loss,
- * fused into one pass over blocks of 8 batch rows (the CPU "native" kernel, sparsebench/native.py).
+ * fused into one pass over blocks of 8 batch rows (the CPU "native" kernel, sparsebench/native.py),
+ * optionally followed by each instance's AdamW step while its gradients are in cache (`adamw`).
  *
  * Per instance n and batch row b (docs/science.md section 2; sparsebench/models/mlp.py):
  *   x  = sum_s w_bs E[t_bs]                      [d]

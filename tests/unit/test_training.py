@@ -270,16 +270,15 @@ def test_lr_schedule_without_warmup():
 
 
 def test_optimizer_follows_the_schedule(task):
-    """The lr the optimiser actually used at each step is lr * lr_factor(step)."""
-    cfg = TrainConfig(steps=8, batch_size=8, lr=0.1, warmup=3)
-    models = init_models(task, "mlp1", MODEL, [0])
-    from sparsebench.training import make_optimizer
+    """The lr the trainer's step gives the optimiser at step i is lr * lr_factor(i)."""
+    from sparsebench.training import Step
 
-    opt = make_optimizer(list(models[0].parameters()), cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    cfg = TrainConfig(steps=8, batch_size=8, lr=0.1, warmup=3)
+    module = init_models(task, "mlp1", MODEL, [0])[0]
+    step = Step(module, task, cfg, torch.device("cpu"), False)
+    gen = seed_generator(0, "data")
     seen = []
-    for _ in range(cfg.steps):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    for i in range(cfg.steps):
+        step(task.sample(cfg.batch_size, generator=gen), i)
+        seen.append(step.opt.param_groups[0]["lr"])
     assert seen == pytest.approx([0.1 * lr_factor(s, cfg) for s in range(cfg.steps)])

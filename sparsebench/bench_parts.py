@@ -17,9 +17,10 @@ multi-process rows from above (it also assumes processes do not slow each other;
 with more processes than cores, bench.py counts the rounds they take turns in).
 
 Where the native kernel runs (`sparsebench.native`), its one call (model and loss, forward
-and backward: the work of "model" + "loss") and the whole step with it (sample, then one call
-that also takes the AdamW step) are timed too, in fp32 and with bf16 matmuls: what a compiled
-kernel actually reached, next to the ceiling.
+and backward: the work of "model" + "loss"), its sampler (`native.topk_batch`: the same batch
+as "sample") and the whole step with both (sample, then one call that also takes the AdamW
+step) are timed too, in fp32 and with bf16 matmuls: what compiled code actually reached, next
+to the ceiling.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import time
 from typing import Any, Callable
 
 PARTS = ("sample", "model", "loss", "optimiser")
-# Timed when the native kernel runs here: its one call (model and loss, forward and backward) and the
-# whole step with it, in fp32 and with bf16 matmuls.
-NATIVE_PARTS = ("model + loss, native", "step, native", "model + loss, native bf16", "step, native bf16")
+# Timed when the native kernel runs here: its sampler, its one call (model and loss, forward and
+# backward) and the whole step with both, in fp32 and with bf16 matmuls.
+NATIVE_PARTS = ("sample, native", "model + loss, native", "step, native", "model + loss, native bf16",
+                "step, native bf16")
 
 
 class StepParts:
@@ -84,7 +86,8 @@ class StepParts:
 
     def step(self, path: bool | str = True, precision: str = "fp32") -> None:
         """One whole training step as the trainer takes it: sample, then `Step` (at step 0's lr)."""
-        self.stepper(path, precision)(self.task.sample_stacked(self.batch, generators=self.gens), 0)
+        step = self.stepper(path, precision)
+        step(step.sample(self.gens), 0)
 
     def parts(self) -> dict[str, Callable[[], Any]]:
         """The parts as calls. model and loss return their gradients (autograd.grad) instead of
@@ -108,6 +111,10 @@ class StepParts:
             tag = " bf16" if bf16 else ""
             native[f"model + loss, native{tag}"] = call
             native[f"step, native{tag}"] = lambda precision=precision: self.step("native", precision)
+        if self.native:
+            from sparsebench.native import topk_batch
+
+            native["sample, native"] = lambda: topk_batch(self.task, self.batch, self.gens)
         return {
             "sample": lambda: self.task.sample_stacked(self.batch, generators=self.gens),
             "model": lambda: torch.autograd.grad(self.module.residual(**self.fixed.inputs), body, self.grad_r),

@@ -40,9 +40,10 @@ from torch import Tensor
 from sparsebench.config import stable_hash
 from sparsebench.errors import UserError
 
-# No -march=native: a cache folder may be shared by machines with different CPUs.
-FLAGS = ("-O3", "-mavx512f", "-mavx512bf16", "-mfma", "-shared", "-fPIC")
-SOURCE = "mlp1_kl.c"
+# No -march=native: a cache folder may be shared by machines with different CPUs. No FMA contraction
+# of plain C expressions: topk_sample.c must round as torch does (the kernel's FMAs are intrinsics).
+FLAGS = ("-O3", "-mavx512f", "-mavx512bf16", "-mfma", "-ffp-contract=off", "-shared", "-fPIC")
+SOURCES = ("mlp1_kl.c", "topk_sample.c")  # in sparsebench/csrc, built into one library
 KERNELS = ("torch", "native")  # the values of `--kernel`
 
 
@@ -63,22 +64,24 @@ def _cpu_reason(bf16: bool = False) -> str | None:
 
 
 def _build(cache: Path) -> Path:
-    source = resources.files("sparsebench").joinpath("csrc", SOURCE).read_text()
+    sources = {name: resources.files("sparsebench").joinpath("csrc", name).read_text() for name in SOURCES}
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
         raise UserError(f"no C compiler ({compiler!r} not found; set CC)")
-    out = cache / "native" / f"mlp1_kl-{stable_hash({'source': source, 'flags': FLAGS, 'cc': compiler})}.so"
+    out = cache / "native" / f"mlp1_kl-{stable_hash({'sources': sources, 'flags': FLAGS, 'cc': compiler})}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src = Path(tmp) / SOURCE
-        src.write_text(source)
+        paths = [Path(tmp) / name for name in sources]
+        for path in paths:
+            path.write_text(sources[path.name])
         lib = Path(tmp) / out.name
-        done = subprocess.run([compiler, *FLAGS, "-o", str(lib), str(src), "-lm"], capture_output=True, text=True)
+        done = subprocess.run([compiler, *FLAGS, "-o", str(lib), *map(str, paths), "-lm"], capture_output=True,
+                              text=True)
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["(no output)"])[0]
-            raise UserError(f"{compiler} could not build {SOURCE}: {first}")
+            raise UserError(f"{compiler} could not build {' '.join(SOURCES)}: {first}")
         os.replace(lib, out)  # atomic: a concurrent build of the same file just replaces it whole
     return out
 
@@ -95,6 +98,10 @@ def _library() -> ctypes.CDLL:
     fn = lib.sb_mlp1_kl
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_int] * 11 + [ctypes.c_void_p] * 20 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+    sample = lib.sb_topk_from_uniforms
+    sample.restype = ctypes.c_int
+    sample.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
+                       *[ctypes.c_void_p] * 3]
     return lib
 
 
@@ -289,3 +296,33 @@ def mlp1_kl(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: Ten
     bf16: the logits, dL/dr and dL/dW_U matmuls take bf16 operands (fp32 accumulation)."""
     params = _checked(module, tokens, weights, index, probs)
     return _Mlp1KL.apply(bf16, torch.is_grad_enabled(), tokens, weights, *params, index, probs)
+
+
+def samples(task: Any) -> bool:
+    """Whether `topk_batch` draws this task's batches: a built-in top-k task whose sampling is not
+    overridden (its target may be anything: it is computed from the weights by the task)."""
+    from sparsebench.tasks.topk import TopKUniform
+
+    cls = type(task)
+    return isinstance(task, TopKUniform) and all(
+        getattr(cls, name) is getattr(TopKUniform, name) for name in ("sample_stacked", "_uniforms", "_from_uniforms"))
+
+
+def topk_batch(task: Any, n: int, generators: list[torch.Generator]) -> Any:
+    """`task.sample_stacked(n, generators=generators)` on the CPU for a task that `samples` covers,
+    bitwise the same batch: each generator draws the task's uniforms with torch, as the task does,
+    and `csrc/topk_sample.c` turns them into tokens and weights in one call instead of ~45 torch ops.
+    Ties between two of a sample's order uniforms (probability ~k^2 2^-54) are broken by position."""
+    from sparsebench.api import Batch
+
+    c = task.config
+    u = torch.empty(len(generators), n, 3 * c.k, dtype=torch.float64)  # [inst, n, 3k]
+    for row, g in zip(u, generators):
+        torch.rand(n, 3 * c.k, generator=g, dtype=torch.float64, out=row)
+    tokens = torch.empty(len(generators), n, c.k, dtype=torch.long)
+    weights = torch.empty(len(generators), n, c.k, dtype=torch.float32)
+    status = _library().sb_topk_from_uniforms(u.shape[0] * n, c.k, c.V, c.w_lo, c.w_hi - c.w_lo, u.data_ptr(),
+                                              tokens.data_ptr(), weights.data_ptr())
+    if status != 0:
+        raise MemoryError("native sampler: out of memory")
+    return Batch({"tokens": tokens, "weights": weights}, task.target_probs(weights))

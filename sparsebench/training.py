@@ -38,7 +38,7 @@ from sparsebench.build import make_model, stackable
 from sparsebench.config import check, stable_hash
 from sparsebench.fused import supports_fused, unembed_kl
 from sparsebench.native import AdamW as NativeAdamW
-from sparsebench.native import check_kernel, train_step
+from sparsebench.native import check_kernel, samples, topk_batch, train_step
 from sparsebench.native import supports as native_supports
 
 ADAM_EPS = 1e-8  # AdamW's epsilon (torch's default), on either path
@@ -227,11 +227,12 @@ def step_loss(module: torch.nn.Module, task: Task, batch: Any, cfg: TrainConfig,
 class Step:
     """One training step as a call, step(batch, i) -> the per-instance mean loss (detached): the
     gradients of the batch, then AdamW with the learning rate of step i (warm-up and cosine,
-    `lr_factor`).
+    `lr_factor`); `sample(generators)` draws the stacked batch for it.
 
     fused: False or True as in `step_loss` (autograd, then torch's AdamW, `self.opt`), or "native":
     one call of the native kernel, which also takes the AdamW step (`native.AdamW`). Its gradients
-    overwrite each .grad in place (no autograd graph, no zeroing, no new buffers).
+    overwrite each .grad in place (no autograd graph, no zeroing, no new buffers), and a built-in
+    top-k task's batches are drawn by `native.topk_batch` (bitwise the task's own batches).
     """
 
     def __init__(self, module: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device,
@@ -241,6 +242,12 @@ class Step:
         self.native = NativeAdamW(module, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                                   eps=ADAM_EPS) if fused == "native" else None
         self.opt = None if self.native else make_optimizer(params, cfg)
+
+    def sample(self, generators: list[torch.Generator]) -> Any:
+        """The next stacked batch, one generator per instance (`Task.sample_stacked`)."""
+        if self.native is not None and samples(self.task):
+            return topk_batch(self.task, self.cfg.batch_size, generators)
+        return self.task.sample_stacked(self.cfg.batch_size, generators=generators, device=self.device)
 
     def __call__(self, batch: Any, i: int) -> torch.Tensor:
         lr = self.cfg.lr * lr_factor(i, self.cfg)
@@ -268,7 +275,7 @@ def _optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list
     bar = tqdm(range(cfg.steps), desc=label, disable=not progress, leave=False, mininterval=0.5)
     for step in bar:
         if stacked:
-            batch = task.sample_stacked(cfg.batch_size, generators=gens, device=device)
+            batch = step_fn.sample(gens)
         else:
             batch = task.sample(cfg.batch_size, generator=gens[0], device=device)
         per_instance = step_fn(batch, step)

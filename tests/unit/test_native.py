@@ -183,6 +183,43 @@ def test_the_trainers_native_step_follows_the_schedule():
         assert torch.equal(p, q), name
 
 
+@pytest.mark.parametrize("name,config", [
+    ("topk-uniform", {"V": 500, "k": 5}),
+    ("topk-conditional", {"V": 37, "k": 9, "w_lo": 0.3, "w_hi": 2.7}),
+    ("topk-conditional", {"V": 6, "k": 6, "target": "softmax", "beta": 3.0}),  # k = V: every token
+])
+def test_the_native_sampler_draws_the_tasks_own_batches(name, config):
+    task = make_task(name, config)
+    assert native.samples(task)
+    ours, theirs = ([seed_generator(s, "data") for s in range(3)] for _ in range(2))
+    for n in (256, 7, 1):  # the generators move on: three batches in a row
+        a, b = task.sample_stacked(n, generators=theirs), native.topk_batch(task, n, ours)
+        for key in ("tokens", "weights"):
+            assert a.inputs[key].dtype == b.inputs[key].dtype and torch.equal(a.inputs[key], b.inputs[key]), key
+        assert torch.equal(a.target, b.target)
+
+
+def test_the_native_sampler_breaks_order_ties_by_position_as_torch_does():
+    task = make_task("topk-uniform", {"V": 50, "k": 4})
+    u = torch.rand(2000, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    u[:, 4:8] = torch.randint(0, 2, (2000, 4), generator=torch.Generator().manual_seed(1)).double() / 2  # ties
+    expected = task._from_uniforms(u).inputs["tokens"]
+    tokens, weights = torch.empty(2000, 4, dtype=torch.long), torch.empty(2000, 4)
+    native._library().sb_topk_from_uniforms(2000, 4, 50, 1.0, 1.0, u.data_ptr(), tokens.data_ptr(), weights.data_ptr())
+    assert torch.equal(tokens, expected)
+
+
+def test_tasks_that_sample_their_own_way_keep_their_sampler():
+    from sparsebench.tasks.topk import TopKUniform
+
+    class Shifted(TopKUniform):
+        def _from_uniforms(self, u):
+            return super()._from_uniforms(u)
+
+    assert not native.samples(Shifted(make_task("topk-uniform", {"V": 20, "k": 2}).config))
+    assert not native.samples(object())  # not a top-k task at all
+
+
 def test_adamw_refuses_a_model_it_was_not_built_for():
     task, module, batch = _problem("topk-uniform", *SHAPES["tiny"])
     _, other, _ = _problem("topk-uniform", 5, 1, 16, 5, 3, 2)

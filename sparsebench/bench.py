@@ -31,8 +31,9 @@ optimiser are not counted, so the figure is a lower bound on the work done):
 The plain loop is what a blog post would write: an `nn.Module` (Embedding, two
 Linear layers, Linear unembedding), AdamW with default settings, the full
 log-softmax and `F.kl_div` against a dense [batch, V] target, one model at a time.
-It draws its batches with the same task sampler as the trainer, so the comparison
-measures the training machinery, not the sampler.
+It draws its batches with the task's own (torch) sampler, as the torch-path trainer rows
+do; the native rows draw the same batches, bitwise, with the native sampler
+(`native.topk_batch`), which is part of what `--kernel native` speeds up.
 """
 
 from __future__ import annotations

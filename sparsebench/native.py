@@ -3,7 +3,8 @@
 `csrc/mlp1_kl.c` computes, for stacked `mlp1` (one residual ReLU block) and a task with a sparse
 KL target (`fused.supports_fused`), the per-instance loss and the gradients of every weight in one
 pass over blocks of 8 batch rows (the maths is in the C file's header), and for the trainer also
-each instance's AdamW step (`AdamW`). It is the same arithmetic
+each instance's AdamW step (`AdamW`); `csrc/topk_sample.c` turns a top-k task's uniforms into its
+batch (`topk_batch`, bitwise the task's own). It is the same arithmetic
 as the torch path in fp32, summed in another order (and with a polynomial exp2), so weights trained
 with it differ from the torch path's in the last bits, as they do across thread counts
 (docs/performance.md).

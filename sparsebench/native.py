@@ -98,7 +98,10 @@ def _library() -> ctypes.CDLL:
         raise UserError(f"cannot build or load the kernel under {cache_root() / 'native'}: {e}") from None
     fn = lib.sb_mlp1_kl
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int] * 11 + [ctypes.c_void_p] * 20 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+    fn.argtypes = [ctypes.c_int] * 11 + [ctypes.c_void_p] * 22
+    check = lib.sb_check_indices
+    check.restype = ctypes.c_int
+    check.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64] * 2
     sample = lib.sb_topk_from_uniforms
     sample.restype = ctypes.c_int
     sample.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
@@ -168,18 +171,21 @@ def _shapes(tokens: Tensor, weights: Tensor, params: list[Tensor], index: Tensor
 
 
 def _run(bf16: bool, want: bool, tokens: Tensor, weights: Tensor, params: list[Tensor], index: Tensor,
-         probs: Tensor, grads: list[Tensor] | None, adam: tuple[Any, ...] = (None, 0, None, None)) -> Tensor:
+         probs: Tensor, grads: list[Tensor | None] | None, adam: tuple[Any, ...] = (None, None, None)) -> Tensor:
     """One kernel call: per-instance mean loss [N] (float32); if `want`, the gradients of each
-    instance's mean loss written into `grads` (contiguous float32 tensors shaped like `params`);
-    `adam` (from `AdamW._args`) makes each instance then take an AdamW step in place."""
+    instance's mean loss written into `grads` (contiguous float32 tensors shaped like `params`; None
+    skips a weight); `adam` (from `AdamW._args`) makes each instance then take an AdamW step in place.
+    Shapes and indices are checked first: a bad batch raises before any weight or gradient changes."""
     N, B, S, Vin, d, m, V, k = _shapes(tokens, weights, params, index, probs)
     params = [a.detach().contiguous() for a in params]  # (AdamW._args checked that updated ones are)
     index, probs = index.to(torch.long).contiguous(), probs.to(torch.float32).contiguous()
     tokens, weights = tokens.to(torch.long).contiguous(), weights.to(torch.float32).contiguous()
-    outs = grads if want and grads is not None else [torch.empty(0)] * 7
-    loss = torch.empty(N, dtype=torch.float64)
     lib = _library()
-    ptrs = [t.data_ptr() for t in (tokens, weights, *params, index, probs, loss, *outs)]
+    if lib.sb_check_indices(tokens.numel(), tokens.data_ptr(), Vin, index.numel(), index.data_ptr(), V) != 0:
+        raise IndexError(f"native kernel: a token or target index is out of range (inputs < {Vin}, outputs < {V})")
+    outs = grads if want and grads is not None else [None] * 7
+    loss = torch.empty(N, dtype=torch.float64)
+    ptrs = [None if t is None else t.data_ptr() for t in (tokens, weights, *params, index, probs, loss, *outs)]
 
     def run(n0: int, n1: int) -> int:  # ctypes releases the GIL: calls on other instances run in parallel
         return lib.sb_mlp1_kl(n0, n1, B, S, Vin, d, m, V, k, int(want), int(bf16), *ptrs, *adam)
@@ -190,8 +196,6 @@ def _run(bf16: bool, want: bool, tokens: Tensor, weights: Tensor, params: list[T
         status = min(f.result() for f in [_pool(threads).submit(run, *b) for b in bounds])
     else:
         status = run(0, N)
-    if status == -1:
-        raise IndexError(f"native kernel: a token or target index is out of range (inputs < {Vin}, outputs < {V})")
     if status != 0:
         raise MemoryError("native kernel: out of memory for its scratch buffers")
     return (loss / B).to(torch.float32)
@@ -203,7 +207,8 @@ class _Mlp1KL(torch.autograd.Function):
         # tokens, weights [N, B, S]; args = E [N, Vin, d], W_in [N, d, m], b_in [N, m], W_out [N, m, d],
         # b_out [N, d], W_U [N, d, V], b_U [N, V], index [N, B, k], probs [N, B, k]  ->  mean loss [N]
         want = grad_mode and any(ctx.needs_input_grad[4:11])  # (grad mode is always off in here)
-        grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in args[:7]] if want else None
+        grads = [torch.empty_like(p, memory_format=torch.contiguous_format) if ctx.needs_input_grad[4 + i] else None
+                 for i, p in enumerate(args[:7])] if want else None
         loss = _run(bf16, want, tokens, weights, list(args[:7]), args[7], args[8], grads)
         # The gradients of each instance's mean loss. Kept as a plain attribute and handed over in
         # backward (not save_for_backward): with no other reference left, autograd can make them the
@@ -218,7 +223,7 @@ class _Mlp1KL(torch.autograd.Function):
             raise RuntimeError("native kernel: one backward per forward (its gradients were handed over already)")
         if not bool((grad_out == 1).all()):  # training backpropagates loss.sum(): all ones, nothing to scale
             c = grad_out.view(-1, 1, 1)  # [N]
-            grads = [g * (c if g.dim() == 3 else c.view(-1, 1)) for g in grads]
+            grads = [None if g is None else g * (c if g.dim() == 3 else c.view(-1, 1)) for g in grads]
         return (None, None, None, None, *grads, None, None)
 
 
@@ -249,22 +254,22 @@ class AdamW:
         if any(p.requires_grad and not p.is_contiguous() for p in params):
             raise ValueError("native AdamW: trainable weights must be contiguous (it updates them in place)")
         self.betas, self.weight_decay, self.eps, self.steps = betas, weight_decay, eps, 0
-        self.shapes = [p.shape for p in params]
-        self.mask = sum(1 << i for i, p in enumerate(params) if p.requires_grad)
+        # The weights it was built for (their memory, and which of them train), to refuse any others.
+        self._weights = [(p.data_ptr(), p.shape, p.requires_grad) for p in params]
         # (exp_avg, exp_avg_sq) per weight, None for frozen ones, as torch.optim.AdamW's state
         self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) if p.requires_grad else None for p in params]
-        self._m = (ctypes.c_void_p * 7)(*[mv[0].data_ptr() if mv else None for mv in self.moments])
-        self._v = (ctypes.c_void_p * 7)(*[mv[1].data_ptr() if mv else None for mv in self.moments])
 
     def _args(self, params: list[Tensor], lr: float) -> tuple[Any, ...]:
-        """The kernel's AdamW arguments for the next step (counting it)."""
-        if [p.shape for p in params] != self.shapes or any(p.requires_grad and not p.is_contiguous() for p in params):
-            raise ValueError("native AdamW: the model's weights are not the ones this optimiser was built for")
-        self.steps += 1
+        """The kernel's AdamW arguments for the next step (`steps + 1`; the caller counts it once the
+        step is taken)."""
+        if [(p.data_ptr(), p.shape, p.requires_grad) for p in params] != self._weights:
+            raise ValueError("native AdamW: these are not the weights this optimiser was built for "
+                             "(another model, or weights frozen or unfrozen since)")
         b1, b2 = self.betas
-        hyper = (lr * self.weight_decay, 1 - b1, b2, 1 - b2, lr / (1 - b1**self.steps),
-                 1 / math.sqrt(1 - b2**self.steps), self.eps)
-        return (ctypes.c_double * 7)(*hyper), self.mask, self._m, self._v
+        t = self.steps + 1
+        hyper = (lr * self.weight_decay, 1 - b1, b2, 1 - b2, lr / (1 - b1**t), 1 / math.sqrt(1 - b2**t), self.eps)
+        m, v = ((ctypes.c_void_p * 7)(*[mv[i].data_ptr() if mv else None for mv in self.moments]) for i in (0, 1))
+        return (ctypes.c_double * 7)(*hyper), m, v
 
 
 def train_step(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: Tensor, probs: Tensor, *,
@@ -272,22 +277,23 @@ def train_step(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: 
     """`mlp1_kl`'s forward and backward without autograd, for the trainer: every trainable weight's
     `.grad` is overwritten with the gradient of the sum over instances of their mean losses (the
     buffers are reused from step to step, so set_to_none zeroing is not needed). With `adamw`, each
-    instance then takes an AdamW step at learning rate `lr` in the same call. Returns the
-    per-instance mean loss [N], detached.
+    instance then takes an AdamW step at learning rate `lr` in the same call. Frozen weights get no
+    gradient (none is computed). Returns the per-instance mean loss [N], detached.
 
-    An IndexError (a token or target out of range) leaves the instances before the bad one stepped."""
+    Bad input (shapes, indices, other weights than `adamw`'s) raises before anything changes."""
     params = _checked(module, tokens, weights, index, probs)
-    grads = []
-    for p in params:
-        if p.requires_grad:
-            if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
-                p.grad = torch.empty_like(p, memory_format=torch.contiguous_format)
-            grads.append(p.grad)
-        else:  # frozen (a fixed embedding, a disabled bias): computed, then dropped
-            grads.append(torch.empty_like(p, memory_format=torch.contiguous_format))
-    if adamw is None:
-        return _run(bf16, True, tokens, weights, params, index, probs, grads)
-    return _run(bf16, True, tokens, weights, params, index, probs, grads, adamw._args(params, lr))
+    adam = adamw._args(params, lr) if adamw is not None else (None, None, None)
+    grads: list[Tensor | None] = [p.grad if p.requires_grad else None for p in params]
+    fresh = {}  # new .grad buffers, given to the weights only once the kernel has filled them
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if p.requires_grad and (g is None or g.shape != p.shape or not g.is_contiguous()):
+            grads[i] = fresh[i] = torch.empty_like(p, memory_format=torch.contiguous_format)
+    loss = _run(bf16, True, tokens, weights, params, index, probs, grads, adam)
+    for i, g in fresh.items():
+        params[i].grad = g
+    if adamw is not None:
+        adamw.steps += 1
+    return loss
 
 
 def mlp1_kl(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: Tensor, probs: Tensor, *,

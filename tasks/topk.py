@@ -139,7 +139,9 @@ class TopKUniform(Task):
         """u: [..., n, 3k] uniforms -> a batch with the same leading dims."""
         c = self.config
         tokens = floyd_sample(u[..., : c.k], c.V)  # [..., n, k]
-        order = u[..., c.k: 2 * c.k].argsort(dim=-1)  # a random permutation per sample
+        # A random permutation per sample. Stable, so that tied uniforms (probability ~k^2 2^-54 per
+        # sample) are ordered by position on every device and by the native sampler alike.
+        order = u[..., c.k: 2 * c.k].argsort(dim=-1, stable=True)
         tokens = tokens.gather(-1, order)
         weights = (c.w_lo + (c.w_hi - c.w_lo) * u[..., 2 * c.k:]).float()  # [..., n, k]
         return Batch({"tokens": tokens, "weights": weights}, self.target_probs(weights))

@@ -46,7 +46,8 @@ INLINE __mmask16 tail(int n) {
 /* 2^x for x <= 0: degree-5 minimax polynomial on the fraction (relative error 7.5e-8 before
  * float rounding, ~2e-7 after), exponent via scalef. */
 INLINE __m512 exp2_ps(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-126.f));
+    x = _mm512_max_ps(_mm512_set1_ps(-126.f), x); /* (in this order a NaN passes through: maxps returns
+                                                   * its second operand when either is NaN) */
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n); /* [-0.5, 0.5] */
     __m512 p = _mm512_set1_ps(1.3276472454890609e-3f);
@@ -359,19 +360,20 @@ static double softmax_row(float *z, int V, int k, const int64_t *idx, const floa
  * E [N, Vin, d]; W_in [N, d, m]; b_in [N, m]; W_out [N, m, d]; b_out [N, d]; W_U [N, d, V];
  * b_U [N, V]; idx [N, B, k] (int64); p [N, B, k]. Writes loss[n] = the batch's summed loss (double).
  * If want_grad, writes the gradients of the batch *mean* loss into the g* arrays (same shapes as
- * the weights). bf16: the three V-sized matmuls (logits, dL/dr, dL/dW_U) take
- * bf16 operands with fp32 accumulation (needs AVX512-BF16); everything else stays fp32.
- * If adam is not NULL (it needs want_grad), each instance then takes one AdamW step (`adamw`, with
- * hyper-parameters adam[0..6]) right after its gradients, while they are in cache: weight i
- * (0 = E .. 6 = b_U, in argument order) is updated if bit i of adam_mask is set, with its moments
- * in am[i], av[i] (shaped like it). Weights are read-only otherwise.
- * Returns 0, -1 if an index is out of range, -2 if memory ran out. */
+ * the weights); a NULL one (a frozen weight) is skipped. bf16: the three V-sized matmuls (logits,
+ * dL/dr, dL/dW_U) take bf16 operands with fp32 accumulation (needs AVX512-BF16); everything else
+ * stays fp32. If adam is not NULL (it needs want_grad), each instance then takes one AdamW step
+ * (`adamw`, with hyper-parameters adam[0..6]) right after its gradients, while they are in cache:
+ * every weight whose gradient is computed (i = 0 for E .. 6 for b_U, in argument order), with its
+ * moments in am[i], av[i] (shaped like it). Weights are read-only otherwise.
+ * Inputs are trusted: native.py checks shapes, and indices with `sb_check_indices`, before the call.
+ * Returns 0, or -2 if memory ran out. */
 int sb_mlp1_kl(int n0, int n1, int B, int S, int Vin, int d, int m, int V, int k, int want_grad, int bf16,
                const int64_t *tokens, const float *wts, float *E, float *W_in, float *b_in,
                float *W_out, float *b_out, float *W_U, float *b_U,
                const int64_t *idx, const float *p, double *loss, float *gE, float *gW_in, float *gb_in,
                float *gW_out, float *gb_out, float *gW_U, float *gb_U,
-               const double *adam, int adam_mask, float *const *am, float *const *av) {
+               const double *adam, float *const *am, float *const *av) {
     const int Vs = (V + 15) & ~15; /* logits row stride: rows start 64-byte apart */
     const int d2 = (d + 1) / 2, V2 = (V + 1) / 2; /* bf16 pairs along d and along V */
     const float scale = 1.0f / (float)B;           /* gradients are of the batch mean */
@@ -389,30 +391,21 @@ int sb_mlp1_kl(int n0, int n1, int B, int S, int Vin, int d, int m, int V, int k
      * along d [ROWS, d2]; r f as pairs across rows [ROWS/2, d]; e as pairs along V [ROWS, V2] */
     uint32_t *Wp = (uint32_t *)(WiT + (size_t)m * d), *WTp = Wp + (size_t)d2 * V, *rb = WTp + (size_t)V2 * d;
     uint32_t *rp = rb + ROWS * d2, *gb = rp + ROWS / 2 * d;
-    int status = 0;
-    for (int n = n0; n < n1 && status == 0; n++) {
+    float *const W[7] = {E, W_in, b_in, W_out, b_out, W_U, b_U};
+    float *const G[7] = {gE, gW_in, gb_in, gW_out, gb_out, gW_U, gb_U};
+    const int64_t size[7] = {(int64_t)Vin * d, (int64_t)d * m, m, (int64_t)m * d, d, (int64_t)d * V, V};
+    for (int n = n0; n < n1; n++) {
         const int64_t *tok = tokens + (int64_t)n * B * S, *ix = idx + (int64_t)n * B * k;
         const float *w = wts + (int64_t)n * B * S, *pn = p + (int64_t)n * B * k;
         const float *En = E + (int64_t)n * Vin * d, *Wi = W_in + (int64_t)n * d * m, *bi = b_in + (int64_t)n * m;
         const float *Wo = W_out + (int64_t)n * m * d, *bo = b_out + (int64_t)n * d;
         const float *WU = W_U + (int64_t)n * d * V, *bU = b_U + (int64_t)n * V;
-        for (int64_t i = 0; i < (int64_t)B * S; i++)
-            if (tok[i] < 0 || tok[i] >= Vin) status = -1;
-        for (int64_t i = 0; i < (int64_t)B * k; i++)
-            if (ix[i] < 0 || ix[i] >= V) status = -1;
-        if (status) break;
-        float *gEn = gE + (int64_t)n * Vin * d, *gWin = gW_in + (int64_t)n * d * m, *gbin = gb_in + (int64_t)n * m;
-        float *gWon = gW_out + (int64_t)n * m * d, *gbon = gb_out + (int64_t)n * d;
-        float *gWUn = gW_U + (int64_t)n * d * V, *gbUn = gb_U + (int64_t)n * V;
-        if (want_grad) { /* this instance's gradients start at zero */
-            memset(gEn, 0, sizeof(float) * Vin * d);
-            memset(gWin, 0, sizeof(float) * d * m);
-            memset(gbin, 0, sizeof(float) * m);
-            memset(gWon, 0, sizeof(float) * m * d);
-            memset(gbon, 0, sizeof(float) * d);
-            memset(gWUn, 0, sizeof(float) * d * V);
-            memset(gbUn, 0, sizeof(float) * V);
+        float *g[7]; /* this instance's gradients (NULL: not wanted), starting at zero */
+        for (int i = 0; i < 7; i++) {
+            g[i] = want_grad && G[i] ? G[i] + n * size[i] : NULL;
+            if (g[i]) memset(g[i], 0, sizeof(float) * size[i]);
         }
+        float *gEn = g[0], *gWin = g[1], *gbin = g[2], *gWon = g[3], *gbon = g[4], *gWUn = g[5], *gbUn = g[6];
         /* base-2 logits come straight out of the matmul: exp2 is cheaper than exp */
         for (int64_t i = 0; i < (int64_t)d * V; i++) WU2[i] = WU[i] * LOG2E;
         for (int v = 0; v < V; v++) bU2[v] = bU[v] * LOG2E;
@@ -467,27 +460,28 @@ int sb_mlp1_kl(int n0, int n1, int B, int S, int Vin, int d, int m, int V, int k
             }
             if (!want_grad) continue;
             /* backward: g = (softmax - p*) / B = f e row by row (softmax_row) */
-            sum_rows(rows, V, z, Vs, f, gbUn);
+            if (gbUn) sum_rows(rows, V, z, Vs, f, gbUn);
             for (int r = 0; r < rows; r++)
                 for (int j = 0; j < d; j++) rs[r * d + j] = r1[r * d + j] * f[r];
             memset(dr, 0, sizeof(float) * ROWS * d);
             if (bf16) {
                 pairs_across_rows(ROWS, d, rs, d, rp, d);
-                gemm_tn_bf(rows, d, V, rp, z, Vs, gWUn, V);
+                if (gWUn) gemm_tn_bf(rows, d, V, rp, z, Vs, gWUn, V);
                 pairs_along_row(rows, V, z, Vs, gb, V2);
                 gemm_nn_bf(rows, V2, d, gb, V2, WTp, d, dr, d, NULL);
             } else {
-                gemm_tn(rows, d, V, rs, d, z, Vs, gWUn, V);
+                if (gWUn) gemm_tn(rows, d, V, rs, d, z, Vs, gWUn, V);
                 gemm_nn(rows, V, d, z, Vs, WUT, d, dr, d, NULL);
             }
             scale_rows(rows, d, dr, d, f);
-            sum_rows(rows, d, dr, d, NULL, gbon);
-            gemm_tn(rows, m, d, a, m, dr, d, gWon, d);
+            if (gbon) sum_rows(rows, d, dr, d, NULL, gbon);
+            if (gWon) gemm_tn(rows, m, d, a, m, dr, d, gWon, d);
             memset(da, 0, sizeof(float) * ROWS * m);
             gemm_nn(rows, d, m, dr, d, WoT, m, da, m, NULL);
             for (int i = 0; i < rows * m; i++) da[i] = a[i] > 0 ? da[i] : 0;
-            sum_rows(rows, m, da, m, NULL, gbin);
-            gemm_tn(rows, d, m, x, d, da, m, gWin, m);
+            if (gbin) sum_rows(rows, m, da, m, NULL, gbin);
+            if (gWin) gemm_tn(rows, d, m, x, d, da, m, gWin, m);
+            if (!gEn) continue;
             memcpy(dx, dr, sizeof(float) * ROWS * d);
             gemm_nn(rows, m, d, da, m, WiT, d, dx, d, NULL);
             for (int r = 0; r < rows; r++)
@@ -503,15 +497,21 @@ int sb_mlp1_kl(int n0, int n1, int B, int S, int Vin, int d, int m, int V, int k
                 }
         }
         loss[n] = total;
-        if (!adam || !want_grad) continue;
-        float *const W[7] = {E, W_in, b_in, W_out, b_out, W_U, b_U};
-        float *const G[7] = {gE, gW_in, gb_in, gW_out, gb_out, gW_U, gb_U};
-        const int64_t size[7] = {(int64_t)Vin * d, (int64_t)d * m, m, (int64_t)m * d, d, (int64_t)d * V, V};
+        if (!adam) continue;
         for (int i = 0; i < 7; i++)
-            if (adam_mask >> i & 1) {
+            if (g[i]) {
                 const int64_t o = n * size[i];
-                adamw(size[i], W[i] + o, G[i] + o, am[i] + o, av[i] + o, adam);
+                adamw(size[i], W[i] + o, g[i], am[i] + o, av[i] + o, adam);
             }
     }
-    return status;
+    return 0;
+}
+
+/* 0 if every token is in [0, Vin) and every target index in [0, V) (tokens [nt], idx [ni]), else -1:
+ * checked once before the kernel runs, so a bad batch changes no weight. */
+int sb_check_indices(int64_t nt, const int64_t *tokens, int64_t Vin, int64_t ni, const int64_t *idx, int64_t V) {
+    int64_t bad = 0;
+    for (int64_t i = 0; i < nt; i++) bad |= (tokens[i] < 0) | (tokens[i] >= Vin);
+    for (int64_t i = 0; i < ni; i++) bad |= (idx[i] < 0) | (idx[i] >= V);
+    return bad ? -1 : 0;
 }

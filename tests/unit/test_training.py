@@ -277,8 +277,13 @@ def test_optimizer_follows_the_schedule(task):
     module = init_models(task, "mlp1", MODEL, [0])[0]
     step = Step(module, task, cfg, torch.device("cpu"), False)
     gen = seed_generator(0, "data")
-    seen = []
+    seen, update = [], step.opt.step
+
+    def recorded() -> None:  # the lr in force when the update is taken
+        seen.append(step.opt.param_groups[0]["lr"])
+        update()
+
+    step.opt.step = recorded
     for i in range(cfg.steps):
         step(task.sample(cfg.batch_size, generator=gen), i)
-        seen.append(step.opt.param_groups[0]["lr"])
     assert seen == pytest.approx([0.1 * lr_factor(s, cfg) for s in range(cfg.steps)])

@@ -170,8 +170,11 @@ def _shapes(tokens: Tensor, weights: Tensor, params: list[Tensor], index: Tensor
     return N, B, S, Vin, d, m, V, k
 
 
+_NO_ADAM = (None, None, None)  # the kernel's AdamW arguments (hyper-parameters, moments) for no step
+
+
 def _run(bf16: bool, want: bool, tokens: Tensor, weights: Tensor, params: list[Tensor], index: Tensor,
-         probs: Tensor, grads: list[Tensor | None] | None, adam: tuple[Any, ...] = (None, None, None)) -> Tensor:
+         probs: Tensor, grads: list[Tensor | None] | None, adam: tuple[Any, ...] = _NO_ADAM) -> Tensor:
     """One kernel call: per-instance mean loss [N] (float32); if `want`, the gradients of each
     instance's mean loss written into `grads` (contiguous float32 tensors shaped like `params`; None
     skips a weight); `adam` (from `AdamW._args`) makes each instance then take an AdamW step in place.
@@ -282,7 +285,7 @@ def train_step(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: 
 
     Bad input (shapes, indices, other weights than `adamw`'s) raises before anything changes."""
     params = _checked(module, tokens, weights, index, probs)
-    adam = adamw._args(params, lr) if adamw is not None else (None, None, None)
+    adam = adamw._args(params, lr) if adamw is not None else _NO_ADAM
     grads: list[Tensor | None] = [p.grad if p.requires_grad else None for p in params]
     fresh = {}  # new .grad buffers, given to the weights only once the kernel has filled them
     for i, (p, g) in enumerate(zip(params, grads)):
@@ -317,15 +320,13 @@ def samples(task: Any) -> bool:
 
 def topk_batch(task: Any, n: int, generators: list[torch.Generator]) -> Any:
     """`task.sample_stacked(n, generators=generators)` on the CPU for a task that `samples` covers,
-    bitwise the same batch: each generator draws the task's uniforms with torch, as the task does,
+    bitwise the same batch: each generator draws the task's uniforms with the task's own `_uniforms`,
     and `csrc/topk_sample.c` turns them into tokens and weights in one call instead of ~45 torch ops.
     Ties between two of a sample's order uniforms (probability ~k^2 2^-54) are broken by position."""
     from sparsebench.api import Batch
 
     c = task.config
-    u = torch.empty(len(generators), n, 3 * c.k, dtype=torch.float64)  # [inst, n, 3k]
-    for row, g in zip(u, generators):
-        torch.rand(n, 3 * c.k, generator=g, dtype=torch.float64, out=row)
+    u = torch.stack([task._uniforms(n, g, "cpu") for g in generators])  # [inst, n, 3k], as sample_stacked draws
     tokens = torch.empty(len(generators), n, c.k, dtype=torch.long)
     weights = torch.empty(len(generators), n, c.k, dtype=torch.float32)
     status = _library().sb_topk_from_uniforms(u.shape[0] * n, c.k, c.V, c.w_lo, c.w_hi - c.w_lo, u.data_ptr(),

@@ -238,14 +238,14 @@ class Step:
     def __init__(self, module: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device,
                  fused: bool | str):
         self.module, self.task, self.cfg, self.device, self.fused = module, task, cfg, device, fused
-        params = [p for p in module.parameters() if p.requires_grad]
         self.native = NativeAdamW(module, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                                   eps=ADAM_EPS) if fused == "native" else None
-        self.opt = None if self.native else make_optimizer(params, cfg)
+        self.opt = None if self.native else make_optimizer([p for p in module.parameters() if p.requires_grad], cfg)
+        self.native_sampler = self.native is not None and samples(task)  # decided once, not per step
 
     def sample(self, generators: list[torch.Generator]) -> Any:
         """The next stacked batch, one generator per instance (`Task.sample_stacked`)."""
-        if self.native is not None and samples(self.task):
+        if self.native_sampler:
             return topk_batch(self.task, self.cfg.batch_size, generators)
         return self.task.sample_stacked(self.cfg.batch_size, generators=generators, device=self.device)
 

@@ -156,8 +156,8 @@ def test_adamw_in_the_kernel_equals_torch_adamw_on_its_gradients(shape):
         for name in native._PARAMS[1:]:
             a, b = module.p(name).detach(), twin.p(name).detach()
             assert ((a - b).abs() <= 16 * eps * b.abs().clamp(min=lr)).all(), name
-            for mine, theirs in zip(adamw.moments[native._PARAMS.index(name)], (opt.state[twin.p(name)]["exp_avg"],
-                                                                                 opt.state[twin.p(name)]["exp_avg_sq"])):
+            state = opt.state[twin.p(name)]
+            for mine, theirs in zip(adamw.moments[native._PARAMS.index(name)], (state["exp_avg"], state["exp_avg_sq"])):
                 assert ((mine - theirs).abs() <= 8 * eps * theirs.abs() + 1e-30).all(), name
     assert adamw.steps == 3 and adamw.moments[0] is None
     assert torch.equal(module.p("embed.W_E"), start.p("embed.W_E"))  # frozen weights are not stepped

@@ -20,6 +20,9 @@ from typing import Any
 import torch
 
 from sparsebench.api import Task
+from sparsebench.build import make_model
+from sparsebench.config import to_dict
+from sparsebench.training import seed_generator
 
 
 class Null(ABC):
@@ -36,10 +39,6 @@ class Untrained(Null):
     description = "same architecture and config, initial weights of the same seed"
 
     def make(self, trained, task, *, seed, generator):
-        from sparsebench.build import make_model
-        from sparsebench.config import to_dict
-        from sparsebench.training import seed_generator
-
         device = next(trained.parameters()).device
         model = make_model(trained.name, to_dict(trained.config), task, generator=seed_generator(seed, "init"))
         return model.to(device).eval()

@@ -5,14 +5,14 @@ Solutions board
     with its training config, or a mechanism's construction) at every width,
     each metric as mean, spread (sample standard deviation over seeds, ddof=1;
     undefined for one seed) and n (seeds). At each width the best solver per
-    metric is flagged. Direction per metric: `METRIC_DIRECTION` (lower is
-    better unless listed; `weight_leak` is best nearest 0).
+    metric is flagged. Each metric's direction ("higher", "lower", "zero":
+    nearest 0) and the metrics' order are the task's own, read from its records
+    (`frames.metric_directions`).
 
-    A trained solver's config usually scales with width (`d_model = width`,
-    `d_mlp = 2 * width`). So that one solver forms one series across widths, a
-    numeric config field is rewritten relative to the width (`2w`) when, among
-    that solver's records, it takes fewer distinct ratios to the width than
-    distinct values; a field that stays fixed keeps its absolute value.
+    A trained solver's width fields (recorded with the model: e.g. `d_model`
+    and `d_mlp` follow the width) are left out of its series key and shown as
+    `w`, so one solver forms one series across widths; every other config field
+    keeps its value.
 
 Explanations board
     Per trained-model configuration (task, model name + config, train config):
@@ -21,7 +21,7 @@ Explanations board
 
     Ranking rule:
     * per probe: mechanisms whose probe applies are ranked by the mean of the
-      probe's main score (by its `higher_is_better`); n/a ranks nowhere.
+      probe's main score (in its recorded direction); n/a ranks nowhere.
     * margin of a score, per seed: value minus the strongest null model of that
       seed (the null that scores best: max if higher is better, min otherwise),
       signed so positive means "better than every null"; then mean ± std. A
@@ -40,60 +40,34 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sparsebench.leaderboard.records import RecordWarning, config_label
+from sparsebench.leaderboard.frames import config_label
+from sparsebench.records import RecordWarning
 
-METRIC_DIRECTION = {"topk_mass": "max", "exact_set": "max", "target_corr": "max", "weight_leak": "abs"}
-METRIC_ORDER = ["kl", "tv", "fp_rate", "fp_per_sample", "fp_any", "topk_mass", "exact_set", "weight_leak",
-                "target_corr"]
-SOLUTION_META = {"task", "task_version", "task_config", "task_key", "solver_type", "solver", "solver_config",
-                 "train_config", "width", "seed", "id", "date", "path", "oracle"}
+ARROWS = {"lower": "↓", "higher": "↑", "zero": "→0"}
 
 
-def direction(metric: str) -> str:
-    """'min', 'max' or 'abs' (best nearest zero)."""
-    return METRIC_DIRECTION.get(metric, "min")
+def metric_columns(df: pd.DataFrame, directions: dict[str, dict[str, str]]) -> list[str]:
+    """The metrics of a solutions frame: every task's declared metrics in their order, then any other."""
+    present = {c[len("metric_"):] for c in df.columns if c.startswith("metric_")}
+    order: list[str] = []
+    for dirs in directions.values():
+        order += [m for m in dirs if m in present and m not in order]
+    return order + sorted(present - set(order))
 
 
-def metric_columns(df: pd.DataFrame) -> list[str]:
-    """The metric columns of a solutions frame, well-known ones first."""
-    cols = [c for c in df.columns if c not in SOLUTION_META and not c.startswith("theory_")]
-    return [m for m in METRIC_ORDER if m in cols] + sorted(c for c in cols if c not in METRIC_ORDER)
-
-
-def _goodness(values: pd.Series, metric: str) -> pd.Series:
-    """Larger is better."""
-    d = direction(metric)
-    return values if d == "max" else (-values.abs() if d == "abs" else -values)
+def goodness(values: pd.Series, direction: str) -> pd.Series:
+    """Larger is better: the values turned by their direction ("higher", "lower", "zero")."""
+    return values if direction == "higher" else (-values.abs() if direction == "zero" else -values)
 
 
 def _spread(x: pd.Series) -> float:
     x = x.dropna()
     return float(x.std(ddof=1)) if len(x) > 1 else math.nan
-
-
-def _ratio_text(r: Fraction) -> str:
-    return "w" if r == 1 else (f"{r.numerator}w" if r.denominator == 1 else f"{r.numerator}w/{r.denominator}")
-
-
-def _scale_configs(configs: list[dict[str, Any]], widths: list[int]) -> list[dict[str, Any]]:
-    """Rewrite width-scaled numeric fields as ratios to the width (see the module docstring)."""
-    keys = sorted({k for c in configs for k in c})
-    out = [dict(c) for c in configs]
-    for k in keys:
-        vals = [c.get(k) for c in configs]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
-            continue
-        ratios = [Fraction(v, w) for v, w in zip(vals, widths)]
-        if len(set(vals)) > 1 and len(set(ratios)) < len(set(vals)):
-            for c, r in zip(out, ratios):
-                c[k] = _ratio_text(r)
-    return out
 
 
 def _differing_keys(configs: list[dict[str, Any]]) -> list[str]:
@@ -115,12 +89,15 @@ def add_series(sol: pd.DataFrame) -> pd.DataFrame:
     df = sol.copy()
     if df.empty:
         return df.assign(series=pd.Series(dtype=str), label=pd.Series(dtype=str))
-    df["series"] = ""
-    df["norm_config"] = ""
-    for _, idx in df.groupby(["task_key", "solver_type", "solver", "train_config"], sort=False).groups.items():
-        sub = df.loc[idx]
-        cfgs = _scale_configs([json.loads(c) for c in sub["solver_config"]], list(sub["width"]))
-        df.loc[idx, "norm_config"] = [json.dumps(c, sort_keys=True) for c in cfgs]
+
+    def norm(config: str, width_fields: str) -> str:  # width fields follow the width: shown as "w"
+        c = json.loads(config)
+        for f in filter(None, width_fields.split(",")):
+            if f in c:
+                c[f] = "w"
+        return json.dumps(c, sort_keys=True)
+
+    df["norm_config"] = [norm(c, w) for c, w in zip(df["solver_config"], df["width_fields"])]
     df["series"] = df["solver_type"] + "|" + df["solver"] + "|" + df["norm_config"] + "|" + df["train_config"]
     df["label"] = ""
     for _, idx in df.groupby(["task_key", "solver_type", "solver"], sort=False).groups.items():
@@ -149,19 +126,20 @@ def _dedupe_seeds(df: pd.DataFrame, keys: list[str], what: str) -> pd.DataFrame:
     return df
 
 
-def solutions_board(sol: pd.DataFrame) -> pd.DataFrame:
+def solutions_board(sol: pd.DataFrame, directions: dict[str, dict[str, str]]) -> pd.DataFrame:
     """Aggregate over seeds: one row per (task, series, width).
 
     Columns: task_key, task, task_label, series, label, solver_type, solver, width,
     n_seeds, and per metric `<m>_mean`, `<m>_std`, `<m>_n`, `<m>_best` (bool: best mean
-    at this width for this task; ties all flagged); `theory_<t>_mean` where present.
+    at this width for this task, in the task's direction for it; ties all flagged; a
+    metric the task did not declare is never "best"); `theory_<t>_mean` where present.
     """
     if sol.empty:
         return pd.DataFrame()
     df = add_series(sol)
     keys = ["task_key", "series", "width"]
     df = _dedupe_seeds(df, keys, "solution")
-    metrics = metric_columns(sol)
+    metrics = metric_columns(sol, directions)
     theory = sorted(c for c in df.columns if c.startswith("theory_"))
     rows = []
     for (tk, series, width), g in df.groupby(keys, sort=True):
@@ -173,7 +151,7 @@ def solutions_board(sol: pd.DataFrame) -> pd.DataFrame:
                "solver": first["solver"], "solver_config": first["solver_config"],
                "train_config": first["train_config"], "width": int(width), "n_seeds": int(g["seed"].nunique())}
         for m in metrics:
-            x = g[m].dropna()
+            x = g[f"metric_{m}"].dropna() if f"metric_{m}" in g else pd.Series(dtype=float)
             row[f"{m}_mean"] = float(x.mean()) if len(x) else math.nan
             row[f"{m}_std"] = _spread(x)
             row[f"{m}_n"] = int(len(x))
@@ -184,7 +162,9 @@ def solutions_board(sol: pd.DataFrame) -> pd.DataFrame:
     board = pd.DataFrame(rows)
     for m in metrics:
         # An oracle (given the answer) is shown but never "best": it is an upper bound, not a solver.
-        good = _goodness(board[f"{m}_mean"], m).where(~board["oracle"])
+        dirs = board["task_key"].map(lambda tk: directions.get(tk, {}).get(m))
+        good = pd.Series([goodness(pd.Series([v]), d).iloc[0] if d else math.nan
+                          for v, d in zip(board[f"{m}_mean"], dirs)], index=board.index).where(~board["oracle"])
         best = good.groupby([board["task_key"], board["width"]]).transform("max")
         board[f"{m}_best"] = good.notna() & np.isclose(good, best, rtol=1e-12, atol=0.0)
     return board.sort_values(["task_label", "width", "kl_mean" if "kl" in metrics else "label", "label"],
@@ -214,19 +194,19 @@ GROUP_KEYS = ["task_key", "model", "model_config", "train_config"]
 
 
 def _margin(row: pd.Series, null_cols: list[str]) -> float:
-    """Main score minus the strongest null model (a probe's own nulls are shown, not used)."""
-    own = {c for c in null_cols if isinstance(row.get(f"own{c}"), (bool, np.bool_)) and bool(row.get(f"own{c}"))}
-    nulls = [row[c] for c in null_cols if not pd.isna(row[c]) and c not in own]
+    """Main score minus the strongest null model, turned by the score's direction (+ is better)."""
+    nulls = [row[c] for c in null_cols if not pd.isna(row[c])]
     if pd.isna(row["value"]) or not nulls:
         return math.nan
-    return float(row["value"] - max(nulls)) if row["higher_is_better"] else float(min(nulls) - row["value"])
+    good = lambda v: goodness(pd.Series([v]), row["direction"]).iloc[0]  # noqa: E731
+    return float(good(row["value"]) - max(good(v) for v in nulls))
 
 
 def explanations_board(exp: pd.DataFrame) -> pd.DataFrame:
     """Aggregate probe scores over seeds: one row per (model group, mechanism, probe, score).
 
     Columns: the GROUP_KEYS, task_label, group_label, width, mechanism, mechanism_config,
-    mech_label, probe, score, is_main, higher_is_better, status ("ok", "n/a", or the
+    mech_label, probe, score, is_main, direction, status ("ok", "n/a", or the
     recorded status when no seed scored), reason, n (seeds scored), n_na (seeds where
     the probe did not apply), value_mean, value_std, `null_<x>_mean` per null,
     margin_mean, margin_std, probe_rank (main scores only; 1 = best).
@@ -235,6 +215,7 @@ def explanations_board(exp: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     df = exp.copy()
     null_cols = sorted(c for c in df.columns if c.startswith("null_"))
+    own_cols = sorted(c for c in df.columns if c.startswith("own_"))
     df["margin"] = df.apply(_margin, axis=1, null_cols=null_cols) if len(df) else math.nan
     df = _dedupe_seeds(df, GROUP_KEYS + ["mechanism", "mechanism_config", "probe", "score"], "explanation")
     # A probe that did not apply has one row with score = its main (or ""); align it with the ok rows.
@@ -252,26 +233,26 @@ def explanations_board(exp: pd.DataFrame) -> pd.DataFrame:
         if ok.empty:
             status = "n/a" if len(other) == 0 else str(other["status"].iloc[0])
             reasons = sorted({r for r in g["reason"] if r})
-            rows.append({**base, "score": first["score"], "is_main": True, "higher_is_better": True,
+            rows.append({**base, "score": first["score"], "is_main": True, "direction": "higher",
                          "status": status, "reason": "; ".join(reasons), "n": 0, "value_mean": math.nan,
-                         "value_std": math.nan, **{f"{c}_mean": math.nan for c in null_cols},
+                         "value_std": math.nan, **{f"{c}_mean": math.nan for c in null_cols + own_cols},
                          "margin_mean": math.nan, "margin_std": math.nan})
             continue
         note = f"not applicable on {base['n_na']} seed(s)" if base["n_na"] else ""
         for score, s in ok.groupby("score", sort=True):
             rows.append({**base, "score": score, "is_main": bool(s["is_main"].iloc[0]),
-                         "higher_is_better": bool(s["higher_is_better"].iloc[0]), "status": "ok", "reason": note,
+                         "direction": str(s["direction"].iloc[0]), "status": "ok", "reason": note,
                          "n": int(s["value"].notna().sum()), "value_mean": float(s["value"].mean()),
                          "value_std": _spread(s["value"]),
                          **{f"{c}_mean": float(s[c].mean()) if s[c].notna().any() else math.nan
-                            for c in null_cols},
+                            for c in null_cols + own_cols},
                          "margin_mean": float(s["margin"].mean()) if s["margin"].notna().any() else math.nan,
                          "margin_std": _spread(s["margin"])})
     board = pd.DataFrame(rows)
     board["probe_rank"] = math.nan
     main_ok = board["is_main"] & (board["status"] == "ok") & board["value_mean"].notna()
     for _, g in board[main_ok].groupby(GROUP_KEYS + ["probe"]):
-        good = g["value_mean"].where(g["higher_is_better"], -g["value_mean"])
+        good = goodness(g["value_mean"], str(g["direction"].iloc[0]))
         board.loc[g.index, "probe_rank"] = good.rank(ascending=False, method="min")
     _label_groups(board)
     return board.sort_values(GROUP_KEYS + ["mech_label", "probe", "is_main", "score"],

@@ -71,20 +71,21 @@ def _num(x: Any) -> float | None:
 
 # ---------------------------------------------------------------------------- tables
 
-def solution_tables(board, best) -> list[Table]:
+def solution_tables(board, best, directions: dict[str, dict[str, str]]) -> list[Table]:
     """Per task: the full board (width × solver) and the best-at-width summary."""
-    from sparsebench.leaderboard.boards import direction
+    from sparsebench.leaderboard.boards import ARROWS
 
     if board is None or board.empty:
         return []
-    metrics = [c[: -len("_mean")] for c in board.columns
-               if c.endswith("_mean") and not c.startswith("theory_") and f"{c[:-5]}_best" in board.columns]
+    all_metrics = [c[: -len("_mean")] for c in board.columns
+                   if c.endswith("_mean") and not c.startswith("theory_") and f"{c[:-5]}_best" in board.columns]
     theory = [c for c in board.columns if c.startswith("theory_") and c.endswith("_mean")]
-    arrows = {"min": "↓", "max": "↑", "abs": "→0"}
     tables = []
     for tk, g in board.groupby("task_key", sort=False):
         label = g["task_label"].iloc[0]
-        cols = ["width", "solver", "type", "seeds"] + [f"{m} {arrows[direction(m)]}" for m in metrics]
+        dirs = directions.get(tk, {})
+        metrics = [m for m in all_metrics if g[f"{m}_mean"].notna().any()]
+        cols = ["width", "solver", "type", "seeds"] + [f"{m} {ARROWS.get(dirs.get(m, ''), '?')}" for m in metrics]
         cols += [f"{c[len('theory_'):-len('_mean')]} (theory)" for c in theory]
         t = Table("solutions", f"Solutions: {label}", cols,
                   note="mean ± std over seeds; ★ = best at this width; ↓ lower is better, ↑ higher, →0 nearest 0")
@@ -116,7 +117,7 @@ def explanation_tables(board, ranking) -> list[Table]:
     """Per trained-model configuration: the overall ranking and every probe score beside its nulls."""
     if board is None or board.empty:
         return []
-    from sparsebench.leaderboard.boards import GROUP_KEYS
+    from sparsebench.leaderboard.boards import ARROWS, GROUP_KEYS
 
     null_cols = sorted(c for c in board.columns if c.startswith("null_") and c.endswith("_mean"))
     tables = []
@@ -142,7 +143,7 @@ def explanation_tables(board, ranking) -> list[Table]:
                        "* = the probe's main score; probe rank by main score")
         for _, r in g.iterrows():
             ok = r["status"] == "ok"
-            arrow = ("↑" if r["higher_is_better"] else "↓") if ok else ""
+            arrow = ARROWS.get(r["direction"], "") if ok else ""
             score = f"{r['score']}{'*' if r['is_main'] and ok else ''} {arrow}".strip() if r["score"] else ""
             val = fmt_mean(r["value_mean"], r["value_std"]) if ok else ("n/a" if r["status"] == "n/a"
                                                                          else str(r["status"]))
@@ -158,8 +159,16 @@ def explanation_tables(board, ranking) -> list[Table]:
     return tables
 
 
-def board_tables(sol_board, best, exp_board, ranking) -> list[Table]:
-    return solution_tables(sol_board, best) + explanation_tables(exp_board, ranking)
+def board_tables(b: dict[str, Any]) -> list[Table]:
+    """Every display table of the boards `b` (`leaderboard.build_boards`)."""
+    tables = solution_tables(b["solutions"], b["best"], b["directions"]) + explanation_tables(b["explanations"],
+                                                                                             b["ranking"])
+    if b.get("not_applicable"):
+        t = Table("solutions", "Not applicable", ["task", "solver or mechanism", "why"],
+                  note="recorded as not applicable to the task's family: no number exists for these")
+        t.rows = [[Cell(r["task"]), Cell(r["what"]), Cell(r["reason"])] for r in b["not_applicable"]]
+        tables.append(t)
+    return tables
 
 
 # ---------------------------------------------------------------------------- formats

@@ -1,40 +1,40 @@
-"""Realistic synthetic result records (docs/records.md, schema 1), for tests and demos.
+"""Realistic synthetic result records (`sparsebench.records`, the current schema), for tests and demos.
 
 The numbers follow the science, not a measurement: the Bloom construction's
 false-positive rate falls exponentially in width (0.6185^(m/k)), JL's loss
 polynomially, trained mlp1 in between, with seed noise. Nothing here reads or
-trains a model.
+trains a model. Every record is built through the record schema and its ids
+through `records.record_id`, exactly as `evaluate` builds them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 from pathlib import Path
 from typing import Any
 
 from sparsebench.io import write_json
+from sparsebench.records import (SCHEMA_VERSION, CheckpointInfo, EvalInfo, ExplanationRecord, MechanismInfo,
+                                 ModelInfo, ProbeResult, Provenance, Score, SolutionRecord, Solver, TaskInfo,
+                                 record_id, to_json)
+from sparsebench.tasks.topk import TopKUniform
 
-TASK = {"name": "topk-uniform", "version": 1, "config": {"V": 1000, "k": 5, "w_lo": 1.0, "w_hi": 2.0}}
+DIRECTIONS = dict(TopKUniform.metric_directions)
+TASK = {"name": "topk-uniform", "version": 1, "family": "topk",
+        "config": {"V": 1000, "k": 5, "w_lo": 1.0, "w_hi": 2.0}, "metric_directions": list(DIRECTIONS.items())}
 TRAIN = {"steps": 2000, "batch_size": 1024, "lr": 0.01, "warmup": 100, "min_lr_frac": 0.0, "weight_decay": 0.0,
          "beta1": 0.9, "beta2": 0.999, "precision": "fp32"}
+EVAL = EvalInfo(n_samples=8192, probe_samples=2048, seed=10000019)
+PROVENANCE = Provenance(sparsebench_version="0.1.0", git_commit=None, torch_version="2.13.0+cpu", python="3.11.7",
+                        hostname="synthetic", device="cpu", wall_seconds=1.0, date="2026-11-22T03:00:00+00:00",
+                        plugins={"sparsebench": "0.1.0"})
 
 
-def _mlp_cfg(w: int) -> dict[str, Any]:
-    return {"d_model": w, "d_mlp": w, "n_layers": 1, "bias_in": True, "bias_out": True, "bias_unembed": True,
-            "embed": "learned", "init_scale": 1.0}
-
-
-def _envelope(kind: str, what: dict[str, Any], seed: int, width: int, task: dict[str, Any]) -> dict[str, Any]:
-    rid = hashlib.sha256(json.dumps({**what, "task": task, "seed": seed, "width": width, "kind": kind},
-                                    sort_keys=True).encode()).hexdigest()[:20]
-    return {"schema_version": 1, "kind": kind, "id": rid, "task": task, "width": width, "seed": seed,
-            "eval": {"n_samples": 8192, "seed": 10000019},
-            "provenance": {"sparsebench_version": "0.1.0", "git_commit": None, "torch_version": "2.13.0+cpu",
-                           "device": "cpu", "wall_seconds": 1.0, "date": "2026-11-22T03:00:00+00:00",
-                           "plugins": {"sparsebench": "0.1.0"}, "python": "3.11.7", "hostname": "synthetic"}}
+def _mlp(w: int) -> ModelInfo:
+    return ModelInfo(name="mlp1", width_fields=["d_model", "d_mlp"],
+                     config={"d_model": w, "d_mlp": w, "n_layers": 1, "bias_in": True, "bias_out": True,
+                             "bias_unembed": True, "embed": "learned", "init_scale": 1.0})
 
 
 def _metrics(kl: float, fp_rate: float, k: int, V: int, rng: random.Random) -> dict[str, float]:
@@ -46,9 +46,9 @@ def _metrics(kl: float, fp_rate: float, k: int, V: int, rng: random.Random) -> d
 
 
 def solution_records(widths=(16, 24, 32, 48, 64), seeds=(0, 1, 2), task: dict[str, Any] | None = None,
-                     rng_seed: int = 0) -> list[dict[str, Any]]:
-    task = task or TASK
-    k, V = task["config"]["k"], task["config"]["V"]
+                     rng_seed: int = 0) -> list[SolutionRecord]:
+    task_info = TaskInfo(**(task or TASK))
+    k, V = task_info.config["k"], task_info.config["V"]
     rng = random.Random(rng_seed)
     out = []
     for w in widths:
@@ -58,79 +58,87 @@ def solution_records(widths=(16, 24, 32, 48, 64), seeds=(0, 1, 2), task: dict[st
             noise = lambda s=0.05: math.exp(rng.gauss(0, s))  # noqa: E731
             kl_bloom = math.log(1 + bloom_fp * (V - k) / k)
             solvers = [
-                ({"type": "construction", "name": "bloom", "config": {"alpha": 20.0}}, None,
+                (Solver(type="construction", name="bloom", config={"alpha": 20.0}), None,
                  kl_bloom * noise(0.02), bloom_fp * noise(0.02), {"fp_rate": bloom_fp, "kl_limit": kl_bloom}),
-                ({"type": "construction", "name": "jl", "config": {"alpha": "fit"}}, None,
+                (Solver(type="construction", name="jl", config={"alpha": 0.0}), None,
                  3.0 * (w / 16) ** -0.8 * noise(), 0.02 * (w / 16) ** -1.1 * noise(), {}),
-                ({"type": "trained", "name": "mlp1", "config": _mlp_cfg(w)}, TRAIN,
+                (Solver(type="trained", name="mlp1", config=_mlp(w).config), TRAIN,
                  1.1 * kl_bloom * noise() + 0.05, 1.2 * bloom_fp * noise(), {}),
             ]
             for solver, train, kl, fpr, theory in solvers:
-                rec = _envelope("solution", {"solver": solver, "train": train}, seed, w, task)
-                rec.update(solver=solver, train=train,
-                           checkpoint={"key": "k", "sha256": "s"} if train else None,
-                           metrics=_metrics(kl, fpr, k, V, rng), theory=theory)
-                out.append(rec)
+                rid = record_id({"synthetic": "solution", "solver": solver.model_dump(), "task": task_info.name,
+                                 "config": task_info.config, "seed": seed, "width": w})
+                out.append(SolutionRecord(
+                    schema_version=SCHEMA_VERSION, kind="solution", id=rid, task=task_info, width=w, seed=seed,
+                    eval=EVAL, solver=solver, model=_mlp(w) if train else None, train=train,
+                    checkpoint=CheckpointInfo(key="k", sha256="s") if train else None,
+                    metrics=_metrics(kl, fpr, k, V, rng), theory=theory, provenance=PROVENANCE))
     return out
 
 
+def _probe(reads: list[str], main: str, scores: dict[str, Score], level: str) -> ProbeResult:
+    return ProbeResult(status="ok", level=level, reads=reads, main=main, scores=scores)  # type: ignore[arg-type]
+
+
 def explanation_records(width: int = 64, seeds=(0, 1, 2), task: dict[str, Any] | None = None,
-                        rng_seed: int = 1) -> list[dict[str, Any]]:
-    task = task or TASK
+                        rng_seed: int = 1) -> list[ExplanationRecord]:
+    task_info = TaskInfo(**(task or TASK))
     rng = random.Random(rng_seed)
     out = []
     for seed in seeds:
         j = lambda x, s=0.01: min(1.0, max(0.0, x + rng.gauss(0, s)))  # noqa: E731
+        na = ProbeResult(status="not_applicable", reason="jl predicts no hidden code")
         probes_by_mech = {
             "bloom": {
-                "hidden-code": {"status": "ok", "reads": ["blocks.0.mlp.hook_post"], "main": "f1", "scores": {
-                    "f1": {"value": j(0.99), "higher_is_better": True,
-                           "nulls": {"untrained": j(0.41, 0.03), "shuffled": j(0.52, 0.03)}},
-                    "precision": {"value": j(0.99), "higher_is_better": True,
-                                  "nulls": {"untrained": j(0.40, 0.03), "shuffled": j(0.5, 0.03)}}}},
-                "mask-agreement": {"status": "ok", "reads": [], "main": "jaccard", "scores": {
-                    "jaccard": {"value": j(0.998, 0.001), "higher_is_better": True,
-                                "nulls": {"untrained": j(0.12, 0.02), "shuffled": j(0.13, 0.02)}}}},
-                "patch-loss": {"status": "ok", "reads": ["blocks.0.mlp.hook_post"], "main": "kl_to_model",
-                               "scores": {"kl_to_model": {"value": 0.2 + rng.gauss(0, 0.02),
-                                                          "higher_is_better": False,
-                                                          "nulls": {"untrained": 2.5 + rng.gauss(0, 0.1)}}}},
+                "hidden-code": _probe(["blocks.0.mlp.hook_post"], "f1", {
+                    "f1": Score(value=j(0.99), direction="higher",
+                                nulls={"untrained": j(0.41, 0.03), "shuffled": j(0.52, 0.03)}),
+                    "precision": Score(value=j(0.99), direction="higher",
+                                       nulls={"untrained": j(0.40, 0.03), "shuffled": j(0.5, 0.03)})},
+                    "activations"),
+                "mask-agreement": _probe([], "jaccard", {
+                    "jaccard": Score(value=j(0.998, 0.001), direction="higher",
+                                     nulls={"untrained": j(0.12, 0.02), "shuffled": j(0.13, 0.02)})}, "weights"),
+                "patch-loss": _probe(["blocks.0.mlp.hook_post"], "kl_to_model", {
+                    "kl_to_model": Score(value=0.2 + rng.gauss(0, 0.02), direction="lower",
+                                         nulls={"untrained": 2.5 + rng.gauss(0, 0.1)})}, "causal"),
             },
             "jl": {
-                "hidden-code": {"status": "not_applicable", "reason": "jl predicts no hidden code"},
-                "mask-agreement": {"status": "not_applicable", "reason": "jl predicts no hidden code"},
-                "patch-loss": {"status": "ok", "reads": ["blocks.0.hook_resid_post"], "main": "kl_to_model",
-                               "scores": {"kl_to_model": {"value": 1.9 + rng.gauss(0, 0.1),
-                                                          "higher_is_better": False,
-                                                          "nulls": {"untrained": 2.5 + rng.gauss(0, 0.1)}}}},
+                "hidden-code": na,
+                "mask-agreement": na,
+                "patch-loss": _probe(["blocks.0.hook_resid_post"], "kl_to_model", {
+                    "kl_to_model": Score(value=1.9 + rng.gauss(0, 0.1), direction="lower",
+                                         nulls={"untrained": 2.5 + rng.gauss(0, 0.1)})}, "causal"),
             },
         }
         for mech, probes in probes_by_mech.items():
-            what = {"model": {"name": "mlp1", "config": _mlp_cfg(width)}, "mechanism": {"name": mech}}
-            rec = _envelope("explanation", what, seed, width, task)
-            rec.update(model={"name": "mlp1", "config": _mlp_cfg(width)}, train=TRAIN,
-                       checkpoint={"key": f"ck{seed}", "sha256": "s"}, mechanism={"name": mech, "config": {}},
-                       fit={"h_mean": 8.1, "sign": -1, "alpha": 6.2} if mech == "bloom" else {}, probes=probes)
-            out.append(rec)
+            rid = record_id({"synthetic": "explanation", "mechanism": mech, "task": task_info.name,
+                             "config": task_info.config, "seed": seed, "width": width})
+            out.append(ExplanationRecord(
+                schema_version=SCHEMA_VERSION, kind="explanation", id=rid, task=task_info, width=width, seed=seed,
+                eval=EVAL, model=_mlp(width), train=TRAIN, checkpoint=CheckpointInfo(key=f"ck{seed}", sha256="s"),
+                mechanism=MechanismInfo(name=mech, config={}),
+                fit={"h_mean": 8.1, "sign": -1, "alpha": 6.2} if mech == "bloom" else {},
+                nulls={"untrained": "initial weights", "shuffled": "embedding rows permuted"},
+                probes=probes, provenance=PROVENANCE))
     return out
 
 
-def write_records(folder: str | Path, records: list[dict[str, Any]]) -> list[Path]:
+def write_records(folder: str | Path, records: list[SolutionRecord | ExplanationRecord]) -> list[Path]:
     """Write records as `<folder>/<kind>/<id>.json` (the layout `sparsebench evaluate` uses)."""
     paths = []
     for rec in records:
-        p = Path(folder) / rec["kind"] / f"{rec['id']}.json"
-        write_json(p, rec)
+        p = Path(folder) / rec.kind / f"{rec.id}.json"
+        write_json(p, to_json(rec))
         paths.append(p)
     return paths
 
 
-def demo_records(evil: bool = True) -> list[dict[str, Any]]:
+def demo_records(evil: bool = True) -> list[SolutionRecord | ExplanationRecord]:
     """A full demo board; with `evil`, also a plugin task whose name is an HTML/JS injection."""
-    recs = solution_records() + explanation_records()
+    recs: list[Any] = solution_records() + explanation_records()
     if evil:
-        bad = {"name": "<script>alert(1)</script>", "version": 1, "config": {"V": 200, "k": 3, "w_lo": 1.0,
-                                                                              "w_hi": 2.0}}
+        bad = {**TASK, "name": "<script>alert(1)</script>", "config": {"V": 200, "k": 3, "w_lo": 1.0, "w_hi": 2.0}}
         recs += solution_records(widths=(8, 16, 24), seeds=(0, 1), task=bad, rng_seed=5)
         recs += explanation_records(width=16, seeds=(0,), task=bad)
     return recs

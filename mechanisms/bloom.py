@@ -46,7 +46,6 @@ from sparsebench.stats import minimize_log_scalar, two_means
 PRE_HOOK, POST_HOOK = "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post"  # [batch, (pos,) d_mlp]
 
 
-
 @dataclass(frozen=True)
 class BloomConfig:
     h: int = 0  # hash size (bits per token); 0 = task.optimal_hash_size(m), raised until C(m, h) >= V
@@ -157,6 +156,7 @@ class Bloom(Mechanism):
 
     Config = BloomConfig
     version = 1
+    families = ("topk",)
 
     def validate(self, task: Task, width: int) -> None:
         V, _, _ = _task_params(task)
@@ -224,7 +224,11 @@ class Bloom(Mechanism):
 
 
 class BloomFit(Fitted):
-    """A Bloom filter read off a model: hashes, output code, sign, fitted logit scale."""
+    """A Bloom filter read off a model: hashes, output code, sign, fitted logit scale.
+
+    Predicts everything the probes ask for: a token code (`api.HasTokenCode`), the hidden units'
+    activity (`PredictsHidden`), the candidate set and logits (`PredictsCandidates`,
+    `PredictsOutputs`) and an idealised hidden layer (`Patchable`)."""
 
     why_not = "bloom needs a model with an MLP layer"
 
@@ -237,7 +241,6 @@ class BloomFit(Fitted):
         self.r2_out = r2_out  # two-means R^2 of W_out @ W_U
         self.alpha_fit = float("nan")  # logit scale minimising KL(model || prediction) on the fit batch
         self.kl_fit = float("nan")  # that KL
-
 
     def summary(self) -> dict[str, float | int | str]:
         sizes = self.code.sum(1).float()

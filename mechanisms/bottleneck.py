@@ -121,6 +121,7 @@ class SoftmaxBottleneck(Mechanism):
 
     Config = BottleneckConfig
     version = 1
+    families = ("topk",)
     oracle = True  # r* is computed from the target set S and its probabilities: an upper bound, not a circuit
 
     def validate(self, task: Task, width: int) -> None:

@@ -50,6 +50,7 @@ class JL(Mechanism):
 
     Config = JLConfig
     version = 1
+    families = ("topk",)
 
     def validate(self, task: Task, width: int) -> None:
         check("mechanism", width >= 1, "width", f"must be at least 1 (got {width})")

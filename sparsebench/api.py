@@ -1,18 +1,27 @@
 """The interfaces every task, model, mechanism and probe implements.
 
-A task poses the problem (sampling, loss, metrics); a model answers it and
-exposes TransformerLens hooks; a mechanism is a candidate explanation that can
-both *construct* an exact solution and *fit* itself to a trained model; a probe
-scores a fitted explanation against a model through its weights and hooks.
-Nothing here assumes top-k: a Boolean clause task or a two-layer network fits
-the same shapes (inputs are a dict of tensors, targets are the task's own).
+A task poses the problem (sampling, loss, metrics) and names its *family* (the
+shape of its inputs and targets: "topk" for a weighted token set with a
+distribution over it as target, "clauses" for Boolean inputs with multi-label
+outputs, a plugin's own); a model answers it and exposes TransformerLens hooks;
+a mechanism is a candidate explanation that can both *construct* an exact
+solution and *fit* itself to a trained model; a probe scores a fitted
+explanation against a model through its weights and hooks.
+
+Nothing here assumes one family. Models are called `model(**batch.inputs)`;
+each task declares the direction of each of its metrics; each model declares
+which config fields a width sweep sets; each mechanism and probe declares the
+families it understands, and what a fitted explanation can predict is a set of
+small capability protocols (`PredictsOutputs`, `PredictsHidden`, ...) that a
+probe asks for, so a plugin mechanism offers what it can and the rest of its
+probes are recorded as not applicable.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -21,13 +30,16 @@ from sparsebench.config import from_dict, to_dict
 
 EVAL_SEED = 10_000_019  # held-out samples come from this seed, never a training seed
 
+Direction = Literal["higher", "lower", "zero"]  # which way a metric is better ("zero": nearest 0)
+DIRECTIONS: tuple[str, ...] = ("higher", "lower", "zero")
+
 
 @dataclass(frozen=True)
 class Batch:
     """A batch of samples. Leading dims may include an instance dim: [*inst, batch, ...]."""
 
     inputs: dict[str, Tensor]  # what the model is called with: model(**inputs)
-    target: Tensor  # the task's target, e.g. [*, batch, set] probabilities of the input tokens
+    target: Tensor  # the task's target, [*inst, batch, ...] (e.g. probabilities of the input tokens)
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch({k: v.to(device) for k, v in self.inputs.items()}, self.target.to(device))
@@ -36,15 +48,21 @@ class Batch:
         """Instance `i` of a stacked batch (drops the leading instance dim)."""
         return Batch({k: v[i] for k, v in self.inputs.items()}, self.target[i])
 
+    @staticmethod
+    def stack(batches: list["Batch"]) -> "Batch":
+        """One batch per instance -> one batch with a leading instance dim [inst, batch, ...]."""
+        return Batch({k: torch.stack([b.inputs[k] for b in batches]) for k in batches[0].inputs},
+                     torch.stack([b.target for b in batches]))
+
     def __len__(self) -> int:
-        return self.target.shape[-2]
+        return self.target.shape[-2] if self.target.dim() >= 2 else self.target.shape[0]
 
 
 class Configurable:
     """A class configured by a frozen dataclass `Config` defined next to it."""
 
     Config: ClassVar[type]
-    name: str = ""  # the registry name, set by `create`
+    name: str = ""  # the registry name, set by `build`
 
     @classmethod
     def make_config(cls, data: dict[str, Any] | None, where: str | None = None) -> Any:
@@ -55,10 +73,12 @@ class Configurable:
 
 
 class Task(Configurable, ABC):
-    """A sparse-output task: samples, a loss to train on, metrics to compare on."""
+    """A task: fresh samples, a loss to train on, metrics (each with its direction) to compare on."""
 
     version: ClassVar[int] = 1  # bump when sampling, loss or metrics change meaning
-    family: ClassVar[str] = "weighted-set"  # input/target shape family (probes check it)
+    family: ClassVar[str]  # input/target family: which models, mechanisms and probes understand it
+    # Every metric `metrics` returns, in display order, with the direction that is better.
+    metric_directions: ClassVar[dict[str, Direction]]
 
     def __init__(self, config: Any):
         self.config = config
@@ -66,28 +86,25 @@ class Task(Configurable, ABC):
     @property
     @abstractmethod
     def n_inputs(self) -> int:
-        """Size of the input vocabulary (rows of the embedding)."""
+        """Size of the input space (rows of a model's embedding W_E)."""
 
     @property
     @abstractmethod
     def n_outputs(self) -> int:
-        """Size of the output vocabulary (logits per sample)."""
+        """Logits per sample."""
 
     @property
-    @abstractmethod
-    def seq_len(self) -> int:
-        """Tokens per sample (the sequence length for transformers)."""
+    def seq_len(self) -> int | None:
+        """Tokens per sample for sequence models (None: the task's inputs are not a sequence)."""
+        return None
 
     @abstractmethod
     def sample(self, n: int, *, generator: torch.Generator, device: torch.device | str = "cpu") -> Batch:
-        """Draw `n` fresh samples onto `device` with `generator` (on any device; vectorised, no loop over samples)."""
+        """Draw `n` fresh samples onto `device` with `generator` (vectorised, no loop over samples).
 
-    def sample_stacked(self, n: int, *, generators: list[torch.Generator],
-                       device: torch.device | str = "cpu") -> Batch:
-        """One batch per generator, stacked on a leading instance dim: [inst, n, ...]."""
-        parts = [self.sample(n, generator=g, device=device) for g in generators]
-        return Batch({k: torch.stack([p.inputs[k] for p in parts]) for k in parts[0].inputs},
-                     torch.stack([p.target for p in parts]))
+        This is the only way the suite draws a task's data: training stacks one `sample` per
+        instance. A faster sampler may exist only in a speed backend that proves itself bitwise
+        equal to this method (`sparsebench.accel.sampling`)."""
 
     @abstractmethod
     def loss(self, logits: Tensor, batch: Batch) -> Tensor:
@@ -95,7 +112,7 @@ class Task(Configurable, ABC):
 
     @abstractmethod
     def metrics(self, logits: Tensor, batch: Batch) -> dict[str, float]:
-        """Every metric of the task, averaged over the batch (no instance dim)."""
+        """Every metric of `metric_directions`, averaged over the batch (no instance dim)."""
 
     def held_out(self, n: int, *, seed: int = EVAL_SEED, device: torch.device | str = "cpu") -> Batch:
         """A fixed evaluation batch from a seed no training run uses (drawn on the CPU: the same on any device)."""
@@ -104,17 +121,21 @@ class Task(Configurable, ABC):
 
 @runtime_checkable
 class SparseModel(Protocol):
-    """What probes and mechanisms may rely on (both mlp1 and the transformer provide it).
+    """What probes and mechanisms may rely on in a model (every built-in model provides it).
 
-    Hook names follow TransformerLens: `hook_embed`, `blocks.{l}.hook_resid_pre`,
-    `blocks.{l}.mlp.hook_pre`, `blocks.{l}.mlp.hook_post`, `blocks.{l}.hook_mlp_out`,
-    `blocks.{l}.hook_resid_post`. Weight views follow TransformerLens shapes.
+    Called as `model(**batch.inputs)`. Hook names follow TransformerLens (`hook_embed`,
+    `blocks.{l}.hook_resid_pre`, `blocks.{l}.mlp.hook_pre`, `blocks.{l}.mlp.hook_post`,
+    `blocks.{l}.hook_mlp_out`, `blocks.{l}.hook_resid_post`); `run_with_cache` returns a
+    TransformerLens `ActivationCache` and `cfg` is a TransformerLens config, so TL's own
+    tools (`cache["post", 0]`, `cache.accumulated_resid()`) work. Weight views have
+    TransformerLens shapes. `config` is the model's own frozen sparsebench config.
     """
 
-    config: Any  # the model's frozen config
+    config: Any  # the model's frozen sparsebench config
+    cfg: Any  # its TransformerLens config (n_layers, d_model, d_mlp, ...)
     n_layers: int
 
-    def __call__(self, tokens: Tensor, weights: Tensor) -> Tensor: ...  # -> logits [batch, n_outputs]
+    def __call__(self, **inputs: Tensor) -> Tensor: ...  # -> logits [batch, n_outputs]
     def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Any]: ...
     def run_with_hooks(self, *args: Any, **kwargs: Any) -> Tensor: ...
 
@@ -132,56 +153,88 @@ class SparseModel(Protocol):
     def b_U(self) -> Tensor: ...  # [n_outputs]
 
 
+class Model(Configurable):
+    """Class-level declarations every registered model makes (mixed into its nn.Module class)."""
+
+    families: ClassVar[tuple[str, ...]]  # task families whose inputs it reads
+    # Config fields a width sweep sets to the width (e.g. ("d_model", "d_mlp")); the first one is
+    # what the suite calls the model's width.
+    width_fields: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def width_of(cls, config: dict[str, Any]) -> int:
+        """The width of a model config: its first width field."""
+        return int(config[cls.width_fields[0]])
+
+
 def last_position(act: Tensor) -> Tensor:
     """Sequence models cache [batch, pos, ...]; set models cache [batch, ...]. Keep the readout position."""
     return act[:, -1] if act.dim() == 3 else act
 
 
 class Fitted(ABC):
-    """One mechanism's explanation of one model: what it predicts, for probes to check.
-
-    Each capability returns None when the mechanism makes no such prediction; a
-    probe that needs it then records "not applicable" with `why_not`, never a number.
-    """
+    """One mechanism's explanation of one model. What it predicts is declared by the capability
+    protocols below that its class implements; a probe asks for the ones it needs and records
+    "not applicable" (with `why_not`) when they are missing or return None for this model."""
 
     mechanism: str = ""  # registry name of the mechanism that produced this
+    why_not: str = ""  # one line: what this explanation does not predict (for 'not applicable')
 
     @abstractmethod
     def summary(self) -> dict[str, float | int | str]:
         """Scalars describing the fit (e.g. mean hash size, sign, scale) for the record."""
 
+
+@runtime_checkable
+class PredictsOutputs(Protocol):
+    """The explanation's own output for a batch."""
+
     def predict_logits(self, batch: Batch) -> Tensor | None:
-        """The mechanism's own logits for the batch: [batch, n_outputs]."""
-        return None
+        """[batch, n_outputs] logits (None: not for this model)."""
 
-    def token_code(self) -> Tensor | None:
-        """Per-token binary code over hidden units (e.g. Bloom hashes): [n_inputs, d_mlp] bool."""
-        return None
 
-    def output_code(self) -> Tensor | None:
-        """The code read off the output side (e.g. the mask of W_out @ W_U, transposed): [n_outputs, d_mlp] bool."""
-        return None
+@runtime_checkable
+class PredictsCandidates(Protocol):
+    """A top-k-family explanation that names its predicted top tier directly (e.g. Bloom's candidate set)."""
+
+    def predict_candidates(self, batch: Batch) -> Tensor:
+        """[batch, n_outputs] bool: the members plus the predicted false positives."""
+
+
+@runtime_checkable
+class PredictsHidden(Protocol):
+    """Which hidden units of layer 0 the explanation says are active."""
 
     def hidden_active(self, batch: Batch) -> Tensor | None:
-        """Which hidden units (layer 0) the mechanism says fire: [batch, d_mlp] bool."""
-        return None
+        """[batch, d_mlp] bool (None: not for this model)."""
 
-    def predict_candidates(self, batch: Batch) -> Tensor | None:
-        """The mechanism's predicted top tier (members plus predicted false positives): [batch, n_outputs] bool."""
-        return None
+
+@runtime_checkable
+class HasTokenCode(Protocol):
+    """A binary code over hidden units read off the input side (and the output side) of the weights."""
+
+    def token_code(self) -> Tensor:
+        """[n_inputs, d_mlp] bool."""
+
+    def output_code(self) -> Tensor:
+        """[n_outputs, d_mlp] bool (the output side's code, transposed to the input's layout)."""
+
+
+@runtime_checkable
+class Patchable(Protocol):
+    """An idealised activation at one hook, for causal probes."""
 
     def ideal_activation(self, batch: Batch) -> tuple[str, Tensor] | None:
-        """(hook name, idealised activation at that hook) for a causal patch, readout position only."""
-        return None
-
-    why_not: str = ""  # one line: what this mechanism does not predict (for 'not applicable')
+        """(hook name, the activation the explanation says that hook carries at the readout position)."""
 
 
 class Mechanism(Configurable, ABC):
     """A candidate explanation that can build an exact solution and fit itself to a model."""
 
     version: ClassVar[int] = 1
-    oracle: ClassVar[bool] = False  # True if its predictions are given the answer (the target set): an upper bound
+    families: ClassVar[tuple[str, ...]]  # task families it can construct for and fit on
+    # True if its predictions are given the answer (the target): an upper bound, shown but never ranked.
+    oracle: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
@@ -191,8 +244,16 @@ class Mechanism(Configurable, ABC):
 
     @abstractmethod
     def construct(self, task: Task, width: int, *, generator: torch.Generator) -> Any:
-        """A model of the same family with exact weights (width = residual width d)."""
+        """A model with exact weights whose width (its first `width_fields` entry) is `width`."""
 
     @abstractmethod
     def fit(self, model: Any, task: Task, *, generator: torch.Generator) -> Fitted:
         """Read the mechanism's parameters off a (trained) model."""
+
+
+def applies(entry: Any, task: Task) -> str | None:
+    """None if a mechanism, probe or model class understands `task`'s family, else a one-line reason."""
+    families = getattr(entry, "families", ())
+    if task.family in families:
+        return None
+    return f"understands task families {', '.join(families) or 'none'}, not {task.family!r}"

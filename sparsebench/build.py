@@ -21,11 +21,6 @@ def model_class(name: str) -> Any:
     return registry.models.get(name)
 
 
-def stackable(model_name: str) -> bool:
-    """Whether seeds of this model train together in one batched module (the class has `stacked`)."""
-    return hasattr(model_class(model_name), "stacked")
-
-
 def make_mechanism(name: str, config: dict[str, Any] | None = None) -> Any:
     """Mechanism `name` with its config validated (errors name the field)."""
     cls = registry.mechanisms.get(name)
@@ -45,18 +40,3 @@ def make_model(name: str, config: dict[str, Any] | None, task: Task, *,
     model = cls(cls.make_config(config, "model"), task, generator=generator)
     model.name = name
     return model
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' (or None) picks CUDA when present, else the CPU; anything else is taken as given."""
-    from sparsebench.errors import UserError
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise UserError(f"invalid device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available on this machine")
-    return dev

@@ -7,7 +7,8 @@ load instead of retraining, and any change trains anew. The folder is written
 under a temporary name and renamed when complete: a killed run leaves no
 half-written checkpoint, only a hidden temporary folder that is ignored.
 
-The cache root is `$SPARSEBENCH_CACHE`, else `~/.cache/sparsebench`.
+The cache root is the run context's (`--cache`, else `$SPARSEBENCH_CACHE`, else
+`~/.cache/sparsebench`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,20 +24,15 @@ import safetensors.torch
 import torch
 
 import sparsebench
-from sparsebench.api import Task
-from sparsebench.build import make_model, make_model_config, make_task, stackable
+from sparsebench.api import Task, applies
+from sparsebench.build import make_model, make_model_config, make_task, model_class
 from sparsebench.config import stable_hash, to_dict
+from sparsebench.context import RunContext
+from sparsebench.errors import UserError
 from sparsebench.io import atomic_path
-from sparsebench.parallel import split
-from sparsebench.training import TrainConfig, train
+from sparsebench.training import TrainConfig, stackable, train
 
 CACHE_FORMAT = 1  # bump when the checkpoint layout or training semantics change
-
-
-def cache_root(path: str | os.PathLike | None = None) -> Path:
-    if path is not None:
-        return Path(path)
-    return Path(os.environ.get("SPARSEBENCH_CACHE", Path.home() / ".cache" / "sparsebench"))
 
 
 @dataclass(frozen=True)
@@ -53,8 +48,12 @@ class RunSpec:
     @classmethod
     def create(cls, task: str, task_config: dict[str, Any] | None, model: str,
                model_config: dict[str, Any] | None, train: TrainConfig) -> "RunSpec":
-        """Validate and normalise every config (a bad one raises a ConfigError naming its field)."""
+        """Validate and normalise every config (a bad one raises a ConfigError naming its field); a model
+        that cannot read the task's inputs is a UserError."""
         t = make_task(task, task_config)
+        why = applies(model_class(model), t)
+        if why:
+            raise UserError(f"model {model!r} cannot train on task {task!r}: it {why}")
         m = to_dict(make_model_config(model, model_config))
         return cls(task, t.config_dict(), model, m, train)
 
@@ -96,10 +95,10 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load(spec: RunSpec, seed: int, *, device: torch.device, cache: Path | None = None) -> Checkpoint | None:
-    """The cached checkpoint of (spec, seed), or None if there is none."""
-    key = spec.key(seed)
-    folder = cache_root(cache) / "models" / key
+def load(spec: RunSpec, seed: int, ctx: RunContext) -> Checkpoint | None:
+    """The cached checkpoint of (spec, seed) on the context's device, or None if there is none."""
+    key, device = spec.key(seed), ctx.device
+    folder = ctx.cache_root / "models" / key
     weights, info_path = folder / "model.safetensors", folder / "run.json"
     if not (weights.exists() and info_path.exists()):
         return None
@@ -110,9 +109,9 @@ def load(spec: RunSpec, seed: int, *, device: torch.device, cache: Path | None =
     return Checkpoint(model, seed, key, file_sha256(weights), json.loads(info_path.read_text()))
 
 
-def save(spec: RunSpec, seed: int, model: Any, info: dict[str, Any], *, cache: Path | None = None) -> Checkpoint:
+def save(spec: RunSpec, seed: int, model: Any, info: dict[str, Any], ctx: RunContext) -> Checkpoint:
     key = spec.key(seed)
-    folder = cache_root(cache) / "models" / key
+    folder = ctx.cache_root / "models" / key
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
@@ -120,27 +119,28 @@ def save(spec: RunSpec, seed: int, model: Any, info: dict[str, Any], *, cache: P
     return Checkpoint(model, seed, key, file_sha256(folder / "model.safetensors"), info, trained=True)
 
 
-def train_or_load(spec: RunSpec, seeds: list[int], *, device: torch.device, cache: Path | None = None,
-                  progress: bool = True, workers: int = 1, kernel: str = "torch") -> list[Checkpoint]:
+def train_or_load(spec: RunSpec, seeds: list[int], ctx: RunContext) -> list[Checkpoint]:
     """One checkpoint per seed: cached ones load, the missing ones train and are saved.
 
-    Stackable models train all missing seeds together (split over `workers` single-threaded
-    processes on the CPU); others train one seed at a time and save each as soon as it is
-    done, so an interrupted run keeps every finished seed. `kernel` is `train`'s (which one ran
-    goes into run.json; like the thread count it is not part of the cache key).
+    Stackable models train all missing seeds together (the run context may split them over
+    worker processes); others train one seed at a time and save each as soon as it is done, so
+    an interrupted run keeps every finished seed. run.json records which backend computed the
+    steps, how many processes and threads (like the thread count, the backend is not part of
+    the cache key: docs/design.md).
     """
-    found = {s: load(spec, s, device=device, cache=cache) for s in seeds}
+    found = {s: load(spec, s, ctx) for s in seeds}
     missing = [s for s in seeds if found[s] is None]
     groups = ([missing] if missing else []) if stackable(spec.model) else [[s] for s in missing]
     task = spec.make_task()
     for group in groups:
-        result = train(task, spec.model, spec.model_config, spec.train, group, device=device, progress=progress,
-                       workers=workers, kernel=kernel)
-        together = {s: len(g) for g in split(group, result.processes) for s in g}  # seeds in one batched module
-        for seed, model, loss in zip(group, result.models, result.final_loss):
+        result = train(task, spec.model, spec.model_config, spec.train, group, ctx)
+        # Seeds are split into `processes` contiguous parts whose sizes differ by at most one.
+        size, extra = divmod(len(group), result.processes)
+        for i, (seed, model, loss) in enumerate(zip(group, result.models, result.final_loss)):
+            together = size + 1 if i < extra * (size + 1) else size  # seeds in this one's batched module
             info = {**spec.describe(seed), "final_train_loss": loss, "train_seconds": result.seconds,
-                    "trained_together": together[seed], "processes": result.processes,
-                    "threads": result.threads, "kernel": result.kernel, "device": str(device),
+                    "trained_together": together, "processes": result.processes,
+                    "threads": result.threads, "backend": result.backend, "device": str(ctx.device),
                     "sparsebench_version": sparsebench.__version__, "torch_version": torch.__version__}
-            found[seed] = save(spec, seed, model, info, cache=cache)
+            found[seed] = save(spec, seed, model, info, ctx)
     return [found[s] for s in seeds]  # type: ignore[misc]

@@ -1,12 +1,10 @@
-"""The `sparsebench` command line: list, train, evaluate, leaderboard, report, bench.
+"""The `sparsebench` command line: list, train, evaluate, leaderboard, validate, report, bench.
 
-Settings convention (every command that takes configs): a TOML file given with
-`--config` holds sections `[task]`, `[model]`, `[train]` (each with a `name` where
-the section names a registry entry, plus that entry's config fields); flags
-such as `--task`, `--model`, `--seed` override it, and `--set section.field=value`
-overrides any single field (the value is read as TOML: `--set task.k=5`,
-`--set train.lr=3e-3`, `--set model.embed=fixed`). Bad input prints one line,
-`error: ...`, and exits with code 2.
+Each command is a thin wrapper: it parses its settings (`sparsebench.settings`: a TOML
+file, flags, `--set section.field=value`), makes one `RunContext` (device, cache, workers,
+speed backend, progress), and calls the library function that does the work. Command
+bodies import their modules when they run, so `sparsebench --help` does not pay for torch.
+Bad input prints one line, `error: ...`, and exits with code 2; warnings print one line each.
 """
 
 from __future__ import annotations
@@ -27,41 +25,18 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file with [task], [m
 SetOpt = typer.Option(None, "--set", "-s", help="Override one field: section.field=value (repeatable).")
 DeviceOpt = typer.Option("auto", "--device", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
 CacheOpt = typer.Option(None, "--cache", help="Model cache folder [default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench].")
-KernelOpt = typer.Option("torch", "--kernel", help="'torch', or 'native': a compiled CPU kernel for the whole "
-                         "training step of one-block mlp1 on sparse-KL tasks (x86-64 AVX-512 and a C compiler; "
-                         "docs/performance.md).")
+BackendOpt = typer.Option("auto", "--backend", help="Training step: 'auto' (fused where it applies on the CPU), "
+                          "'torch' (plain autograd), 'fused', or 'native' (a compiled CPU kernel for one-block "
+                          "mlp1 on sparse-KL tasks: x86-64 AVX-512 and a C compiler; docs/performance.md).")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 
 
-def _settings(config: Optional[Path], sets: Optional[list[str]], **flags: Any) -> dict[str, Any]:
-    """Merge a TOML file, then flags ("section.field" -> value; None = not given), then --set overrides."""
-    from sparsebench.config import apply_overrides, load_toml
+def _context(device: str, cache: Optional[Path], progress: bool, workers: int = 1, backend: str = "auto",
+             executor: str = "local", ray_address: Optional[str] = None) -> Any:
+    from sparsebench.context import RunContext
 
-    data = load_toml(config) if config else {}
-    for key, value in flags.items():
-        if value is not None:
-            section, field = key.split(".")
-            data.setdefault(section, {})[field] = value
-    return apply_overrides(data, sets or [])
-
-
-def run_spec(data: dict[str, Any]) -> Any:
-    """The RunSpec that merged settings describe ([task], [model], [train]); validates every field."""
-    from sparsebench.checkpoints import RunSpec
-    from sparsebench.config import from_dict
-    from sparsebench.training import TrainConfig
-
-    task_name, task_cfg = _section(data, "task", "topk-uniform")
-    model_name, model_cfg = _section(data, "model", "mlp1")
-    train_cfg = from_dict(TrainConfig, data.get("train", {}), "train")
-    return RunSpec.create(task_name, task_cfg, model_name, model_cfg, train_cfg)
-
-
-def _section(data: dict[str, Any], name: str, default_name: str) -> tuple[str, dict[str, Any]]:
-    section = data.get(name, {})
-    if not isinstance(section, dict):
-        raise UserError(f"[{name}] must be a table (got {section!r})")
-    section = dict(section)
-    return section.pop("name", default_name), section
+    return RunContext.create(device, cache=cache, progress=progress, workers=workers, backend=backend,
+                             executor=executor, ray_address=ray_address)
 
 
 @app.command("list")
@@ -91,55 +66,213 @@ def train(
     set_: Optional[list[str]] = SetOpt,
     device: str = DeviceOpt,
     cache: Optional[Path] = CacheOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = ProgressOpt,
     workers: int = typer.Option(1, "--workers", "-w", help="CPU, batched models (mlp1): split the seeds over "
                                 "this many single-threaded processes (one per core is fastest; no progress bar)."),
-    kernel: str = KernelOpt,
+    backend: str = BackendOpt,
 ) -> None:
     """Train models (one per seed, batched together where the model allows) or load them from the cache."""
     import time
 
     import torch
 
-    from sparsebench.build import resolve_device
-    from sparsebench.checkpoints import cache_root, train_or_load
-    from sparsebench.native import check_kernel
+    from sparsebench.checkpoints import train_or_load
+    from sparsebench.settings import run_settings, run_spec, seed_list
 
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1 (got {workers})")
-    data = _settings(config, set_, **{"task.name": task, "model.name": model})
-    seeds = list(seed) if seed else list(data.get("seeds", [0]))
+    data = run_settings(config, set_, **{"task.name": task, "model.name": model})
+    seeds = seed_list(list(seed) if seed else data.get("seeds", [0]), "--seed" if seed else "seeds")
     spec = run_spec(data)
-    dev = resolve_device(device)
-    check_kernel(kernel, dev)
+    ctx = _context(device, cache, progress, workers, backend)
     start = time.perf_counter()
-    checkpoints = train_or_load(spec, seeds, device=dev, cache=cache, progress=progress, workers=workers,
-                                kernel=kernel)
+    checkpoints = train_or_load(spec, seeds, ctx)
     elapsed = time.perf_counter() - start
     task_obj = spec.make_task()
-    held = task_obj.held_out(4096, device=dev)
+    held = task_obj.held_out(4096, device=ctx.device)
     for ck in checkpoints:
         with torch.no_grad():
             m = task_obj.metrics(ck.model(**held.inputs), held)
         how = "trained" if ck.trained else "loaded"
         summary = " ".join(f"{k}={v:.4g}" for k, v in m.items())
-        typer.echo(f"seed {ck.seed}: {how} {cache_root(cache) / 'models' / ck.key}  held-out {summary}")
-    typer.echo(f"{len(seeds)} model(s) in {elapsed:.1f}s on {dev}")
+        typer.echo(f"seed {ck.seed}: {how} {ctx.cache_root / 'models' / ck.key}  held-out {summary}")
+    typer.echo(f"{len(seeds)} model(s) in {elapsed:.1f}s on {ctx.device}")
 
 
-def _register_optional_commands() -> None:
-    """Commands defined next to the code they drive (evaluate, leaderboard, report, bench); registered once."""
-    if any(c.name == "evaluate" for c in app.registered_commands):
+@app.command()
+def evaluate(
+    suite: str = typer.Argument("default", help="A built-in suite name or a TOML file (copy the default's)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Evaluate this task instead of the suite's runs."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Evaluate this model instead of the suite's."),
+    mechanism: Optional[list[str]] = typer.Option(None, "--mechanism", help="Mechanism to evaluate (repeatable)."),
+    probe: Optional[list[str]] = typer.Option(None, "--probe", help="Probe to run (repeatable) [default: all]."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+    widths: Optional[str] = typer.Option(None, "--widths", help="Comma-separated widths, e.g. 24,32,48,64."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override: task.F=, model.F=, train.F=, "
+                                             "mechanism.NAME.F=, or a suite field (repeatable)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder."),
+    force: bool = typer.Option(False, "--force", help="Redo evaluations whose records exist."),
+    device: str = DeviceOpt,
+    cache: Optional[Path] = CacheOpt,
+    executor: str = typer.Option("local", "--executor", help="'local' (in-process) or 'ray'."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Local executor: run the jobs in this many "
+                                "single-threaded processes (one per core is fastest; 1 = in this process)."),
+    backend: str = BackendOpt,
+    board: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Render the boards afterwards."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Run a suite (default: the built-in 'default'): train or load, construct, fit, probe, write records."""
+    import time
+
+    from sparsebench.evaluate import evaluate as run_suite
+    from sparsebench.settings import apply_cli, csv_ints, load_suite
+
+    s = apply_cli(load_suite(suite), task=task, model=model, mechanisms=mechanism, probes=probe,
+                  seeds=csv_ints(seeds, "--seeds"), widths=csv_ints(widths, "--widths"), sets=set_ or [])
+    ctx = _context(device, cache, progress, workers, backend, executor, ray_address)
+    start = time.perf_counter()
+    counts = run_suite(s, out, ctx, force=force)
+    typer.echo(f"suite {s.name!r}: {counts['written']} record(s) written, {counts['skipped']} already there, "
+               f"{counts['jobs']} job(s) run in {time.perf_counter() - start:.1f}s -> {out}")
+    if board:
+        _write_boards(out)
+
+
+def _write_boards(out: Path) -> None:
+    """Write leaderboard.md and leaderboard.html next to the records; print the summary tables.
+
+    The terminal gets the two summaries (best solver at each width, the explanations
+    ranking); the full boards with every probe beside its nulls are in the files.
+    """
+    from rich.console import Console
+
+    from sparsebench.io import write_text
+    from sparsebench.leaderboard import render
+    from sparsebench.leaderboard.build import build_boards, render_leaderboard
+
+    b = build_boards([out])
+    for name, fmt in (("leaderboard.md", "markdown"), ("leaderboard.html", "html")):
+        write_text(out / name, render_leaderboard([out], fmt, b))
+    summary = [t for t in render.board_tables(b) if t.title.startswith(("Best at each width",
+                                                                          "Explanations ranking"))]
+    typer.echo(render.to_terminal(summary, width=max(Console().width, 120)), nl=False)
+    typer.echo(f"full boards: {out / 'leaderboard.md'} and {out / 'leaderboard.html'}")
+
+
+@app.command()
+def leaderboard(
+    results: Optional[list[Path]] = typer.Argument(
+        None, help="Result folders (searched recursively for *.json) or files; several merge [default: results]."),
+    format: str = typer.Option("terminal", "--format", "-f", help="terminal | markdown | csv | html."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Write to this file (atomically) instead of stdout; html defaults to "
+                                  "leaderboard.html."),
+) -> None:
+    """Rank result records: the solutions board (metrics against width) and the explanations board (probes vs nulls)."""
+    from sparsebench.io import write_text
+    from sparsebench.leaderboard.build import build_boards, render_leaderboard
+    from sparsebench.leaderboard.render import FORMATS
+    from sparsebench.records import RecordWarning
+
+    fmt = format.strip().lower()
+    if fmt not in FORMATS:
+        raise UserError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name")
+    paths = list(results) if results else [Path("results")]
+    warnings.simplefilter("always", RecordWarning)
+    if fmt == "terminal" and out is None:
+        from rich.console import Console
+
+        from sparsebench.leaderboard import render
+
+        render.print_tables(Console(), render.board_tables(build_boards(paths)))
         return
-    from sparsebench.evaluate import evaluate_command
+    text = render_leaderboard(paths, fmt)
+    if out is None and fmt == "html":
+        out = Path("leaderboard.html")
+    if out is None:
+        typer.echo(text, nl=not text.endswith("\n"))
+        return
+    write_text(out, text)
+    typer.echo(f"wrote {out}")
 
-    app.command("evaluate")(evaluate_command)
-    from sparsebench.bench import bench
-    from sparsebench.leaderboard.cli import leaderboard, report
 
-    app.command("leaderboard")(leaderboard)
-    app.command("report")(report)
-    app.command("bench")(bench)
+@app.command()
+def validate(
+    results: Optional[list[Path]] = typer.Argument(None, help="Record files or folders (searched recursively "
+                                                   "for *.json)."),
+    schema: bool = typer.Option(False, "--schema", help="Print the records' JSON Schema instead (docs/records.md)."),
+) -> None:
+    """Check result records as a submission is checked: one line per bad file; exit code 2 if any is bad."""
+    import json
+
+    from sparsebench import records
+
+    if schema:
+        typer.echo(json.dumps(records.json_schema(), indent=1, sort_keys=True))
+        return
+    if not results:
+        raise UserError("validate needs record files or folders (or --schema)")
+    bad = good = 0
+    for path in results:
+        if not path.exists():
+            raise UserError(f"not found: {path}")
+        problems: list[tuple[Path, str]] = []
+        files = [path] if path.is_file() else records.json_files(path, problems)
+        for f in files:
+            try:
+                records.read(f)
+                good += 1
+            except ValueError as e:
+                problems.append((f, str(e)))
+        for f, why in problems:
+            print(f"{f}: {why}", file=sys.stderr)
+        bad += len(problems)
+    typer.echo(f"{good} valid record(s), {bad} bad file(s) (schema version {records.SCHEMA_VERSION}; "
+               f"docs/records.md)")
+    if bad:
+        raise typer.Exit(2)
+
+
+@app.command()
+def report(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    seed: int = typer.Option(0, "--seed", help="Which seed's model to draw."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Output folder for the PNGs (and report.html)."),
+    html: bool = typer.Option(False, "--html/--no-html", help="Also write one self-contained report.html."),
+    results: Optional[list[Path]] = typer.Option(
+        None, "--results", help="Also draw scaling curves (KL, false positives vs width) from these record folders."),
+    n_samples: int = typer.Option(4096, "--samples", help="Held-out samples for the histograms and tiers."),
+    device: str = DeviceOpt,
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Pictures of one trained model: hash matrix, its entries, top-k mass, logit tiers (trains it if not cached)."""
+    from sparsebench.report import make_report
+    from sparsebench.settings import run_settings, run_spec, seed_list
+
+    spec = run_spec(run_settings(config, set_))
+    seed_list([seed], "--seed")
+    typer.echo(make_report(spec, seed, _context(device, cache, True), out, html=html, results=results,
+                           n_samples=n_samples))
+
+
+@app.command()
+def bench(
+    repeats: int = typer.Option(5, help="Interleaved repeats; figures are medians over them."),
+    steps: Optional[int] = typer.Option(None, help="Timed steps per measurement at N=1 (N instances run "
+                                        "steps/N steps, the same samples, but at least 40 (small regime) or 2). "
+                                        "Default: 160 small, 32 default."),
+    regime: str = typer.Option("both", help="small (V=500, d=m=32, batch 256), default (V=2000, d=m=64, "
+                               "batch 1024), or both."),
+    processes: int = typer.Option(0, help="Worker processes for the multi-process rows "
+                                  "[default: one per core; 1 skips those rows]."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Save all figures to this JSON file."),
+) -> None:
+    """Training throughput: plain PyTorch loop vs the sparsebench trainer, and % of the matmul FLOP rate."""
+    from sparsebench.accel.bench import run_bench
+
+    run_bench(repeats=repeats, steps=steps, regime=regime, processes=processes, json_path=json_path)
 
 
 def _format_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
@@ -149,13 +282,12 @@ def _format_warning(message: Any, category: Any, filename: str, lineno: int, fil
 
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
-    from sparsebench.parallel import keep_freed_memory
+    from sparsebench.accel.workers import keep_freed_memory
     from sparsebench.registry import PluginWarning
 
-    keep_freed_memory()  # this process is ours: reuse freed tensors' pages (sparsebench.parallel)
+    keep_freed_memory()  # this process is ours: reuse freed tensors' pages (sparsebench.accel.workers)
     warnings.showwarning = _format_warning  # one line per warning, no source echo
     warnings.simplefilter("always", PluginWarning)
-    _register_optional_commands()
     try:
         app()  # typer reports usage errors itself (exit code 2)
     except UserError as e:

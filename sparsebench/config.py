@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sys
 import typing
-from pathlib import Path
 from typing import Any, TypeVar
 
-from sparsebench.errors import ConfigError, UserError
+from sparsebench.errors import ConfigError
 from sparsebench.io import canonical_json
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 C = TypeVar("C")
 
@@ -102,45 +95,3 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def stable_hash(obj: Any, length: int = 16) -> str:
     """A short hex digest of `obj`'s canonical JSON form."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; a missing or malformed file is a UserError."""
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except OSError as e:
-        raise UserError(f"cannot read config file {path}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path} is not valid TOML: {e}") from None
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse `--set section.field=value`; the value is read as TOML, else as a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"--set expects section.field=value (got {text!r})")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key.strip().split("."), value
-
-
-def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of nested dict `base` with each `--set a.b=v` applied."""
-    import copy
-
-    out = copy.deepcopy(base)
-    for text in overrides:
-        path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"--set {text}: {part!r} is not a section")
-        node[path[-1]] = value
-    return out

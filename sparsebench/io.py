@@ -13,12 +13,14 @@ from typing import Any, Iterator
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, replace_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only on success.
 
     Works for files and for directories (the caller creates what it wants at the
     yielded path). A crash or kill leaves at most a hidden `.tmp-*` sibling, never a
-    half-written `path`.
+    half-written `path`. A directory that already exists is kept (someone else finished
+    the same one first, e.g. a cache entry) unless `replace_dir`, when the new one
+    replaces it (the old one is moved aside, then removed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,8 +29,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield target
         if path.is_dir() and target.is_dir():
-            # Someone else finished the same directory first: keep theirs.
-            return
+            if not replace_dir:
+                return
+            os.replace(path, tmp / "old")
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

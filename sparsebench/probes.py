@@ -1,8 +1,9 @@
 """Hook-based probes: score a fitted explanation against a model (docs/science.md §5).
 
-Each probe declares the hook names it reads, the Fitted capabilities it needs,
-its main score and which direction is better. `score` returns the scores, or a
-`NotApplicable` with a one-line reason when the mechanism makes no such
+Each probe declares the task families it understands, the hook names it reads,
+the capabilities of a fitted explanation it needs (`api.PredictsOutputs`, ...),
+its main score and each score's direction. `score` returns the scores, or a
+`NotApplicable` with a one-line reason when the explanation makes no such
 prediction (e.g. JL predicts no hidden code): a probe never makes up a number.
 Probes read activations at the readout position, so the same probe works on
 `mlp1` ([batch, d]) and on a transformer ([batch, pos, d]).
@@ -18,8 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from sparsebench.api import Batch, Fitted, Task, last_position
-from sparsebench.tasks.topk import FP_TIER  # the task's one top-tier rule
+from sparsebench.api import (Batch, Direction, Fitted, HasTokenCode, Patchable, PredictsCandidates, PredictsHidden,
+                             PredictsOutputs, Task, last_position)
 
 MIN_ABLATION_GAP = 0.01  # nats: loss recovered is defined only if mean ablation costs at least this much
 OWN_NULL = "@"  # a score key "name@null" is the probe's own null for score `name` (recorded under its nulls)
@@ -36,8 +37,8 @@ class Probe(ABC):
     level: ClassVar[str]  # "weights", "activations", "behaviour" or "causal"
     reads: ClassVar[tuple[str, ...]] = ()  # hook names read through run_with_cache / run_with_hooks
     main: ClassVar[str]  # the score the leaderboard ranks by
-    higher_is_better: ClassVar[dict[str, bool]]  # every score this probe reports
-    families: ClassVar[tuple[str, ...]] = ("weighted-set",)  # task families it understands
+    directions: ClassVar[dict[str, Direction]]  # every score this probe reports, with the better direction
+    families: ClassVar[tuple[str, ...]] = ("topk",)  # task families it understands
     # True if relabelling the input tokens (permuting the rows of W_E) cannot change the score: it reads
     # only the model's internal computation (weights statistics, activations vs a fit of the same model,
     # within-model loss ratios), never the correspondence between input and output tokens.
@@ -47,6 +48,11 @@ class Probe(ABC):
     @abstractmethod
     def score(self, model: Any, fitted: Fitted, task: Task, batch: Batch) -> dict[str, float] | NotApplicable:
         ...
+
+
+def cannot(fitted: Fitted, what: str) -> NotApplicable:
+    """Not applicable: the explanation does not predict `what` (its own reason if it gives one)."""
+    return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no {what}")
 
 
 def _f1(pred: Tensor, actual: Tensor, what: str) -> dict[str, float] | NotApplicable:
@@ -73,26 +79,19 @@ def model_hook_names(model: Any, batch: Batch) -> set[str]:
     return set(cache.keys())
 
 
-def top_tier(logits: Tensor, tokens: Tensor) -> Tensor:
-    """The model's top tier: the members S plus every token with q_j >= FP_TIER * min_S q. -> [batch, V] bool."""
-    q = torch.softmax(logits.float(), dim=-1)
-    min_in = q.gather(-1, tokens).min(-1, keepdim=True).values
-    return (q >= FP_TIER * min_in).scatter(-1, tokens, True)
-
-
 class Bimodality(Probe):
     """Weights: how well E @ W_in splits into two clusters (two-means R^2); the code's footprint."""
 
     level = "weights"
     relabel_invariant = True
     main = "r2"
-    higher_is_better = {"r2": True, "code_density": False}
+    directions = {"r2": "higher", "code_density": "lower"}
 
     def score(self, model, fitted, task, batch):
         from sparsebench.stats import two_means
 
-        if fitted.token_code() is None:
-            return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no binary token code")
+        if not isinstance(fitted, HasTokenCode):
+            return cannot(fitted, "binary token code")
         with torch.no_grad():
             M = (model.W_E @ model.W_in[0]).float()
         split = two_means(M.flatten())
@@ -105,12 +104,12 @@ class MaskAgreement(Probe):
 
     level = "weights"
     main = "jaccard"
-    higher_is_better = {"jaccard": True}
+    directions = {"jaccard": "higher"}
 
     def score(self, model, fitted, task, batch):
+        if not isinstance(fitted, HasTokenCode):
+            return cannot(fitted, "token code")
         a, b = fitted.token_code(), fitted.output_code()
-        if a is None or b is None:
-            return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no token code")
         inter = (a & b).sum().item()
         return {"jaccard": inter / max((a | b).sum().item(), 1)}
 
@@ -122,12 +121,12 @@ class HiddenCode(Probe):
     relabel_invariant = True
     reads = ("blocks.0.mlp.hook_post",)
     main = "f1"
-    higher_is_better = {"precision": True, "recall": True, "f1": True}
+    directions = {"precision": "higher", "recall": "higher", "f1": "higher"}
 
     def score(self, model, fitted, task, batch):
-        predicted = fitted.hidden_active(batch)
+        predicted = fitted.hidden_active(batch) if isinstance(fitted, PredictsHidden) else None
         if predicted is None:
-            return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no hidden code")
+            return cannot(fitted, "hidden code")
         with torch.no_grad():
             _, cache = model.run_with_cache(**batch.inputs, names_filter=list(self.reads))
         post = last_position(cache[self.reads[0]]).float()  # [batch, d_mlp]
@@ -142,18 +141,19 @@ class Candidates(Probe):
 
     level = "behaviour"
     main = "f1"
-    higher_is_better = {"precision": True, "recall": True, "f1": True, "fp_explained": True}
+    directions = {"precision": "higher", "recall": "higher", "f1": "higher", "fp_explained": "higher"}
 
     def score(self, model, fitted, task, batch):
         tokens = batch.inputs["tokens"]
-        predicted = fitted.predict_candidates(batch)
-        if predicted is None:
-            logits = fitted.predict_logits(batch)
+        if isinstance(fitted, PredictsCandidates):
+            predicted = fitted.predict_candidates(batch)
+        else:
+            logits = fitted.predict_logits(batch) if isinstance(fitted, PredictsOutputs) else None
             if logits is None:
-                return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no outputs")
-            predicted = top_tier(logits, tokens)
+                return cannot(fitted, "outputs")
+            predicted = task.top_tier(logits, batch)
         with torch.no_grad():
-            actual = top_tier(model(**batch.inputs), tokens)
+            actual = task.top_tier(model(**batch.inputs), batch)
         predicted = predicted.to(actual.device)
         out = _f1(predicted, actual, "in the top tier")
         if isinstance(out, NotApplicable):
@@ -180,12 +180,12 @@ class Prediction(Probe):
 
     level = "behaviour"
     main = "kl_explained"
-    higher_is_better = {"kl_explained": True, "kl": False}
+    directions = {"kl_explained": "higher", "kl": "lower"}
 
     def score(self, model, fitted, task, batch):
-        logits = fitted.predict_logits(batch)
+        logits = fitted.predict_logits(batch) if isinstance(fitted, PredictsOutputs) else None
         if logits is None:
-            return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no outputs")
+            return cannot(fitted, "outputs")
         with torch.no_grad():
             m = torch.log_softmax(model(**batch.inputs).double(), -1)
         f = torch.log_softmax(logits.double().to(m.device), -1)
@@ -208,13 +208,13 @@ class Patch(Probe):
     level = "causal"
     relabel_invariant = True  # a ratio of the model's own losses: a relabelled model recovers the same share
     main = "loss_recovered"
-    higher_is_better = {"loss_recovered": True, "kl_to_clean": False}
-    reads = ()  # the hook comes from the mechanism (Fitted.ideal_activation)
+    directions = {"loss_recovered": "higher", "kl_to_clean": "lower"}
+    reads = ()  # the hook comes from the mechanism (Patchable.ideal_activation)
 
     def score(self, model, fitted, task, batch):
-        ideal = fitted.ideal_activation(batch)
+        ideal = fitted.ideal_activation(batch) if isinstance(fitted, Patchable) else None
         if ideal is None:
-            return NotApplicable(fitted.why_not or f"{fitted.mechanism} offers no idealised activation")
+            return cannot(fitted, "idealised activation")
         hook_name, value = ideal
         if hook_name not in model_hook_names(model, batch):
             return NotApplicable(f"the model has no hook {hook_name!r} to patch")

@@ -1,4 +1,4 @@
-"""Suites: named TOML files that say what `sparsebench evaluate` runs.
+"""Suites: what `sparsebench evaluate` runs, as frozen dataclasses (read from TOML by `settings.load_suite`).
 
 A suite lists the (task, model) pairs to train, the seeds, the width sweep,
 the mechanisms (and their configs), the probes and nulls, and the evaluation
@@ -10,13 +10,10 @@ run something else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from importlib import resources
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from sparsebench.config import check, from_dict, load_toml
-from sparsebench.errors import UserError
+from sparsebench.config import check
 from sparsebench.training import TrainConfig
 
 
@@ -26,7 +23,7 @@ class Run:
     model: str = "mlp1"  # registered model name
     task_config: dict[str, Any] = field(default_factory=dict)  # task config fields
     model_config: dict[str, Any] = field(default_factory=dict)  # model config fields (widths override)
-    width_fields: tuple[str, ...] = ("d_model", "d_mlp")  # model fields set to each width of the sweep
+    width_fields: tuple[str, ...] | None = None  # model fields set to each width; None: the model's own
     widths: tuple[int, ...] = ()  # this run's width sweep; empty = the suite's `widths`
     train: dict[str, Any] = field(default_factory=dict)  # per-run overrides of the suite's [train]
 
@@ -61,34 +58,3 @@ class Suite:
         check("suite", self.eval_samples >= 1, "eval_samples", "must be at least 1")
         check("suite", self.probe_samples >= 1, "probe_samples", "must be at least 1")
 
-
-def builtin_suites() -> dict[str, Path]:
-    folder = resources.files("sparsebench") / "suites"
-    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
-
-
-def load_suite(name_or_path: str) -> Suite:
-    """A built-in suite by name, or a TOML file by path."""
-    path = Path(name_or_path)
-    if not path.suffix == ".toml":
-        suites = builtin_suites()
-        if name_or_path not in suites:
-            import difflib
-
-            close = difflib.get_close_matches(name_or_path, list(suites), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; built-in suites: {', '.join(sorted(suites))}"
-            raise UserError(f"unknown suite {name_or_path!r}{hint}")
-        path = suites[name_or_path]
-    return suite_from_dict(load_toml(path), default_name=path.stem)
-
-
-def suite_from_dict(data: dict[str, Any], default_name: str = "custom") -> Suite:
-    data = dict(data)
-    runs = data.pop("runs", [{}])
-    check("suite", isinstance(runs, list) and all(isinstance(r, dict) for r in runs), "runs",
-          f"must be a list of tables ([[runs]]) (got {runs!r})")
-    runs = tuple(from_dict(Run, r, "suite.runs") for r in runs)
-    train = from_dict(TrainConfig, data.pop("train", {}), "train")
-    data.setdefault("name", default_name)
-    suite = from_dict(Suite, data, "suite")
-    return replace(suite, runs=runs, train=train)

@@ -12,8 +12,13 @@ order (the sequence form for transformers reads the set as a sequence).
 
 False positives (one definition, used everywhere): a token j outside S is a
 false positive of a sample when q_j >= FP_TIER * min_{i in S} q_i, FP_TIER = 1/2:
-it sits in the model's top tier next to the true members. `fp_rate` divides the
-count by V - k, so it is comparable with the Bloom formula's per-non-member rate.
+it sits in the model's top tier next to the true members (`TopKUniform.top_tier`,
+which the behaviour probes use too). `fp_rate` divides the count by V - k, so it
+is comparable with the Bloom formula's per-non-member rate.
+
+Family "topk": inputs `tokens` and `weights` ([batch, k]), a target distribution on
+the input tokens ([batch, k]); mechanisms and probes that understand this family
+may rely on `top_tier` and `target_probs`.
 """
 
 from __future__ import annotations
@@ -97,11 +102,20 @@ def floyd_sample(u: Tensor, V: int) -> Tensor:
     return chosen
 
 
+METRICS: dict[str, str] = {  # the top-k metrics every top-k task reports, with their directions
+    "kl": "lower", "tv": "lower", "topk_mass": "higher", "exact_set": "higher", "fp_per_sample": "lower",
+    "fp_rate": "lower", "fp_any": "lower",
+}
+
+
 class TopKUniform(Task):
     """Put probability 1/k on each of the k input tokens."""
 
     Config = TopKUniformConfig
     version = 1
+    family = "topk"
+    # weight_leak: within-sample correlation of log q with the input weights; 0 is perfect (k > 1 only).
+    metric_directions = {**METRICS, "weight_leak": "zero"}  # type: ignore[dict-item]
 
     @property
     def n_inputs(self) -> int:
@@ -122,11 +136,6 @@ class TopKUniform(Task):
     def sample(self, n: int, *, generator: torch.Generator, device: torch.device | str = "cpu") -> Batch:
         return self._from_uniforms(self._uniforms(n, generator, device))
 
-    def sample_stacked(self, n: int, *, generators: list[torch.Generator],
-                       device: torch.device | str = "cpu") -> Batch:
-        # One draw per generator (so each instance's stream is its own), one vectorised transform.
-        return self._from_uniforms(torch.stack([self._uniforms(n, g, device) for g in generators]))
-
     def _uniforms(self, n: int, generator: torch.Generator, device: torch.device | str) -> Tensor:
         # All uniforms of a batch in one draw: k for the set, k for the order, k for the weights.
         # float64 keeps the token index unbiased for large V. Drawn on the generator's own device
@@ -136,7 +145,8 @@ class TopKUniform(Task):
         return u.to(device)
 
     def _from_uniforms(self, u: Tensor) -> Batch:
-        """u: [..., n, 3k] uniforms -> a batch with the same leading dims."""
+        """u: [..., n, 3k] uniforms -> a batch with the same leading dims (rows are independent, so a
+        speed backend may transform several instances' uniforms at once: `accel.sampling`)."""
         c = self.config
         tokens = floyd_sample(u[..., : c.k], c.V)  # [..., n, k]
         # A random permutation per sample. Stable, so that tied uniforms (probability ~k^2 2^-54 per
@@ -161,6 +171,13 @@ class TopKUniform(Task):
         lse = torch.logsumexp(logits.float(), dim=-1)
         entropy_term = torch.xlogy(p, p).sum(-1)
         return entropy_term - (p * z_s.float()).sum(-1) + lse
+
+    def top_tier(self, logits: Tensor, batch: Batch) -> Tensor:
+        """The model's top tier: the members S plus every token with q_j >= FP_TIER * min_S q. -> [batch, V] bool."""
+        tokens = batch.inputs["tokens"]
+        q = torch.softmax(logits.float(), dim=-1)
+        min_in = q.gather(-1, tokens).min(-1, keepdim=True).values
+        return (q >= FP_TIER * min_in).scatter(-1, tokens, True)
 
     @torch.no_grad()
     def metrics(self, logits: Tensor, batch: Batch) -> dict[str, float]:
@@ -223,6 +240,8 @@ class TopKConditional(TopKUniform):
 
     Config = TopKConditionalConfig
     version = 1
+    # target_corr: within-sample correlation of log q with the target's log p; 1 is perfect (k > 1 only).
+    metric_directions = {**METRICS, "target_corr": "higher"}  # type: ignore[dict-item]
 
     def __init__(self, config: TopKConditionalConfig):
         super().__init__(config)

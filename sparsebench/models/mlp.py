@@ -6,7 +6,9 @@
     z    = r1 W_U + b_U
 
 `MLP` is the model probes and mechanisms look at: a `HookedRootModule`, so
-`run_with_cache` and `run_with_hooks` work with TransformerLens hook names.
+`run_with_cache` (returning a TransformerLens `ActivationCache`) and `run_with_hooks`
+work with TransformerLens hook names, and `cfg` is a TransformerLens config, so TL's
+cache tools (`cache["post", 0]`, `cache.accumulated_resid()`) work as on a transformer.
 `StackedMLP` holds N independent instances in a leading dimension (the toy-models
 -of-superposition idiom) and is what the trainer optimises: one batched step
 trains many seeds at once. The two share their initialisation (a stacked model is
@@ -16,15 +18,17 @@ built from N `MLP`s) and `tests/unit/test_training.py` pins their forwards equal
 from __future__ import annotations
 
 from dataclasses import dataclass
+import copy
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformer_lens import HookedRootModule
+from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens.config.transformer_lens_config import TransformerLensConfig
 from transformer_lens.hook_points import HookPoint
 
-from sparsebench.api import Configurable, Task
+from sparsebench.api import Model, Task
 from sparsebench.config import check
 
 
@@ -98,10 +102,12 @@ class Unembed(nn.Module):
         self.b_U = _param(torch.zeros(n_outputs), cfg.bias_unembed)  # [n_outputs]
 
 
-class MLP(HookedRootModule, Configurable):
+class MLP(HookedRootModule, Model):
     """The residual ReLU MLP on a weighted token set; logits over the output vocabulary."""
 
     Config = MLPConfig
+    families = ("topk",)
+    width_fields = ("d_model", "d_mlp")
 
     def __init__(self, config: MLPConfig, task: Task | None = None, *, n_inputs: int | None = None,
                  n_outputs: int | None = None, generator: torch.Generator | None = None):
@@ -113,11 +119,21 @@ class MLP(HookedRootModule, Configurable):
         self.blocks = nn.ModuleList(Block(config, generator) for _ in range(config.n_layers))
         self.unembed = Unembed(config, n_outputs, generator)
         self.hook_embed = HookPoint()  # [batch, set, d_model]: each input token's embedding
+        # TransformerLens's view of this model (no attention, no norm), for ActivationCache's tools.
+        self.cfg = TransformerLensConfig(d_model=config.d_model, d_head=config.d_model, n_layers=config.n_layers,
+                                         n_ctx=1, n_heads=0, d_mlp=config.d_mlp, d_vocab=n_inputs, attn_only=False,
+                                         act_fn="relu", normalization_type=None)
+        self.cfg.d_vocab_out = n_outputs
         self.setup()
 
     @property
     def n_layers(self) -> int:
         return self.config.n_layers
+
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Tensor, ActivationCache]:
+        """TransformerLens `run_with_cache` (names_filter=...) -> (logits, ActivationCache)."""
+        logits, cache = super().run_with_cache(*args, **kwargs)
+        return logits, ActivationCache(cache, self)
 
     def forward(self, tokens: Tensor, weights: Tensor) -> Tensor:
         """tokens, weights: [batch, set] -> logits [batch, n_outputs]."""
@@ -161,31 +177,6 @@ class MLP(HookedRootModule, Configurable):
         return StackedMLP(models)
 
 
-class _WeightedBag(torch.autograd.Function):
-    """x_b = sum_i w_bi E[t_bi] (an embedding bag with per-sample weights) with an index_add backward.
-
-    The forward is `F.embedding_bag`; its stock CPU backward sorts the indices and is 2-10x
-    slower than one `index_add_` of the weighted output gradients, which is what this does.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, tokens: Tensor, weights: Tensor, E: Tensor) -> Tensor:
-        # tokens, weights: [rows, set]; E: [n_embeddings, d] -> [rows, d]
-        ctx.save_for_backward(tokens, weights, E)
-        return F.embedding_bag(tokens, E, mode="sum", per_sample_weights=weights)
-
-    @staticmethod
-    def backward(ctx: Any, grad_x: Tensor) -> tuple[None, Tensor | None, Tensor | None]:
-        tokens, weights, E = ctx.saved_tensors
-        grad_w = grad_E = None
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.einsum("bd,bsd->bs", grad_x, E[tokens])
-        if ctx.needs_input_grad[2]:
-            rows = (grad_x.unsqueeze(1) * weights.unsqueeze(-1)).reshape(-1, E.shape[1])  # [rows * set, d]
-            grad_E = torch.zeros_like(E).index_add_(0, tokens.reshape(-1), rows)
-        return None, grad_w, grad_E
-
-
 class StackedMLP(nn.Module):
     """N independent `MLP`s with a leading instance dim, for batched training (no hooks)."""
 
@@ -206,11 +197,12 @@ class StackedMLP(nn.Module):
     def residual(self, tokens: Tensor, weights: Tensor) -> Tensor:
         """tokens, weights: [inst, batch, set] -> final residual r1 [inst, batch, d_model] (before W_U)."""
         W_E = self.p("embed.W_E")  # [inst, n_inputs, d_model]
-        n, V, d = W_E.shape
-        offset = torch.arange(n, device=tokens.device).view(n, 1, 1) * V
-        x = _WeightedBag.apply((tokens + offset).flatten(0, 1), weights.to(W_E.dtype).flatten(0, 1),
-                               W_E.reshape(n * V, d))  # sum_i w_i E[t_i]: [inst * batch, d_model]
-        x = x.view(n, tokens.shape[1], d)
+        inst = torch.arange(W_E.shape[0], device=tokens.device).view(-1, 1, 1)
+        x = torch.einsum("nbs,nbsd->nbd", weights.to(W_E.dtype), W_E[inst, tokens])  # sum_i w_i E[t_i]
+        return self.run_blocks(x)
+
+    def run_blocks(self, x: Tensor) -> Tensor:
+        """The residual MLP blocks on the input sum x [inst, batch, d_model] -> r1 [inst, batch, d_model]."""
         for layer in range(self.config.n_layers):
             pre = torch.baddbmm(self.p(f"blocks.{layer}.mlp.b_in").unsqueeze(1), x,
                                 self.p(f"blocks.{layer}.mlp.W_in"))  # [inst, batch, d_mlp]
@@ -219,7 +211,7 @@ class StackedMLP(nn.Module):
         return x
 
     def unembed_params(self) -> tuple[Tensor, Tensor]:
-        """(W_U [inst, d_model, n_outputs], b_U [inst, n_outputs]): for a fused unembedding + loss."""
+        """(W_U [inst, d_model, n_outputs], b_U [inst, n_outputs]): the unembedding."""
         return self.p("unembed.W_U"), self.p("unembed.b_U")
 
     def forward(self, tokens: Tensor, weights: Tensor) -> Tensor:
@@ -229,8 +221,6 @@ class StackedMLP(nn.Module):
 
     def unstack(self, template: MLP) -> list[MLP]:
         """Split into N `MLP`s shaped like `template` (whose weights are overwritten in copies)."""
-        import copy
-
         out = []
         for i in range(self.n_instances):
             m = copy.deepcopy(template)

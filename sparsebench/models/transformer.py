@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 from torch import Tensor, nn
 
-from sparsebench.api import Configurable, Task
+from sparsebench.api import Model, Task
 from sparsebench.config import check
 
 _ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
@@ -70,10 +70,12 @@ class TransformerConfig:
         check("model", self.act_fn in _ACT_FNS, "act_fn", f"must be one of {', '.join(_ACT_FNS)} (got {self.act_fn!r})")
 
 
-class Transformer(nn.Module, Configurable):
+class Transformer(nn.Module, Model):
     """A TransformerLens-native transformer on a weighted token set; logits at the last position."""
 
     Config = TransformerConfig
+    families = ("topk",)
+    width_fields = ("d_model", "d_mlp")
 
     def __init__(self, config: TransformerConfig, task: Task | None = None, *, n_inputs: int | None = None,
                  n_outputs: int | None = None, generator: torch.Generator | None = None):
@@ -85,7 +87,7 @@ class Transformer(nn.Module, Configurable):
         n_inputs = n_inputs if n_inputs is not None else task.n_inputs  # type: ignore[union-attr]
         n_outputs = n_outputs if n_outputs is not None else task.n_outputs  # type: ignore[union-attr]
         if task is not None:
-            check("model", task.seq_len <= config.n_ctx, "n_ctx",
+            check("model", task.seq_len is not None and task.seq_len <= config.n_ctx, "n_ctx",
                   f"must be at least the task's sequence length {task.seq_len} (got {config.n_ctx})")
         # The bridge seeds its own scoped CPU generator: one draw from ours makes the init a
         # function of `generator` alone (the global RNG is neither used nor advanced).
@@ -145,6 +147,10 @@ class Transformer(nn.Module, Configurable):
     @property
     def n_layers(self) -> int:
         return self.config.n_layers
+
+    @property
+    def cfg(self) -> Any:
+        return self.bridge.cfg  # the TransformerLens config
 
     def forward(self, tokens: Tensor, weights: Tensor) -> Tensor:
         """tokens [batch, set] long, weights [batch, set] -> logits [batch, n_outputs] (last position)."""

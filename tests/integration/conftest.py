@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from sparsebench.checkpoints import RunSpec, train_or_load
+from sparsebench.context import RunContext
 from sparsebench.training import TrainConfig
 
 # The issue's small size: V=1000, k=5, widths 64, batch 1024, lr 1e-2, 2000 steps.
@@ -22,4 +22,4 @@ def post_spec() -> RunSpec:
 @pytest.fixture(scope="session")
 def post_models(post_spec):
     """Two seeds of the post's network, trained together."""
-    return train_or_load(post_spec, [0, 1], device=torch.device("cpu"), progress=False)
+    return train_or_load(post_spec, [0, 1], RunContext.create("cpu", progress=False))

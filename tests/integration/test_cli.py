@@ -22,7 +22,7 @@ def cli(*args: str, cache: Path, cwd: Path | None = None, timeout: int = 300) ->
                           cwd=cwd, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", ["", "list", "train", "evaluate", "leaderboard", "report", "bench"])
+@pytest.mark.parametrize("command", ["", "list", "train", "evaluate", "leaderboard", "validate", "report", "bench"])
 def test_help_on_every_command(command, tmp_path):
     r = cli(*([command] if command else []), "--help", cache=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -38,7 +38,7 @@ def test_help_on_every_command(command, tmp_path):
     (["train", "--set", "task.V=100.5"], "error: invalid task config: V: must be an integer (got 100.5)"),
     (["train", "--set", "task.colour=1"], "error: invalid task config: colour: unknown field; known fields: V, k, "
                                            "w_lo, w_hi"),
-    (["train", "--set", "train.lr=-1"], "error: invalid train config: lr: must be > 0 (got -1.0)"),
+    (["train", "--set", "train.lr=-1"], "error: invalid train config: lr: must be a finite number > 0 (got -1.0)"),
     (["train", "--model", "mlp2"], "error: unknown model 'mlp2'; did you mean 'mlp1'?"),
     (["train", "--config", "missing.toml"], "error: config file not found: missing.toml"),
     (["train", "--workers", "0"], "error: --workers must be at least 1 (got 0)"),
@@ -132,7 +132,7 @@ def test_bench_measures_every_loop_against_the_plain_one(tmp_path):
         parts["ceiling_samples_s"] / max(med[p]["samples_s"] for p in plains), rel=1e-9)
     assert "ceiling" in r.stdout and "one worker's step" in r.stdout
     # The native kernel's rows and parts, where it runs (and the reason printed where it does not).
-    from sparsebench import native
+    from sparsebench.accel import native
 
     if report["native"] is True:
         assert {"sparsebench N=16 native", "sparsebench N=16 native, 2 procs"} <= set(med)

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sparsebench.context import RunContext
 from sparsebench.evaluate import evaluate
-from sparsebench.suite import suite_from_dict
+from sparsebench.settings import suite_from_dict
+
+CPU = RunContext.create("cpu", progress=False)
 
 TINY = {
     "name": "tiny", "seeds": [0, 1], "widths": [16], "eval_samples": 1024, "probe_samples": 512,
@@ -22,7 +25,7 @@ N_RECORDS = 2 + 3 * 2 + 3 * 2  # trained solutions + constructions (3 mechanisms
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("results")
-    counts = evaluate(suite_from_dict(TINY), out, device="cpu", progress=False)
+    counts = evaluate(suite_from_dict(TINY), out, CPU)
     assert counts == {"written": N_RECORDS, "skipped": 0, "jobs": 4}
     return out
 
@@ -35,7 +38,7 @@ def test_every_record_is_complete(tiny_results):
     recs = records(tiny_results)
     assert len(recs) == N_RECORDS
     for path, r in recs.items():
-        assert r["schema_version"] == 1 and Path(path).stem == r["id"] and path.startswith(r["kind"])
+        assert r["schema_version"] == 2 and Path(path).stem == r["id"] and path.startswith(r["kind"])
         assert r["task"]["name"] == "topk-uniform" and r["task"]["config"]["V"] == 100 and r["seed"] in (0, 1)
         prov = r["provenance"]
         assert {"sparsebench_version", "git_commit", "torch_version", "device", "wall_seconds", "date",
@@ -58,7 +61,7 @@ def test_every_probe_score_sits_next_to_its_nulls(tiny_results):
         assert set(r["nulls"]) == {"untrained", "shuffled"}
         for name, probe in r["probes"].items():
             if probe["status"] == "not_applicable":
-                assert probe["reason"] and "scores" not in probe
+                assert probe["reason"] and not probe["scores"]
                 continue
             assert probe["main"] in probe["scores"]
             for score in probe["scores"].values():
@@ -68,7 +71,7 @@ def test_every_probe_score_sits_next_to_its_nulls(tiny_results):
                     assert score["nulls"]["shuffled"] is None and "shuffled" in probe["null_notes"]
     for r in explanations:  # the causal probe carries its own null wherever it applies
         if r["probes"]["patch"]["status"] == "ok":
-            assert isinstance(r["probes"]["patch"]["scores"]["loss_recovered"]["nulls"]["resampled"], float)
+            assert isinstance(r["probes"]["patch"]["scores"]["loss_recovered"]["own_nulls"]["resampled"], float)
     bloom = next(r for r in explanations if r["mechanism"]["name"] == "bloom")
     assert all(p["status"] == "ok" for p in bloom["probes"].values())
     jl = next(r for r in explanations if r["mechanism"]["name"] == "jl")
@@ -82,17 +85,17 @@ def test_rerun_skips_force_redoes_and_an_interrupted_run_resumes(tiny_results, t
     shutil.copytree(tiny_results, out)
     suite = suite_from_dict(TINY)
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")}
-    assert evaluate(suite, out, device="cpu", progress=False) == {"written": 0, "skipped": N_RECORDS, "jobs": 0}
+    assert evaluate(suite, out, CPU) == {"written": 0, "skipped": N_RECORDS, "jobs": 0}
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")} == before
     # An interrupted run: some records missing, a temporary file left behind. Only the missing are redone.
     lost = sorted(out.glob("explanation/*.json"))[:2]
     for p in lost:
         p.unlink()
     (out / "explanation" / ".x.json.tmp-1").mkdir()
-    counts = evaluate(suite, out, device="cpu", progress=False)
+    counts = evaluate(suite, out, CPU)
     assert counts["written"] == 2 and counts["skipped"] == N_RECORDS - 2
     assert all(p.exists() for p in lost)
-    assert evaluate(suite, out, device="cpu", progress=False, force=True)["written"] == N_RECORDS
+    assert evaluate(suite, out, CPU, force=True)["written"] == N_RECORDS
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -159,14 +162,14 @@ def test_records_from_ray_equal_the_in_process_ones(tiny_results, tmp_path):
     if os.environ.get("CI") is None:
         pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'sparsebench[ray]'")
     out = tmp_path / "ray"
-    counts = evaluate(suite_from_dict(TINY), out, device="cpu", progress=False, executor="ray")
+    counts = evaluate(suite_from_dict(TINY), out, RunContext.create("cpu", progress=False, executor="ray"))
     assert counts["written"] == N_RECORDS
     assert_same_records(tiny_results, out)
 
 
 def test_records_from_worker_processes_equal_the_in_process_ones(tiny_results, tmp_path):
     out = tmp_path / "workers"
-    counts = evaluate(suite_from_dict(TINY), out, device="cpu", progress=False, workers=2)
+    counts = evaluate(suite_from_dict(TINY), out, RunContext.create("cpu", progress=False, workers=2))
     assert counts == {"written": N_RECORDS, "skipped": 0, "jobs": 4}
     assert_same_records(tiny_results, out)
 
@@ -174,7 +177,7 @@ def test_records_from_worker_processes_equal_the_in_process_ones(tiny_results, t
 @pytest.mark.parametrize("name", ["default", "transformer"])
 def test_builtin_suites_load_and_validate(name):
     from sparsebench.evaluate import Plan
-    from sparsebench.suite import load_suite
+    from sparsebench.settings import load_suite
 
     suite = load_suite(name)
     assert len(suite.seeds) >= 3
@@ -186,15 +189,15 @@ def test_workers_are_for_the_local_executor(tmp_path):
     from sparsebench.errors import UserError
 
     with pytest.raises(UserError, match="--workers is for the local executor"):
-        evaluate(suite_from_dict(TINY), tmp_path / "x", device="cpu", progress=False, executor="ray", workers=2)
+        evaluate(suite_from_dict(TINY), tmp_path / "x", RunContext.create("cpu", progress=False, executor="ray",
+                                                                          workers=2))
     with pytest.raises(UserError, match="--workers must be at least 1"):
-        evaluate(suite_from_dict(TINY), tmp_path / "x", device="cpu", progress=False, workers=0)
+        evaluate(suite_from_dict(TINY), tmp_path / "x", RunContext.create("cpu", progress=False, workers=0))
     assert not (tmp_path / "x").exists()
 
 
 def test_cli_widths_also_set_the_construction_sweep():
-    from sparsebench.evaluate import apply_cli
-    from sparsebench.suite import load_suite
+    from sparsebench.settings import apply_cli, load_suite
 
     s = apply_cli(load_suite("default"), task=None, model=None, mechanisms=None, probes=None, seeds=None,
                   widths=(24, 40), sets=[])
@@ -210,14 +213,17 @@ def test_out_must_be_a_folder(monkeypatch, capsys, tmp_path):
 
 def test_train_config_that_is_a_folder_or_not_a_table(monkeypatch, capsys, tmp_path):
     code, _, stderr = run_cli(monkeypatch, capsys, "train", "--config", str(tmp_path))
-    assert code == 2 and stderr.startswith(f"error: cannot read config file {tmp_path}")
+    assert code == 2 and stderr.strip() == f"error: config file {tmp_path} is a folder"
     code, _, stderr = run_cli(monkeypatch, capsys, "train", "--set", "task=5")
+    assert code == 2 and stderr.strip() == "error: --set task=5: expected section.field with a section of task, model, train"
+    toml = tmp_path / "t.toml"
+    toml.write_text("task = 5\n")
+    code, _, stderr = run_cli(monkeypatch, capsys, "train", "--config", str(toml))
     assert code == 2 and stderr.strip() == "error: [task] must be a table (got 5)"
 
 
 def test_cli_flags_keep_matching_runs_and_explicit_values_win():
-    from sparsebench.evaluate import apply_cli
-    from sparsebench.suite import suite_from_dict
+    from sparsebench.settings import apply_cli
 
     suite = suite_from_dict({"widths": [16, 24], "runs": [
         {"task": "topk-uniform", "task_config": {"V": 100}, "train": {"lr": 0.05}},

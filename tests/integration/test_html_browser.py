@@ -41,7 +41,7 @@ def _need_browser():
 @pytest.fixture(scope="module")
 def page_file(tmp_path_factory) -> Path:
     from sparsebench.leaderboard import synthetic
-    from sparsebench.leaderboard.cli import render_leaderboard
+    from sparsebench.leaderboard.build import render_leaderboard
 
     root = tmp_path_factory.mktemp("lb")
     synthetic.write_records(root / "results", synthetic.demo_records(evil=True))

@@ -12,9 +12,9 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # Train 8 stacked small-regime instances; print the minor page faults per step once warm.
 PROBE = """
 import resource, sys, torch
-from sparsebench.parallel import keep_freed_memory
+from sparsebench.accel.workers import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
-from sparsebench.bench_parts import StepParts
+from sparsebench.accel.bench_parts import StepParts
 from sparsebench.build import make_task
 torch.set_num_threads(1)
 sp = StepParts(make_task("topk-uniform", {"V": 500, "k": 5}), d=32, m=32, batch=256, n=8)
@@ -48,6 +48,6 @@ def test_freed_memory_is_reused_without_page_faults():
 
 @pytest.mark.skipif(GLIBC, reason="off glibc the call must report that it did nothing")
 def test_keep_freed_memory_is_a_no_op_off_glibc():
-    from sparsebench.parallel import keep_freed_memory
+    from sparsebench.accel.workers import keep_freed_memory
 
     assert keep_freed_memory() is False

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sparsebench.bench_parts import PARTS, StepParts, ceiling
+from sparsebench.accel.bench_parts import PARTS, StepParts, ceiling
 from sparsebench.build import make_task
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import torch
 
 from sparsebench.checkpoints import RunSpec, train_or_load
+from sparsebench.context import RunContext
 from sparsebench.training import TrainConfig
 
 TINY_TRAIN = TrainConfig(steps=5, warmup=1, batch_size=16)
+
+
+def ctx(cache, workers: int = 1) -> RunContext:
+    return RunContext.create("cpu", cache=cache, progress=False, workers=workers)
 
 
 def spec(model: str, model_config: dict) -> RunSpec:
@@ -16,16 +21,16 @@ def spec(model: str, model_config: dict) -> RunSpec:
 
 def test_stackable_seeds_train_together_and_load_next_time(tmp_path):
     s = spec("mlp1", {"d_model": 8, "d_mlp": 8})
-    first = train_or_load(s, [0, 1], device=torch.device("cpu"), cache=tmp_path, progress=False)
+    first = train_or_load(s, [0, 1], ctx(tmp_path))
     assert [c.info["trained_together"] for c in first] == [2, 2]
-    again = train_or_load(s, [1, 0], device=torch.device("cpu"), cache=tmp_path, progress=False)
+    again = train_or_load(s, [1, 0], ctx(tmp_path))
     assert [c.sha256 for c in again] == [first[1].sha256, first[0].sha256]
     assert torch.equal(again[0].model.W_E, first[1].model.W_E)
 
 
 def test_seeds_trained_in_worker_processes_record_their_split(tmp_path):
     s = spec("mlp1", {"d_model": 8, "d_mlp": 8})
-    cks = train_or_load(s, [0, 1, 2], device=torch.device("cpu"), cache=tmp_path, progress=False, workers=2)
+    cks = train_or_load(s, [0, 1, 2], ctx(tmp_path, workers=2))
     assert [(c.info["trained_together"], c.info["processes"]) for c in cks] == [(2, 2), (2, 2), (1, 2)]
     assert [c.key for c in cks] == [s.key(i) for i in range(3)]  # the split is not part of the key
 
@@ -38,8 +43,8 @@ def test_keys_hash_every_config_and_the_seed():
 
 def test_unstackable_models_save_each_seed_as_it_finishes(tmp_path):
     s = spec("transformer", {"d_model": 8, "d_mlp": 8, "n_heads": 2, "d_head": 4})
-    cks = train_or_load(s, [0, 1], device=torch.device("cpu"), cache=tmp_path, progress=False)
+    cks = train_or_load(s, [0, 1], ctx(tmp_path))
     assert [c.info["trained_together"] for c in cks] == [1, 1]
     assert len(list((tmp_path / "models").iterdir())) == 2
-    workers = train_or_load(s, [2, 3], device=torch.device("cpu"), cache=tmp_path, progress=False, workers=2)
+    workers = train_or_load(s, [2, 3], ctx(tmp_path, workers=2))
     assert [c.info["processes"] for c in workers] == [1, 1]  # one seed at a time: nothing to split

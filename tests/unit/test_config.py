@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sparsebench.config import apply_overrides, from_dict, parse_override, stable_hash
+from sparsebench.config import from_dict, stable_hash
+from sparsebench.settings import apply_overrides, parse_override
 from sparsebench.errors import ConfigError, UserError
 from sparsebench.training import TrainConfig
 

@@ -10,39 +10,63 @@ import json
 import math
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sparsebench import records
 from sparsebench.errors import UserError
-from sparsebench.leaderboard import boards, records, render, synthetic
-from sparsebench.leaderboard.records import RecordWarning
+from sparsebench.leaderboard import boards, frames, render, synthetic
+from sparsebench.leaderboard.build import build_boards
+from sparsebench.records import (CheckpointInfo, ExplanationRecord, MechanismInfo, ModelInfo, ProbeResult,
+                                 RecordWarning, Score, SolutionRecord, Solver, TaskInfo, record_id, to_json)
 
-TASK = synthetic.TASK
-
-
-def sol_rec(solver, width, seed, kl, fp_rate=0.01, stype="construction", config=None, train=None, date="2026"):
-    rec = synthetic._envelope("solution", {"solver": solver, "cfg": config, "train": train}, seed, width, TASK)
-    rec["provenance"]["date"] = date
-    rec.update(solver={"type": stype, "name": solver, "config": config or {}}, train=train, checkpoint=None,
-               metrics={"kl": kl, "tv": kl / 2, "fp_rate": fp_rate, "topk_mass": 1 - kl / 10}, theory={})
-    return rec
+TASK = TaskInfo(**synthetic.TASK)
+DIRS = {frames._task_cols(synthetic.solution_records(widths=(16,), seeds=(0,))[0])["task_key"]:
+        dict(synthetic.DIRECTIONS)}
 
 
-def exp_rec(mech, seed, probes, model_cfg=None):
+def pairs(recs):
+    """Records as (path, record) pairs, as `records.load` returns them."""
+    return [(Path(f"{r.id}.json"), r) for r in recs]
+
+
+def sol_frame(recs):
+    return frames.solutions_frame(pairs(recs))
+
+
+def exp_frame(recs):
+    return frames.explanations_frame(pairs(recs))
+
+
+def sol_rec(solver, width, seed, kl, fp_rate=0.01, stype="construction", config=None, train=None, date="2026",
+            oracle=False, width_fields=("d_model", "d_mlp")):
+    rid = record_id({"solver": solver, "cfg": config, "train": train, "seed": seed, "width": width, "date": date})
+    model = ModelInfo(name=solver, config=config or {}, width_fields=list(width_fields)) if stype == "trained" else None
+    return SolutionRecord(
+        schema_version=2, kind="solution", id=rid, task=TASK, width=width, seed=seed, eval=synthetic.EVAL,
+        solver=Solver(type=stype, name=solver, config=config or {}, oracle=oracle), model=model, train=train,
+        checkpoint=None, metrics={"kl": kl, "tv": kl / 2, "fp_rate": fp_rate, "topk_mass": 1 - kl / 10},
+        provenance=synthetic.PROVENANCE.model_copy(update={"date": date}))
+
+
+def exp_rec(mech, seed, probes, model_cfg=None, oracle=False, nulls=None):
     cfg = model_cfg or {"d_model": 64, "d_mlp": 64}
-    rec = synthetic._envelope("explanation", {"mechanism": mech, "cfg": cfg}, seed, 64, TASK)
-    rec.update(model={"name": "mlp1", "config": cfg}, train=synthetic.TRAIN, checkpoint=None,
-               mechanism={"name": mech, "config": {}}, fit={}, probes=probes)
-    return rec
+    rid = record_id({"mechanism": mech, "cfg": cfg, "seed": seed})
+    return ExplanationRecord(
+        schema_version=2, kind="explanation", id=rid, task=TASK, width=64, seed=seed, eval=synthetic.EVAL,
+        model=ModelInfo(name="mlp1", config=cfg, width_fields=["d_model", "d_mlp"]), train=synthetic.TRAIN,
+        checkpoint=CheckpointInfo(key="k", sha256="s"), mechanism=MechanismInfo(name=mech, config={}, oracle=oracle),
+        nulls=nulls or {}, probes=probes, provenance=synthetic.PROVENANCE)
 
 
-def ok(main, value, nulls, hib=True, extra=None):
-    scores = {main: {"value": value, "higher_is_better": hib, "nulls": nulls}, **(extra or {})}
-    return {"status": "ok", "reads": [], "main": main, "scores": scores}
+def ok(main, value, nulls, direction="higher", extra=None, own=None):
+    scores = {main: Score(value=value, direction=direction, nulls=nulls, own_nulls=own or {}), **(extra or {})}
+    return ProbeResult(status="ok", main=main, scores=scores)
 
 
-NA = {"status": "not_applicable", "reason": "predicts no hidden code"}
+NA = ProbeResult(status="not_applicable", reason="predicts no hidden code")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -50,18 +74,19 @@ NA = {"status": "not_applicable", "reason": "predicts no hidden code"}
 def test_load_skips_bad_files_with_a_warning_naming_each(tmp_path):
     good = synthetic.solution_records(widths=(16,), seeds=(0,))
     synthetic.write_records(tmp_path / "a", good)
-    (tmp_path / "a" / "trunc.json").write_text(json.dumps(good[0])[:40])
+    first = to_json(good[0])
+    (tmp_path / "a" / "trunc.json").write_text(json.dumps(first)[:40])
     (tmp_path / "a" / "garbage.json").write_bytes(b"\xff\xfe not json")
-    (tmp_path / "a" / "future.json").write_text(json.dumps({**good[0], "schema_version": 99}))
+    (tmp_path / "a" / "future.json").write_text(json.dumps({**first, "schema_version": 99}))
     (tmp_path / "a" / "list.json").write_text("[1, 2]")
-    (tmp_path / "a" / "nokind.json").write_text(json.dumps({**good[0], "kind": "mystery"}))
+    (tmp_path / "a" / "nokind.json").write_text(json.dumps({**first, "kind": "mystery"}))
     nested = tmp_path / "b" / "deep" / "er"
     synthetic.write_records(nested, synthetic.explanation_records(seeds=(0,)))
     (tmp_path / "a" / ".x.json.tmp-123").mkdir()
     (tmp_path / "a" / ".x.json.tmp-123" / "payload").write_text("{")  # an interrupted write: ignored silently
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        recs = records.load_records([tmp_path / "a", tmp_path / "b"])
+        recs = records.load([tmp_path / "a", tmp_path / "b"])
     msgs = [str(w.message) for w in caught if issubclass(w.category, RecordWarning)]
     for name in ("trunc.json", "garbage.json", "future.json", "list.json", "nokind.json"):
         assert sum(name in m for m in msgs) == 1, (name, msgs)
@@ -74,12 +99,12 @@ def test_load_merges_folders_and_counts_a_copied_record_once(tmp_path):
     recs = synthetic.solution_records(widths=(16, 32), seeds=(0,))
     synthetic.write_records(tmp_path / "m1", recs)
     synthetic.write_records(tmp_path / "m2", recs[:2])
-    assert len(records.load_records([tmp_path / "m1", tmp_path / "m2"])) == len(recs)
+    assert len(records.load([tmp_path / "m1", tmp_path / "m2"])) == len(recs)
 
 
 def test_missing_results_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        records.load_records([tmp_path / "nope"])
+        build_boards([tmp_path / "nope"])
 
 
 # ---------------------------------------------------------------------------- solutions board
@@ -88,7 +113,7 @@ def test_solutions_board_mean_spread_n_and_best_at_width():
     recs = [sol_rec("bloom", 16, s, kl) for s, kl in enumerate([1.0, 2.0, 3.0])]
     recs += [sol_rec("jl", 16, s, kl) for s, kl in enumerate([1.5, 1.7])]
     recs += [sol_rec("bloom", 32, 0, 0.5), sol_rec("jl", 32, 0, 0.9)]
-    b = boards.solutions_board(records.solutions_frame(recs))
+    b = boards.solutions_board(sol_frame(recs), DIRS)
     row = b[(b.label == "bloom") & (b.width == 16)].iloc[0]
     assert row.kl_mean == pytest.approx(2.0)
     assert row.kl_std == pytest.approx(1.0)  # sample std (ddof=1) of 1, 2, 3
@@ -105,30 +130,32 @@ def test_solutions_board_mean_spread_n_and_best_at_width():
 
 
 def test_ties_are_all_flagged_best():
-    b = boards.solutions_board(records.solutions_frame([sol_rec("a", 8, 0, 1.0), sol_rec("b", 8, 0, 1.0)]))
+    b = boards.solutions_board(sol_frame([sol_rec("a", 8, 0, 1.0), sol_rec("b", 8, 0, 1.0)]), DIRS)
     assert b.kl_best.all()
     assert boards.best_at_width(b, ["kl"]).iloc[0].best == "a = b"
 
 
-def test_width_scaled_trained_configs_form_one_series():
+def test_width_fields_from_the_record_form_one_series():
     recs = []
     for w in (16, 32, 64):
-        for ratio in (1, 2):
-            cfg = {"d_model": w, "d_mlp": ratio * w, "n_layers": 1}
-            recs.append(sol_rec("mlp1", w, 0, 1.0 / w * ratio, stype="trained", config=cfg, train={"lr": 0.01}))
-    recs.append(sol_rec("mlp1", 16, 0, 0.3, stype="trained", config={"d_model": 16, "d_mlp": 64, "n_layers": 2},
+        for d_mlp in (w, 128):  # d_mlp follows the width, or is fixed at 128 (then not a width field)
+            cfg = {"d_model": w, "d_mlp": d_mlp, "n_layers": 1}
+            fields = ("d_model", "d_mlp") if d_mlp == w else ("d_model",)
+            recs.append(sol_rec("mlp1", w, 0, 1.0 / d_mlp, stype="trained", config=cfg, train={"lr": 0.01},
+                                width_fields=fields))
+    recs.append(sol_rec("mlp1", 16, 0, 0.3, stype="trained", config={"d_model": 16, "d_mlp": 16, "n_layers": 2},
                         train={"lr": 0.01}))
-    b = boards.solutions_board(records.solutions_frame(recs))
+    b = boards.solutions_board(sol_frame(recs), DIRS)
     labels = set(b.label)
-    assert "mlp1(d_mlp=w, n_layers=1)" in labels and "mlp1(d_mlp=2w, n_layers=1)" in labels
+    assert "mlp1(d_mlp=w, n_layers=1)" in labels and "mlp1(d_mlp=128, n_layers=1)" in labels
     assert b.groupby("label").width.nunique().max() == 3
 
 
 def test_same_seed_twice_keeps_newest_with_warning():
     recs = [sol_rec("bloom", 16, 0, 1.0, date="2026-01-01"), sol_rec("bloom", 16, 0, 2.0, date="2026-02-01")]
-    recs[1]["id"] = "other"
+    assert recs[0].id != recs[1].id
     with pytest.warns(RecordWarning, match="newest"):
-        b = boards.solutions_board(records.solutions_frame(recs))
+        b = boards.solutions_board(sol_frame(recs), DIRS)
     assert b.iloc[0].kl_mean == 2.0 and b.iloc[0].n_seeds == 1
 
 
@@ -139,12 +166,13 @@ def _exp_board():
     for seed, (f1, n1, n2) in enumerate([(0.9, 0.4, 0.5), (0.8, 0.3, 0.6), (1.0, 0.5, 0.4)]):
         recs.append(exp_rec("bloom", seed, {
             "hidden-code": ok("f1", f1, {"untrained": n1, "shuffled": n2},
-                              extra={"recall": {"value": 0.7, "higher_is_better": True, "nulls": {}}}),
-            "patch": ok("kl", 0.2, {"untrained": 1.0}, hib=False)}))
-        recs.append(exp_rec("jl", seed, {"hidden-code": NA, "patch": ok("kl", 0.5, {"untrained": 1.0}, hib=False)}))
+                              extra={"recall": Score(value=0.7, direction="higher")}),
+            "patch": ok("kl", 0.2, {"untrained": 1.0}, direction="lower")}))
+        recs.append(exp_rec("jl", seed, {"hidden-code": NA, "patch": ok("kl", 0.5, {"untrained": 1.0},
+                                                                        direction="lower")}))
         recs.append(exp_rec("noise", seed, {"hidden-code": ok("f1", 0.95, {"untrained": 0.9}),
-                                            "patch": ok("kl", 0.1, {"untrained": 0.15}, hib=False)}))
-    return boards.explanations_board(records.explanations_frame(recs))
+                                            "patch": ok("kl", 0.1, {"untrained": 0.15}, direction="lower")}))
+    return boards.explanations_board(exp_frame(recs))
 
 
 def test_explanations_aggregate_over_seeds_beside_nulls():
@@ -176,28 +204,25 @@ def test_not_applicable_is_never_a_number():
 
 
 def test_an_oracle_is_shown_but_never_best_or_ranked():
-    recs = [sol_rec("bloom", 16, 0, 1.0), sol_rec("softmax-bottleneck", 16, 0, 0.1)]
-    recs[1]["solver"]["oracle"] = True
-    b = boards.solutions_board(records.solutions_frame(recs))
-    assert "oracle" not in boards.metric_columns(records.solutions_frame(recs))
+    recs = [sol_rec("bloom", 16, 0, 1.0), sol_rec("softmax-bottleneck", 16, 0, 0.1, oracle=True)]
+    b = boards.solutions_board(sol_frame(recs), DIRS)
+    assert "oracle" not in boards.metric_columns(sol_frame(recs), DIRS)
     oracle = b[b.solver == "softmax-bottleneck"].iloc[0]
     assert oracle.label.endswith("(oracle)") and not oracle.kl_best  # lower KL, yet not "best"
     assert b[b.solver == "bloom"].iloc[0].kl_best
     exps = [exp_rec("bloom", 0, {"hidden-code": ok("f1", 0.9, {"untrained": 0.3})}),
-            exp_rec("softmax-bottleneck", 0, {"hidden-code": ok("f1", 0.99, {"untrained": 0.1})})]
-    exps[1]["mechanism"]["oracle"] = True
-    rk = boards.explanation_ranking(boards.explanations_board(records.explanations_frame(exps)))
+            exp_rec("softmax-bottleneck", 0, {"hidden-code": ok("f1", 0.99, {"untrained": 0.1})}, oracle=True)]
+    rk = boards.explanation_ranking(boards.explanations_board(exp_frame(exps)))
     got = {r.mechanism: r.rank for r in rk.itertuples()}
     assert got["bloom"] == 1 and math.isnan(got["softmax-bottleneck"])
 
 
 def test_a_probes_own_null_is_shown_but_not_used_for_the_margin():
-    rec = exp_rec("bloom", 0, {"patch": ok("loss_recovered", 1.0, {"untrained": None, "resampled": -3.0}),
-                               "hidden-code": ok("f1", 0.9, {"untrained": 0.3, "resampled": None})})
-    rec["nulls"] = {"untrained": "initial weights"}
-    b = boards.explanations_board(records.explanations_frame([rec]))
+    rec = exp_rec("bloom", 0, {"patch": ok("loss_recovered", 1.0, {"untrained": None}, own={"resampled": -3.0}),
+                               "hidden-code": ok("f1", 0.9, {"untrained": 0.3})}, nulls={"untrained": "initial"})
+    b = boards.explanations_board(exp_frame([rec]))
     patch = b[(b.probe == "patch") & b.is_main].iloc[0]
-    assert patch.null_resampled_mean == pytest.approx(-3.0) and math.isnan(patch.margin_mean)
+    assert patch.own_resampled_mean == pytest.approx(-3.0) and math.isnan(patch.margin_mean)
     hc = b[(b.probe == "hidden-code") & b.is_main].iloc[0]
     assert hc.margin_mean == pytest.approx(0.6)
 
@@ -219,19 +244,20 @@ def test_ranking_rule():
 
 def test_unranked_without_applicable_probes():
     recs = [exp_rec("bloom", 0, {"p": ok("f1", 0.9, {"untrained": 0.1})}), exp_rec("none", 0, {"p": NA})]
-    b = boards.explanations_board(records.explanations_frame(recs))
+    b = boards.explanations_board(exp_frame(recs))
     rk = boards.explanation_ranking(b).set_index("mechanism")
     assert rk.loc["bloom", "rank"] == 1 and math.isnan(rk.loc["none", "rank"]) and rk.loc["none", "applicable"] == 0
 
 
 # ---------------------------------------------------------------------------- renderers
 
-def _all_tables():
-    recs = synthetic.demo_records(evil=True)
-    sol = boards.solutions_board(records.solutions_frame(recs))
-    exp = boards.explanations_board(records.explanations_frame(recs))
-    rk = boards.explanation_ranking(exp)
-    return sol, boards.best_at_width(sol), exp, rk
+def _all_boards():
+    recs = pairs(synthetic.demo_records(evil=True))
+    directions = frames.metric_directions(recs)
+    sol = boards.solutions_board(frames.solutions_frame(recs), directions)
+    exp = boards.explanations_board(frames.explanations_frame(recs))
+    return {"records": recs, "directions": directions, "solutions": sol, "best": boards.best_at_width(sol),
+            "explanations": exp, "ranking": boards.explanation_ranking(exp), "not_applicable": []}
 
 
 def _parse_markdown(md: str) -> list[list[list[str]]]:
@@ -251,8 +277,9 @@ def _parse_markdown(md: str) -> list[list[list[str]]]:
 
 
 def test_markdown_parses_back():
-    sol, best, exp, rk = _all_tables()
-    tables = render.board_tables(sol, best, exp, rk)
+    b = _all_boards()
+    sol = b["solutions"]
+    tables = render.board_tables(b)
     parsed = _parse_markdown(render.to_markdown(tables))
     assert len(parsed) == len(tables)
     for t, p in zip(tables, parsed):
@@ -276,8 +303,9 @@ def test_pipes_in_names_are_escaped_in_markdown():
 def test_csv_parses_back_to_the_numbers():
     import pandas as pd
 
-    sol, best, exp, rk = _all_tables()
-    text = render.to_csv(sol, exp, rk)
+    b = _all_boards()
+    sol = b["solutions"]
+    text = render.to_csv(sol, b["explanations"], b["ranking"])
     df = pd.read_csv(io.StringIO(text))
     assert set(df.board) == {"solutions", "explanations", "ranking"}
     s = df[df.board == "solutions"].reset_index(drop=True)
@@ -289,8 +317,7 @@ def test_csv_parses_back_to_the_numbers():
 
 
 def test_html_escapes_every_record_string():
-    sol, best, exp, rk = _all_tables()
-    page = render.to_html(render.board_tables(sol, best, exp, rk), [("cap <b>x</b>", b"\x89PNG")])
+    page = render.to_html(render.board_tables(_all_boards()), [("cap <b>x</b>", b"\x89PNG")])
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("<script>") == 1  # only the sorter
@@ -300,8 +327,7 @@ def test_html_escapes_every_record_string():
 
 
 def test_terminal_renders_every_table():
-    sol, best, exp, rk = _all_tables()
-    tables = render.board_tables(sol, best, exp, rk)
+    tables = render.board_tables(_all_boards())
     text = render.to_terminal(tables, width=250)
     for t in tables:
         assert t.title[:40] in text
@@ -309,14 +335,14 @@ def test_terminal_renders_every_table():
 
 
 def test_unknown_format_is_one_line_user_error(tmp_path):
-    from sparsebench.leaderboard.cli import leaderboard
+    from sparsebench.cli import leaderboard
 
     with pytest.raises(UserError, match="unknown --format 'pdf'"):
         leaderboard([tmp_path], format="pdf", out=None)
 
 
 def test_cli_writes_each_format_atomically(tmp_path, capsys):
-    from sparsebench.leaderboard.cli import leaderboard
+    from sparsebench.cli import leaderboard
 
     synthetic.write_records(tmp_path / "results", synthetic.demo_records(evil=False))
     for fmt, name in (("markdown", "b.md"), ("csv", "b.csv"), ("html", "b.html"), ("terminal", "b.txt")):
@@ -345,8 +371,8 @@ def test_fit_scaling_tells_exponential_from_power_law():
 def test_scaling_figure_draws_with_hostile_names():
     from sparsebench.leaderboard import figures
 
-    recs = synthetic.solution_records(task={**TASK, "name": "$x$ <b> $\\frac{"})
-    b = boards.solutions_board(records.solutions_frame(recs))
+    recs = synthetic.solution_records(task={**synthetic.TASK, "name": "$x$ <b> $\\frac{"})
+    b = boards.solutions_board(sol_frame(recs), frames.metric_directions(pairs(recs)))
     fig = figures.scaling_figure(b, b.task_key.iloc[0])
     png = figures.to_png(fig)
     assert png[:4] == b"\x89PNG"
@@ -355,5 +381,5 @@ def test_scaling_figure_draws_with_hostile_names():
 def test_copy_of_records_not_mutated():
     recs = synthetic.explanation_records(seeds=(0,))
     before = copy.deepcopy(recs)
-    boards.explanations_board(records.explanations_frame(recs))
+    boards.explanations_board(exp_frame(recs))
     assert recs == before

@@ -13,12 +13,13 @@ import sys
 import pytest
 import torch
 
-from sparsebench import native
+from sparsebench.accel import native
+from sparsebench.accel.fused import bag_residual, unembed_kl_reference
+from sparsebench.accel.sampling import native_topk_sampler, reference_sample
 from sparsebench.build import make_task
+from sparsebench.context import RunContext
 from sparsebench.errors import UserError
-from sparsebench.fused import unembed_kl_reference
-from sparsebench.native import check_kernel
-from sparsebench.training import TrainConfig, init_models, seed_generator, train
+from sparsebench.training import TrainConfig, init_models, lr_factor, seed_generator, train
 
 OK, WHY = native.available()
 pytestmark = pytest.mark.skipif(not OK, reason=f"the native kernel cannot run here: {WHY}")
@@ -34,8 +35,12 @@ def _problem(task_name: str, V: int, k: int, d: int, m: int, B: int, n: int, **m
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=g))
-    batch = task.sample_stacked(B, generators=[seed_generator(s, "data") for s in range(n)])
+    batch = reference_sample(task, B, [seed_generator(s, "data") for s in range(n)], "cpu")
     return task, module, batch
+
+
+def ctx(backend: str = "native", workers: int = 1) -> RunContext:
+    return RunContext.create("cpu", progress=False, backend=backend, workers=workers)
 
 
 def _native(task, module, batch, bf16: bool = False) -> torch.Tensor:
@@ -49,7 +54,7 @@ def _reference(task, module, batch, up: torch.Tensor):
     ref = copy.deepcopy(module).double()
     index, probs = task.sparse_kl_target(batch)
     W_U, b_U = ref.unembed_params()
-    loss = unembed_kl_reference(ref.residual(**batch.inputs), W_U, b_U, index, probs.double())  # [inst]
+    loss = unembed_kl_reference(bag_residual(ref, **batch.inputs), W_U, b_U, index, probs.double())  # [inst]
     grads = torch.autograd.grad((loss * up.double()).sum(), [p for p in ref.parameters() if p.requires_grad])
     return loss.detach(), grads
 
@@ -165,22 +170,22 @@ def test_adamw_in_the_kernel_equals_torch_adamw_on_its_gradients(shape):
 
 
 def test_the_trainers_native_step_follows_the_schedule():
-    # training.Step on the native path: one kernel call per step with AdamW at lr * lr_factor(i),
-    # bitwise the same as calling the kernel by hand.
-    from sparsebench.training import Step, lr_factor
-
+    # The native step: one kernel call per step with AdamW at the lr it is given (the trainer gives
+    # lr * lr_factor(i)), bitwise the same as calling the kernel by hand.
     task, module, batch = _problem("topk-uniform", *SHAPES["ragged"])
     twin = copy.deepcopy(module)
     cfg = TrainConfig(steps=4, batch_size=13, lr=0.05, warmup=2, weight_decay=0.01)
-    step = Step(module, task, cfg, CPU, "native")
+    step = ctx().accel.step(module, task, cfg)
+    assert isinstance(step, native.NativeStep)
     adamw = native.AdamW(twin, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     index, probs = task.sparse_kl_target(batch)
     for i in range(cfg.steps):
-        loss = step(batch, i)
+        lr = cfg.lr * lr_factor(i, cfg)
+        loss = step(batch, lr)
         ref = native.train_step(twin, batch.inputs["tokens"], batch.inputs["weights"], index, probs,
-                                adamw=adamw, lr=cfg.lr * lr_factor(i, cfg))
+                                adamw=adamw, lr=lr)
         assert torch.equal(loss, ref)
-    assert step.opt is None and step.native.steps == cfg.steps
+    assert step.opt is None and step.adamw.steps == cfg.steps
     for (name, p), q in zip(module.named_parameters(), twin.parameters()):
         assert torch.equal(p, q), name
 
@@ -192,10 +197,10 @@ def test_the_trainers_native_step_follows_the_schedule():
 ])
 def test_the_native_sampler_draws_the_tasks_own_batches(name, config):
     task = make_task(name, config)
-    assert native.samples(task)
     ours, theirs = ([seed_generator(s, "data") for s in range(3)] for _ in range(2))
     for n in (256, 7, 1):  # the generators move on: three batches in a row
-        a, b = task.sample_stacked(n, generators=theirs), native.topk_batch(task, n, ours)
+        fast = native_topk_sampler(task, n, native.topk_from_uniforms)
+        a, b = reference_sample(task, n, theirs, "cpu"), fast(ours)
         for key in ("tokens", "weights"):
             assert a.inputs[key].dtype == b.inputs[key].dtype and torch.equal(a.inputs[key], b.inputs[key]), key
         assert torch.equal(a.target, b.target)
@@ -219,8 +224,11 @@ def test_tasks_that_sample_their_own_way_keep_their_sampler():
         def _from_uniforms(self, u):
             return super()._from_uniforms(u)
 
-    assert not native.samples(Shifted(make_task("topk-uniform", {"V": 20, "k": 2}).config))
-    assert not native.samples(object())  # not a top-k task at all
+    task = Shifted(make_task("topk-uniform", {"V": 20, "k": 2}).config)
+    assert native_topk_sampler(task, 8, native.topk_from_uniforms) is None  # a subclass: its own sample
+    module = type(init_models(task, "mlp1", MODEL, [0])[0]).stacked(init_models(task, "mlp1", MODEL, [0, 1]))
+    step = ctx().accel.step(module, task, CFG)
+    assert isinstance(step, native.NativeStep) and step.sampler is None  # the kernel, but the task's own data
 
 
 def test_adamw_refuses_other_weights_and_a_bad_batch_changes_nothing():
@@ -338,9 +346,9 @@ CFG = TrainConfig(steps=40, batch_size=64, lr=1e-2, warmup=5)
 
 def test_training_with_the_native_kernel_matches_torch():
     task = make_task("topk-uniform", {"V": 50, "k": 3})
-    torch_run = train(task, "mlp1", MODEL, CFG, [0, 1], device=CPU, progress=False)
-    native_run = train(task, "mlp1", MODEL, CFG, [0, 1], device=CPU, progress=False, kernel="native")
-    assert (torch_run.kernel, native_run.kernel) == ("torch", "native")
+    torch_run = train(task, "mlp1", MODEL, CFG, [0, 1], ctx("auto"))
+    native_run = train(task, "mlp1", MODEL, CFG, [0, 1], ctx())
+    assert (torch_run.backend, native_run.backend) == ("fused", "native")
     for a, b in zip(torch_run.models, native_run.models):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4, msg=name)
@@ -354,10 +362,9 @@ def test_bf16_training_reaches_the_same_loss():
     task = make_task("topk-conditional", {"V": 200, "k": 4})
     cfg = TrainConfig(steps=150, batch_size=128, lr=1e-2, warmup=10)
     model = {"d_model": 32, "d_mlp": 32}
-    fp32 = train(task, "mlp1", model, cfg, [0, 1], device=CPU, progress=False, kernel="native")
-    bf16 = train(task, "mlp1", model, dataclasses.replace(cfg, precision="bf16"), [0, 1], device=CPU,
-                 progress=False, kernel="native")
-    assert bf16.kernel == "native"
+    fp32 = train(task, "mlp1", model, cfg, [0, 1], ctx())
+    bf16 = train(task, "mlp1", model, dataclasses.replace(cfg, precision="bf16"), [0, 1], ctx())
+    assert bf16.backend == "native"
     held = task.held_out(512)
     start = task.loss(init_models(task, "mlp1", model, [0])[0](**held.inputs), held).mean().item()
     for a, c in zip(fp32.final_loss, bf16.final_loss):
@@ -371,43 +378,41 @@ def test_seeds_split_over_worker_processes_equal_one_process():
     # AdamW rounds a few elements differently when the stacked tensors change size).
     task = make_task("topk-uniform", {"V": 50, "k": 3})
     seeds = [0, 1, 2]
-    here = train(task, "mlp1", MODEL, CFG, seeds, device=CPU, progress=False, kernel="native")
-    split = train(task, "mlp1", MODEL, CFG, seeds, device=CPU, progress=False, kernel="native", workers=2)
-    assert (split.processes, split.kernel) == (2, "native")
+    here = train(task, "mlp1", MODEL, CFG, seeds, ctx())
+    split = train(task, "mlp1", MODEL, CFG, seeds, ctx(workers=2))
+    assert (split.processes, split.backend) == (2, "native")
     for a, b in zip(here.models, split.models):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.equal(q, p), name
     assert here.final_loss == split.final_loss
 
 
-def test_models_the_kernel_does_not_cover_train_with_torch():
+def test_models_the_kernel_does_not_cover_train_on_the_next_backend():
     task = make_task("topk-uniform", {"V": 50, "k": 3})
-    two_blocks = train(task, "mlp1", {**MODEL, "n_layers": 2}, CFG, [0, 1], device=CPU, progress=False,
-                       kernel="native")
-    assert two_blocks.kernel == "torch"
+    two_blocks = train(task, "mlp1", {**MODEL, "n_layers": 2}, CFG, [0, 1], ctx())
+    assert two_blocks.backend == "fused"
 
 
-def test_kernel_choice_is_checked():
-    with pytest.raises(UserError, match="--kernel must be one of torch, native"):
-        check_kernel("fast", CPU)
+def test_the_native_backend_is_checked_before_any_work():
     with pytest.raises(UserError, match="CPU only"):
-        check_kernel("native", torch.device("cuda"))
-    check_kernel("native", CPU)  # runs here (the module is skipped otherwise)
+        RunContext(device=torch.device("cuda"), backend="native").accel  # noqa: B018
+    RunContext.create("cpu", backend="native")  # runs here (the module is skipped otherwise)
 
 
-def test_cli_records_the_kernel_and_reports_a_missing_compiler(tmp_path):
+def test_cli_records_the_backend_and_reports_a_missing_compiler(tmp_path):
     env = {**os.environ, "SPARSEBENCH_CACHE": str(tmp_path / "cache")}
     sets = ["task.V=40", "task.k=3", "model.d_model=8", "model.d_mlp=8", "train.steps=5", "train.warmup=1"]
-    args = [sys.executable, "-m", "sparsebench", "train", "--no-progress", "--kernel", "native",
+    args = [sys.executable, "-m", "sparsebench", "train", "--no-progress", "--backend", "native",
             *[a for s in sets for a in ("--set", s)]]
     ok = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert ok.returncode == 0, ok.stderr
     (run_json,) = (tmp_path / "cache" / "models").glob("*/run.json")
-    assert json.loads(run_json.read_text())["kernel"] == "native"
-    # A fresh cache and no compiler: one clear line, exit 2, no model written.
+    assert json.loads(run_json.read_text())["backend"] == "native"
+    assert not (tmp_path / "cache" / "native").exists()  # the library is never kept in the cache
+    # No compiler: one clear line, exit 2, no model written.
     env = {**env, "SPARSEBENCH_CACHE": str(tmp_path / "empty"), "CC": "no-such-compiler"}
     bad = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2
-    assert bad.stderr.strip() == ("error: --kernel native cannot run here: no C compiler ('no-such-compiler' not "
+    assert bad.stderr.strip() == ("error: --backend native cannot run here: no C compiler ('no-such-compiler' not "
                                   "found; set CC)")
     assert not (tmp_path / "empty" / "models").exists()

@@ -156,3 +156,22 @@ def test_a_few_training_steps_reduce_loss(task):
         after = task.loss(model(**held.inputs), held).mean().item()
     assert after < before - 0.1, (before, after)
     assert (model.W_pos == 0).all(), "the frozen positional table must stay zero"
+
+
+@pytest.mark.parametrize("name", ["mlp1", "transformer"])
+def test_transformer_lens_cache_tools_work_on_every_model(name):
+    """run_with_cache gives an ActivationCache and every model has a TL cfg, so TL's own tools work alike."""
+    from transformer_lens import ActivationCache
+
+    task = make_task("topk-uniform", {"V": 30, "k": 3})
+    cfg = {"d_model": 8, "d_mlp": 8, "n_layers": 2}
+    model = make_model(name, cfg if name == "mlp1" else {**cfg, "n_heads": 2, "d_head": 4}, task,
+                       generator=torch.Generator().manual_seed(0))
+    batch = task.sample(5, generator=torch.Generator().manual_seed(1))
+    _, cache = model.run_with_cache(**batch.inputs)
+    assert isinstance(cache, ActivationCache) and model.cfg.n_layers == 2
+    assert torch.equal(cache["post", 1], cache["blocks.1.mlp.hook_post"])
+    assert torch.equal(cache["resid_post", -1], cache["blocks.1.hook_resid_post"])
+    stack = cache.accumulated_resid()  # [layers + 1, batch, (pos,) d_model]
+    assert stack.shape[0] == 3 and stack.shape[-1] == 8
+    assert torch.allclose(stack[-1], cache["blocks.1.hook_resid_post"])

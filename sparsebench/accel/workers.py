@@ -4,8 +4,8 @@ Intra-op threads barely help models this small (a [256 x 32] x [32 x 500] matmul
 over before a second thread is woken), and on a shared machine a 2-thread OpenMP
 team spin-waits whenever one of its threads is descheduled. Independent processes,
 each with one thread, have neither problem (docs/performance.md measures both), so
-`train(..., workers=N)` splits the seeds and `evaluate --workers N` spreads the jobs
-over such processes.
+with `RunContext.workers = N` training splits a run's seeds (`train_split`) and
+`evaluate` spreads its jobs (`map_jobs`) over such processes.
 
 Workers are started with "spawn", not "fork": forking a process whose OpenMP or
 MKL thread pool is already running can deadlock the child, and spawn behaves the
@@ -15,9 +15,12 @@ same on Linux, macOS and Windows. Each worker pays one import of torch (~2-4 s).
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+from tqdm.auto import tqdm
 
 from sparsebench.errors import UserError
 
@@ -115,3 +118,50 @@ def split(items: Sequence[T], parts: int) -> list[list[T]]:
         out.append(list(items[start:end]))
         start = end
     return [g for g in out if g]
+
+
+def train_split(train: Callable[..., Any], ctx: Any, task: Any, model_name: str, model_cfg: dict[str, Any],
+                cfg: Any, seeds: list[int], workers: int) -> Any:
+    """`train(task, model_name, model_cfg, cfg, group, ctx.single())` for groups of the seeds, one group per
+    single-threaded worker process; the trained weights come back as state dicts (plain tensors) and are
+    loaded into freshly built models here. Returns a `training.TrainResult` over all seeds in order."""
+    from sparsebench.training import TrainResult, init_models
+
+    require_installed({"tasks": [getattr(task, "name", "")], "models": [model_name]})
+    groups = split(seeds, workers)
+    start = time.perf_counter()
+    with worker_pool(len(groups)) as pool:
+        futures = [pool.submit(_train_states, train, task, model_name, model_cfg, cfg, g, ctx.single())
+                   for g in groups]
+        results = [f.result() for f in futures]
+    models, losses = [], []
+    for group, (states, group_losses, backend) in zip(groups, results):
+        for model, state in zip(init_models(task, model_name, model_cfg, group), states):
+            model.load_state_dict(state)
+            models.append(model.eval())
+        losses += group_losses
+    return TrainResult(models, losses, time.perf_counter() - start, processes=len(groups), threads=1,
+                       backend=backend)
+
+
+def _train_states(train: Callable[..., Any], task: Any, model_name: str, model_cfg: dict[str, Any], cfg: Any,
+                  seeds: list[int], ctx: Any) -> tuple[list[dict[str, Any]], list[float], str]:
+    """Worker side of `train_split`."""
+    result = train(task, model_name, model_cfg, cfg, seeds, ctx)
+    return [m.state_dict() for m in result.models], result.final_loss, result.backend
+
+
+def map_jobs(fn: Callable[..., T], calls: list[tuple[Any, ...]], workers: int, progress: bool,
+             desc: str) -> Iterator[T]:
+    """`fn(*call)` for every call, in `workers` worker processes (results as they complete) or, with one
+    worker, in this process in order."""
+    if workers <= 1:
+        for call in tqdm(calls, desc=desc, disable=not progress, leave=False):
+            yield fn(*call)
+        return
+    workers = min(workers, len(calls))
+    with worker_pool(workers) as pool:  # calls go out in order: put the long ones first
+        futures = [pool.submit(fn, *call) for call in calls]
+        for future in tqdm(as_completed(futures), total=len(futures), desc=f"{desc} ({workers} processes)",
+                           disable=not progress, leave=False):
+            yield future.result()

@@ -22,8 +22,15 @@ loss and gradients against plain autograd on the same math.
 
 A task opts in by defining `sparse_kl_target(batch) -> (index [..., k] long,
 probs [..., k])`, promising that `task.loss(logits, batch)` equals the KL above
-for that sparse target. Tasks without it train through `task.loss` (the generic
+for that sparse target. Tasks without it train through `task.loss` (the plain
 path, always correct).
+
+`FusedStep` is the training step the run context's door hands out for stacked
+`mlp1` on such a task (backend "fused", and "auto" on the CPU): the residual
+stream through `bag_residual` (an embedding bag with an index_add backward), the
+loss and its gradients through `unembed_kl`, then torch's AdamW; a built-in top-k
+task's batches are drawn for all instances at once (`sampling.torch_topk_sampler`,
+checked bitwise against the task's `sample`).
 """
 
 from __future__ import annotations
@@ -31,7 +38,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from sparsebench.accel.sampling import CheckedSampler, torch_topk_sampler
+from sparsebench.api import Batch
+from sparsebench.models.mlp import StackedMLP
+from sparsebench.training import AutogradStep
 
 LOG2E = 1.4426950408889634  # log2(e)
 LN2 = 0.6931471805599453  # ln(2)
@@ -44,6 +57,72 @@ def supports_fused(task: Any) -> bool:
     # a subclass that overrides `loss` (a plugin with another loss) trains through `task.loss`.
     owner = next((c for c in type(task).__mro__ if "sparse_kl_target" in vars(c)), None)
     return owner is not None and type(task).loss is owner.loss
+
+
+def supports(module: torch.nn.Module, task: Any) -> bool:
+    """Whether `FusedStep` computes this model on this task: stacked `mlp1` and a sparse-KL task."""
+    return isinstance(module, StackedMLP) and supports_fused(task)
+
+
+def sparse_kl(task: Any, batch: Batch) -> tuple[Tensor, Tensor]:
+    """(index, probs) of the task's sparse KL target for `batch` (see the module docstring)."""
+    return task.sparse_kl_target(batch)
+
+
+class _WeightedBag(torch.autograd.Function):
+    """x_b = sum_i w_bi E[t_bi] (an embedding bag with per-sample weights) with an index_add backward.
+
+    The forward is `F.embedding_bag`; its stock CPU backward sorts the indices and is 2-10x
+    slower than one `index_add_` of the weighted output gradients, which is what this does.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tokens: Tensor, weights: Tensor, E: Tensor) -> Tensor:
+        # tokens, weights: [rows, set]; E: [n_embeddings, d] -> [rows, d]
+        ctx.save_for_backward(tokens, weights, E)
+        return F.embedding_bag(tokens, E, mode="sum", per_sample_weights=weights)
+
+    @staticmethod
+    def backward(ctx: Any, grad_x: Tensor) -> tuple[None, Tensor | None, Tensor | None]:
+        tokens, weights, E = ctx.saved_tensors
+        grad_w = grad_E = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.einsum("bd,bsd->bs", grad_x, E[tokens])
+        if ctx.needs_input_grad[2]:
+            rows = (grad_x.unsqueeze(1) * weights.unsqueeze(-1)).reshape(-1, E.shape[1])  # [rows * set, d]
+            grad_E = torch.zeros_like(E).index_add_(0, tokens.reshape(-1), rows)
+        return None, grad_w, grad_E
+
+
+def bag_residual(module: StackedMLP, tokens: Tensor, weights: Tensor) -> Tensor:
+    """`module.residual(tokens, weights)` with the input sum through `_WeightedBag`: [inst, batch, d_model]."""
+    W_E = module.p("embed.W_E")  # [inst, n_inputs, d_model]
+    n, V, d = W_E.shape
+    offset = torch.arange(n, device=tokens.device).view(n, 1, 1) * V
+    x = _WeightedBag.apply((tokens + offset).flatten(0, 1), weights.to(W_E.dtype).flatten(0, 1),
+                           W_E.reshape(n * V, d))  # sum_i w_i E[t_i]: [inst * batch, d_model]
+    return module.run_blocks(x.view(n, tokens.shape[1], d))
+
+
+class FusedStep(AutogradStep):
+    """The training step with the fused unembedding + sparse KL (see the module docstring)."""
+
+    backend = "fused"
+
+    def __init__(self, module: torch.nn.Module, task: Any, cfg: Any, device: torch.device):
+        super().__init__(module, task, cfg, device, stacked=True)
+        fast = torch_topk_sampler(task, cfg.batch_size, device)
+        self.sampler = CheckedSampler(task, cfg.batch_size, device, fast) if fast is not None else None
+
+    def sample(self, generators: list[torch.Generator]) -> Batch:
+        return self.sampler(generators) if self.sampler is not None else super().sample(generators)
+
+    def loss(self, batch: Batch) -> Tensor:
+        index, probs = sparse_kl(self.task, batch)
+        W_U, b_U = self.module.unembed_params()  # type: ignore[operator]
+        r = bag_residual(self.module, **batch.inputs)  # type: ignore[arg-type]
+        mm_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None
+        return unembed_kl(r, W_U, b_U, index, probs, mm_dtype=mm_dtype)
 
 
 class _UnembedKL(torch.autograd.Function):

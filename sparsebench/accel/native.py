@@ -1,7 +1,7 @@
 """The native CPU kernel: a whole `mlp1` training step's forward and backward in one compiled call.
 
 `csrc/mlp1_kl.c` computes, for stacked `mlp1` (one residual ReLU block) and a task with a sparse
-KL target (`fused.supports_fused`), the per-instance loss and the gradients of every weight in one
+KL target (`fused.sparse_kl`), the per-instance loss and the gradients of every weight in one
 pass over blocks of 8 batch rows (the maths is in the C file's header), and for the trainer also
 each instance's AdamW step (`AdamW`); `csrc/topk_sample.c` turns a top-k task's uniforms into its
 batch (`topk_batch`, bitwise the task's own). It is the same arithmetic
@@ -11,13 +11,14 @@ with it differ from the torch path's in the last bits, as they do across thread 
 
 Why: at the small sizes this suite trains, an eager-torch step is bound by per-op overhead and by
 passes over [rows, V] tiles (docs/performance.md, "Where one worker's step goes"); one compiled
-call removes both. It is opt-in (`sparsebench train/evaluate --kernel native`, `bench` rows
+call removes both. It is opt-in (`sparsebench train/evaluate --backend native`, `bench` rows
 "native"): x86-64 with AVX-512 (F and BW; BF16 for bf16 matmuls) and a C compiler (`$CC`, else `cc`).
+`NativeStep` is the training step the run context's door hands out for it.
 
-Build: compiled on first use into `native/` under the default cache root (`$SPARSEBENCH_CACHE`,
-else ~/.cache/sparsebench; `--cache` moves models only), named by a hash of the source and
-flags, written then renamed (two processes building at once both succeed); loaded with ctypes.
-Nothing is downloaded. `available()` says whether it can run here and why not.
+Build: compiled on first use in each process (about a second) into a fresh private temporary
+folder, loaded with ctypes, and the folder removed. Never loaded from a shared or writable place
+such as the model cache: a library planted there would run its code in every process that loads
+it. Nothing is downloaded. `available()` says whether it can run here and why not.
 """
 
 from __future__ import annotations
@@ -38,14 +39,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsebench.config import stable_hash
+from sparsebench.accel.fused import FusedStep, sparse_kl
+from sparsebench.accel.sampling import CheckedSampler, native_topk_sampler
+from sparsebench.api import Batch
 from sparsebench.errors import UserError
+from sparsebench.models.mlp import StackedMLP
+from sparsebench.training import ADAM_EPS
 
-# No -march=native: a cache folder may be shared by machines with different CPUs. No FMA contraction
+# No -march=native: worker processes on other machines (Ray) may have other CPUs. No FMA contraction
 # of plain C expressions: topk_sample.c must round as torch does (the kernel's FMAs are intrinsics).
 FLAGS = ("-O3", "-mavx512f", "-mavx512bf16", "-mfma", "-ffp-contract=off", "-shared", "-fPIC")
-SOURCES = ("mlp1_kl.c", "topk_sample.c")  # in sparsebench/csrc, built into one library
-KERNELS = ("torch", "native")  # the values of `--kernel`
+SOURCES = ("mlp1_kl.c", "topk_sample.c")  # in sparsebench/accel/csrc, built into one library
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,38 +68,31 @@ def _cpu_reason(bf16: bool = False) -> str | None:
     return None
 
 
-def _build(cache: Path) -> Path:
-    sources = {name: resources.files("sparsebench").joinpath("csrc", name).read_text() for name in SOURCES}
+def _build(folder: Path) -> Path:
+    """Compile the kernel's sources into `folder` (which must be private to this process)."""
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
         raise UserError(f"no C compiler ({compiler!r} not found; set CC)")
-    out = cache / "native" / f"mlp1_kl-{stable_hash({'sources': sources, 'flags': FLAGS, 'cc': compiler})}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        paths = [Path(tmp) / name for name in sources]
-        for path in paths:
-            path.write_text(sources[path.name])
-        lib = Path(tmp) / out.name
-        done = subprocess.run([compiler, *FLAGS, "-o", str(lib), *map(str, paths), "-lm"], capture_output=True,
-                              text=True)
-        if done.returncode != 0:
-            first = (done.stderr.strip().splitlines() or ["(no output)"])[0]
-            raise UserError(f"{compiler} could not build {' '.join(SOURCES)}: {first}")
-        os.replace(lib, out)  # atomic: a concurrent build of the same file just replaces it whole
-    return out
+    paths = []
+    for name in SOURCES:
+        paths.append(folder / name)
+        paths[-1].write_text(resources.files("sparsebench.accel").joinpath("csrc", name).read_text())
+    lib = folder / "sparsebench_native.so"
+    done = subprocess.run([compiler, *FLAGS, "-o", str(lib), *map(str, paths), "-lm"], capture_output=True, text=True)
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or ["(no output)"])[0]
+        raise UserError(f"{compiler} could not build {' '.join(SOURCES)}: {first}")
+    return lib
 
 
 @functools.lru_cache(maxsize=None)
 def _library() -> ctypes.CDLL:
-    """The loaded kernel, built on first use under the cache root of that moment (once per process)."""
-    from sparsebench.checkpoints import cache_root
-
+    """The loaded kernel, built on first use in this process (once per process)."""
     try:
-        lib = ctypes.CDLL(str(_build(cache_root())))
-    except OSError as e:  # an unwritable cache folder, a library the loader refuses
-        raise UserError(f"cannot build or load the kernel under {cache_root() / 'native'}: {e}") from None
+        with tempfile.TemporaryDirectory(prefix="sparsebench-native-") as tmp:  # mode 0700, removed after loading
+            lib = ctypes.CDLL(str(_build(Path(tmp))))
+    except OSError as e:  # no writable temporary folder, a library the loader refuses
+        raise UserError(f"cannot build or load the native kernel: {e}") from None
     fn = lib.sb_mlp1_kl
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_int] * 11 + [ctypes.c_void_p] * 22
@@ -121,24 +118,9 @@ def available(bf16: bool = False) -> tuple[bool, str]:
     return True, ""
 
 
-def check_kernel(kernel: str, device: torch.device) -> None:
-    """One clear UserError unless `kernel` is a known kernel that can run on `device` here."""
-    if kernel not in KERNELS:
-        raise UserError(f"--kernel must be one of {', '.join(KERNELS)} (got {kernel!r})")
-    if kernel == "torch":
-        return
-    if torch.device(device).type != "cpu":
-        raise UserError(f"--kernel native runs on the CPU only (device is {device}); use --kernel torch")
-    ok, why = available()
-    if not ok:
-        raise UserError(f"--kernel native cannot run here: {why}")
-
-
 def supports(module: torch.nn.Module, precision: str = "fp32") -> bool:
     """Whether the kernel computes this model: stacked `mlp1` with exactly one block and fp32 weights
     (and, for precision "bf16", a CPU with AVX512-BF16)."""
-    from sparsebench.models.mlp import StackedMLP
-
     return (isinstance(module, StackedMLP) and module.config.n_layers == 1
             and all(p.dtype == torch.float32 for p in module.parameters())
             and (precision == "fp32" or available(bf16=True)[0]))
@@ -308,29 +290,40 @@ def mlp1_kl(module: torch.nn.Module, tokens: Tensor, weights: Tensor, index: Ten
     return _Mlp1KL.apply(bf16, torch.is_grad_enabled(), tokens, weights, *params, index, probs)
 
 
-def samples(task: Any) -> bool:
-    """Whether `topk_batch` draws this task's batches: a built-in top-k task whose sampling is not
-    overridden (its target may be anything: it is computed from the weights by the task)."""
-    from sparsebench.tasks.topk import TopKUniform
-
-    cls = type(task)
-    return isinstance(task, TopKUniform) and all(
-        getattr(cls, name) is getattr(TopKUniform, name) for name in ("sample_stacked", "_uniforms", "_from_uniforms"))
-
-
-def topk_batch(task: Any, n: int, generators: list[torch.Generator]) -> Any:
-    """`task.sample_stacked(n, generators=generators)` on the CPU for a task that `samples` covers,
-    bitwise the same batch: each generator draws the task's uniforms with the task's own `_uniforms`,
-    and `csrc/topk_sample.c` turns them into tokens and weights in one call instead of ~45 torch ops.
-    Ties between two of a sample's order uniforms (probability ~k^2 2^-54) are broken by position."""
-    from sparsebench.api import Batch
-
+def topk_from_uniforms(task: Any, u: Tensor) -> Batch:
+    """A built-in top-k task's batch from its uniforms u [inst, n, 3k] (as `task._uniforms` draws them):
+    `csrc/topk_sample.c` does Floyd's algorithm, the random order and the weights in one call instead
+    of ~45 torch ops, bitwise as `task._from_uniforms` does (ties between two of a sample's order
+    uniforms, probability ~k^2 2^-54, are broken by position as torch's stable argsort does)."""
     c = task.config
-    u = torch.stack([task._uniforms(n, g, "cpu") for g in generators])  # [inst, n, 3k], as sample_stacked draws
-    tokens = torch.empty(len(generators), n, c.k, dtype=torch.long)
-    weights = torch.empty(len(generators), n, c.k, dtype=torch.float32)
-    status = _library().sb_topk_from_uniforms(u.shape[0] * n, c.k, c.V, c.w_lo, c.w_hi - c.w_lo, u.data_ptr(),
+    inst, n = u.shape[0], u.shape[1]
+    u = u.contiguous()
+    tokens = torch.empty(inst, n, c.k, dtype=torch.long)
+    weights = torch.empty(inst, n, c.k, dtype=torch.float32)
+    status = _library().sb_topk_from_uniforms(inst * n, c.k, c.V, c.w_lo, c.w_hi - c.w_lo, u.data_ptr(),
                                               tokens.data_ptr(), weights.data_ptr())
     if status != 0:
         raise MemoryError("native sampler: out of memory")
     return Batch({"tokens": tokens, "weights": weights}, task.target_probs(weights))
+
+
+class NativeStep(FusedStep):
+    """The training step with the native kernel: one compiled call computes every instance's loss and
+    gradients and takes its AdamW step (`AdamW`); a built-in top-k task's batches are drawn by the
+    native sampler, checked bitwise against the task's own `sample` on the first batch."""
+
+    backend = "native"
+
+    def __init__(self, module: torch.nn.Module, task: Any, cfg: Any, device: torch.device):
+        super().__init__(module, task, cfg, device)
+        self.opt = None  # the kernel owns the optimiser state
+        self.adamw = AdamW(module, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, eps=ADAM_EPS)
+        fast = native_topk_sampler(task, cfg.batch_size, topk_from_uniforms)
+        if fast is not None:
+            self.sampler = CheckedSampler(task, cfg.batch_size, device, fast)
+
+    def __call__(self, batch: Batch, lr: float) -> Tensor:
+        index, probs = sparse_kl(self.task, batch)
+        return train_step(self.module, batch.inputs["tokens"], batch.inputs["weights"], index, probs,
+                          bf16=self.cfg.precision == "bf16", adamw=self.adamw, lr=lr)
+

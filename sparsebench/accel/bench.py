@@ -12,14 +12,14 @@ Rows and their references:
 - "sparsebench N=..." rows run in this process on one thread: "% of matmul" is
   against the one-thread matmul.
 - "... P procs" rows split the N instances over P single-threaded worker
-  processes (`sparsebench.parallel`, the same split as `train(..., workers=P)`),
+  processes (`accel.workers`, the same split as `--workers P` gives a run's seeds),
   timed from the driver: "% of matmul" is against the fp32 matmul on as many
   threads as there are processes (at most the core count).
 - "bf16" rows run the fused loss's three matmuls in bf16 (`train.precision=bf16`);
   their "% of matmul" is still against the *fp32* matmul (the issue's reference);
   the bf16 matmul rate is printed too.
 - "native" rows run each step's forward and backward as one compiled call
-  (`--kernel native`, `sparsebench.native`; "native bf16" with bf16 matmuls). Where it
+  (`--backend native`, `sparsebench.accel.native`; "native bf16" with bf16 matmuls). Where it
   cannot run (no AVX-512 or no C compiler) they are left out and the reason is printed.
 
 FLOPs are counted from the model's matmuls only (embedding sums, softmax and the
@@ -33,7 +33,9 @@ Linear layers, Linear unembedding), AdamW with default settings, the full
 log-softmax and `F.kl_div` against a dense [batch, V] target, one model at a time.
 It draws its batches with the task's own (torch) sampler, as the torch-path trainer rows
 do; the native rows draw the same batches, bitwise, with the native sampler
-(`native.topk_batch`), which is part of what `--kernel native` speeds up.
+(`native.topk_from_uniforms`), which is part of what `--backend native` speeds up. The
+trainer rows run the trainer's own loop (`training.optimise`) with the step the run
+context's door hands out ("auto": the fused step on the CPU; "native").
 """
 
 from __future__ import annotations
@@ -44,9 +46,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import typer
-
-from sparsebench.bench_parts import NATIVE_PARTS, PARTS, StepParts, ceiling, summarise
+from sparsebench.accel.bench_parts import NATIVE_PARTS, PARTS, StepParts, ceiling, summarise
+from sparsebench.errors import UserError
 
 REGIMES: dict[str, dict[str, int]] = {
     # overhead-bound: small widths and batch
@@ -126,22 +127,19 @@ def plain_runner(task: Any, V: int, k: int, d: int, m: int, batch: int) -> Any:
 
 
 def trainer_runner(task: Any, d: int, m: int, batch: int, n: int, precision: str = "fp32",
-                   first_seed: int = 0, kernel: str = "torch") -> Any:
+                   first_seed: int = 0, backend: str = "auto") -> Any:
     """The sparsebench trainer's loop on an N-instance StackedMLP; returns run(steps)."""
-    import torch
-
-    from sparsebench.training import TrainConfig, _optimise, init_models, use_fused, use_native
+    from sparsebench.context import RunContext
+    from sparsebench.training import TrainConfig, init_models, optimise
 
     seeds = list(range(first_seed, first_seed + n))
     models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, seeds)
     module = type(models[0]).stacked(models)
-    device = torch.device("cpu")
-    fused = use_fused(task, module, device)
-    path = "native" if use_native(module, precision, fused, kernel) else fused
+    ctx = RunContext.create("cpu", progress=False, backend=backend)
 
     def run(steps: int) -> None:
         cfg = TrainConfig(steps=steps, batch_size=batch, warmup=0, precision=precision)  # type: ignore[arg-type]
-        _optimise(module, task, cfg, seeds, device, progress=False, stacked=True, fused=path)
+        optimise(module, task, cfg, seeds, ctx)
 
     return run
 
@@ -173,14 +171,14 @@ def _threads(n: int) -> str:
     return f"{n} thread{'s' if n > 1 else ''}"
 
 
-def _worker(conn: Any, regime: dict[str, int], n: int, first_seed: int, precision: str, kernel: str) -> None:
+def _worker(conn: Any, regime: dict[str, int], n: int, first_seed: int, precision: str, backend: str) -> None:
     """A benchmark worker process: build its share of the instances, then run steps on request."""
+    from sparsebench.accel.workers import init_worker
     from sparsebench.build import make_task
-    from sparsebench.parallel import init_worker
 
-    init_worker()  # as `train(..., workers=P)` sets up its workers
+    init_worker()  # as training's worker processes are set up
     task = make_task("topk-uniform", {"V": regime["V"], "k": regime["k"]})
-    run = trainer_runner(task, regime["d"], regime["m"], regime["batch"], n, precision, first_seed, kernel)
+    run = trainer_runner(task, regime["d"], regime["m"], regime["batch"], n, precision, first_seed, backend)
     conn.send("ready")
     while (steps := conn.recv()) is not None:
         run(steps)
@@ -188,23 +186,23 @@ def _worker(conn: Any, regime: dict[str, int], n: int, first_seed: int, precisio
 
 
 class ProcessRunner:
-    """N instances split over P single-threaded processes (as `train(..., workers=P)` splits seeds).
+    """N instances split over P single-threaded processes (as `--workers P` splits a run's seeds).
 
     run(steps) starts every worker on `steps` steps and returns when all are done, so its
     wall time is the machine's time for N instances. Workers live for the whole benchmark.
     """
 
     def __init__(self, regime: dict[str, int], n: int, processes: int, precision: str = "fp32",
-                 kernel: str = "torch"):
+                 backend: str = "auto"):
         import multiprocessing
 
-        from sparsebench.parallel import split
+        from sparsebench.accel.workers import split
 
         ctx = multiprocessing.get_context("spawn")
         self.conns, self.procs = [], []
         for share in split(list(range(n)), processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, regime, len(share), share[0], precision, kernel),
+            proc = ctx.Process(target=_worker, args=(child, regime, len(share), share[0], precision, backend),
                                daemon=True)
             proc.start()
             self.conns.append(parent)
@@ -232,26 +230,21 @@ class ProcessRunner:
                 p.join()
 
 
-def bench(
-    repeats: int = typer.Option(5, help="Interleaved repeats; figures are medians over them."),
-    steps: Optional[int] = typer.Option(None, help="Timed steps per measurement at N=1 (N instances run "
-                                        "steps/N steps, the same samples, but at least 40 (small regime) or 2). "
-                                        "Default: 160 small, 32 default."),
-    regime: str = typer.Option("both", help="small (V=500, d=m=32, batch 256), default (V=2000, d=m=64, "
-                               "batch 1024), or both."),
-    processes: int = typer.Option(0, help="Worker processes for the multi-process rows "
-                                  "[default: one per core; 1 skips those rows]."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Save all figures to this JSON file."),
-) -> dict[str, Any]:
-    """Training throughput: plain PyTorch loop vs the sparsebench trainer, and % of the matmul FLOP rate."""
+def run_bench(repeats: int = 5, steps: int | None = None, regime: str = "both", processes: int = 0,
+              json_path: Path | None = None) -> dict[str, Any]:
+    """Run the benchmark (see the module docstring), print its tables, and return (and save) the figures."""
     import torch
 
     if regime not in ("small", "default", "both"):
-        raise typer.BadParameter(f"regime must be small, default or both (got {regime!r})")
+        raise UserError(f"--regime must be small, default or both (got {regime!r})")
     if repeats < 1:
-        raise typer.BadParameter(f"repeats must be at least 1 (got {repeats})")
+        raise UserError(f"--repeats must be at least 1 (got {repeats})")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be at least 1 (got {steps})")
     if processes < 0:
-        raise typer.BadParameter(f"processes must be >= 0 (got {processes})")
+        raise UserError(f"--processes must be >= 0 (got {processes})")
+    if json_path is not None and json_path.is_dir():
+        raise UserError(f"--json {json_path} is a folder; give a file name")
     cores = torch.get_num_threads()  # torch's default: one thread per core
     with torch_threads(1):
         return _bench(repeats, steps, regime, cores, processes or cores, json_path)
@@ -269,7 +262,7 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
            json_path: Path | None) -> dict[str, Any]:
     import torch
 
-    from sparsebench import native
+    from sparsebench.accel import native
     from sparsebench.build import make_task
     from sparsebench.io import write_json
 
@@ -298,7 +291,7 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
                                                   n_max, trainer_steps(r, n_steps, n_max), _ref(1))
         for precision in native_precisions:
             runners[f"sparsebench N={n_max} native{' bf16' if precision == 'bf16' else ''}"] = (
-                trainer_runner(task, r["d"], r["m"], r["batch"], n_max, precision, kernel="native"), n_max,
+                trainer_runner(task, r["d"], r["m"], r["batch"], n_max, precision, backend="native"), n_max,
                 trainer_steps(r, n_steps, n_max), _ref(1))
         # One worker's share of the N=16 step, split into parts (sparsebench/bench_parts.py). With more
         # workers than cores they take turns: `waves` rounds of steps per step of N=16.
@@ -308,10 +301,10 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
         part_runs: list[dict[str, float]] = []
         pools: list[ProcessRunner] = []
         try:
-            variants = [("fp32", "torch", ""), ("bf16", "torch", " bf16")] + [
+            variants = [("fp32", "auto", ""), ("bf16", "auto", " bf16")] + [
                 (p, "native", " native bf16" if p == "bf16" else " native") for p in native_precisions]
-            for precision, kernel, tag in variants if procs > 1 else ():
-                pools.append(ProcessRunner(r, n_max, procs, precision, kernel))
+            for precision, backend, tag in variants if procs > 1 else ():
+                pools.append(ProcessRunner(r, n_max, procs, precision, backend))
                 runners[f"sparsebench N={n_max}{tag}, {procs} procs"] = (
                     pools[-1], n_max, trainer_steps(r, n_steps, n_max), _ref(min(procs, cores)))
             for run, _, s, _ in runners.values():  # warm-up: allocator, kernels, first-call costs

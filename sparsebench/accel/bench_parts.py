@@ -1,9 +1,9 @@
 """Where a training step's time goes, and the ceiling a perfect loss kernel would reach.
 
 `sparsebench bench` uses this to put its "x plain" figures next to a measured bound.
-A step of the trainer (`training._optimise`, fused path) is four pieces of work:
+A step of the trainer (`training.optimise`, fused step) is four pieces of work:
 
-    sample    task.sample_stacked: draw the batch of every instance
+    sample    the fused step's sampler: draw the batch of every instance
     model     the residual stream r (embedding bag, MLP blocks), forward + backward
     loss      the fused unembedding + sparse KL (`fused.unembed_kl`), forward + backward:
               three [B, d] x [d, V] matmuls per instance plus the softmax work on [B, V]
@@ -16,9 +16,8 @@ hand-written loss kernel could do with everything else unchanged. It bounds the
 multi-process rows from above (it also assumes processes do not slow each other;
 with more processes than cores, bench.py counts the rounds they take turns in).
 
-Where the native kernel runs (`sparsebench.native`), its one call (model and loss, forward
-and backward: the work of "model" + "loss"), its sampler (`native.topk_batch`: the same batch
-as "sample") and the whole step with both (sample, then one call that also takes the AdamW
+Where the native kernel runs (`sparsebench.accel.native`), its one call (model and loss, forward
+and backward: the work of "model" + "loss"), its sampler (the same batch as "sample") and the whole step with both (sample, then one call that also takes the AdamW
 step) are timed too, in fp32 and with bf16 matmuls: what compiled code actually reached, next
 to the ceiling.
 """
@@ -28,6 +27,10 @@ from __future__ import annotations
 import statistics
 import time
 from typing import Any, Callable
+
+from sparsebench.accel.fused import bag_residual, unembed_kl
+from sparsebench.accel.native import mlp1_kl
+from sparsebench.training import lr_factor
 
 PARTS = ("sample", "model", "loss", "optimiser")
 # Timed when the native kernel runs here: its sampler, its one call (model and loss, forward and
@@ -49,11 +52,11 @@ class StepParts:
         self.module = type(models[0]).stacked(models)
         self.cfg = TrainConfig(steps=1, batch_size=batch, warmup=0)
         self.task, self.batch, self.n, self.native = task, batch, n, native
-        self.steps: dict[tuple[bool | str, str], Any] = {}  # (path, precision) -> the trainer's Step
-        self.opt = self.stepper(True, "fp32").opt
+        self.steps: dict[tuple[str, str], Any] = {}  # (backend, precision) -> the trainer's step
+        self.opt = self.stepper("fused", "fp32").opt
         self.gens = [seed_generator(s, "data") for s in seeds]
-        self.fixed = task.sample_stacked(batch, generators=self.gens)  # one batch reused by model/loss
-        r = self.module.residual(**self.fixed.inputs)  # [n, batch, d]
+        self.fixed = self.stepper("fused", "fp32").sample(self.gens)  # one batch reused by model/loss
+        r = bag_residual(self.module, **self.fixed.inputs)  # [n, batch, d]
         self.r = r.detach().requires_grad_()
         self.grad_r = torch.randn_like(r)  # a stand-in upstream gradient for the model's backward
         self.step()  # every parameter has a .grad, so the optimiser part does real work
@@ -64,30 +67,27 @@ class StepParts:
         return 3 * 2 * self.n * self.batch * W_U.shape[-2] * W_U.shape[-1]
 
     def _loss(self, r: Any, batch: Any) -> Any:
-        """The fused loss from a given residual stream r (the trainer's `step_loss` computes r itself)."""
-        from sparsebench.fused import unembed_kl
-
+        """The fused loss from a given residual stream r (the fused step computes r itself)."""
         W_U, b_U = self.module.unembed_params()
         index, probs = self.task.sparse_kl_target(batch)
         return unembed_kl(r, W_U, b_U, index, probs).sum()
 
-    def stepper(self, path: bool | str, precision: str) -> Any:
-        """The trainer's own `Step` on this module (fused, or the native kernel if path="native")."""
+    def stepper(self, backend: str, precision: str) -> Any:
+        """The trainer's own step on this module, as the run context's door hands it out for `backend`."""
         import dataclasses
 
-        import torch
+        from sparsebench.context import RunContext
 
-        from sparsebench.training import Step
-
-        if (path, precision) not in self.steps:
+        if (backend, precision) not in self.steps:
             cfg = dataclasses.replace(self.cfg, precision=precision)
-            self.steps[path, precision] = Step(self.module, self.task, cfg, torch.device("cpu"), path)
-        return self.steps[path, precision]
+            ctx = RunContext.create("cpu", progress=False, backend=backend)
+            self.steps[backend, precision] = ctx.accel.step(self.module, self.task, cfg)
+        return self.steps[backend, precision]
 
-    def step(self, path: bool | str = True, precision: str = "fp32") -> None:
-        """One whole training step as the trainer takes it: sample, then `Step` (at step 0's lr)."""
-        step = self.stepper(path, precision)
-        step(step.sample(self.gens), 0)
+    def step(self, backend: str = "fused", precision: str = "fp32") -> None:
+        """One whole training step as the trainer takes it: sample, then the step (at step 0's lr)."""
+        step = self.stepper(backend, precision)
+        step(step.sample(self.gens), self.cfg.lr * lr_factor(0, self.cfg))
 
     def parts(self) -> dict[str, Callable[[], Any]]:
         """The parts as calls. model and loss return their gradients (autograd.grad) instead of
@@ -99,8 +99,6 @@ class StepParts:
         body = [p for p in trainable if p is not W_U and p is not b_U]
         native = {}
         for precision in self.native:  # the precisions the native kernel runs in here
-            from sparsebench.native import mlp1_kl
-
             index, probs = self.task.sparse_kl_target(self.fixed)
             inputs, bf16 = self.fixed.inputs, precision == "bf16"
 
@@ -112,12 +110,10 @@ class StepParts:
             native[f"model + loss, native{tag}"] = call
             native[f"step, native{tag}"] = lambda precision=precision: self.step("native", precision)
         if self.native:
-            from sparsebench.native import topk_batch
-
-            native["sample, native"] = lambda: topk_batch(self.task, self.batch, self.gens)
+            native["sample, native"] = lambda: self.stepper("native", "fp32").sample(self.gens)
         return {
-            "sample": lambda: self.task.sample_stacked(self.batch, generators=self.gens),
-            "model": lambda: torch.autograd.grad(self.module.residual(**self.fixed.inputs), body, self.grad_r),
+            "sample": lambda: self.stepper("fused", "fp32").sample(self.gens),
+            "model": lambda: torch.autograd.grad(bag_residual(self.module, **self.fixed.inputs), body, self.grad_r),
             "loss": lambda: torch.autograd.grad(self._loss(self.r, self.fixed), [self.r, W_U, b_U]),
             "optimiser": self.opt.step,
             "step": self.step,

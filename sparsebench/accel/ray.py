@@ -1,6 +1,6 @@
 """Run an evaluation's jobs as Ray tasks (`sparsebench evaluate --executor ray`).
 
-The jobs are the same ones the in-process executor runs (`evaluate.run_job`);
+The jobs are the same calls the in-process executor makes (`evaluate.run_job`);
 each becomes one Ray task that returns its records, and the driver writes
 them, so results are identical and the results folder needs no shared file
 system. Ray is an optional extra: `pip install 'sparsebench[ray]'`. With
@@ -10,26 +10,23 @@ instance is started for the run and stopped after it.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import Any, Callable, Iterator
 
 from sparsebench.errors import UserError
 
 
-def _job_in_worker(plan: Any, job: Any, device: str, cache: str | None, skip: set[str], kernel: str) -> list:
+def _in_worker(fn: Callable[..., Any], *call: Any) -> Any:
     # One CPU per task: torch would otherwise start a thread per core in every task and oversubscribe.
     # Ray reuses its worker processes, so the set-up is the same as the local workers' and idempotent.
-    from sparsebench.evaluate import run_job
-    from sparsebench.parallel import init_worker
+    from sparsebench.accel.workers import init_worker
 
     init_worker()
-    return run_job(plan, job, torch.device(device), Path(cache) if cache else None, False, skip, kernel)
+    return fn(*call)
 
 
-def run_on_ray(plan: Any, todo: list, device: torch.device, cache: Path | None,
-               address: str | None, kernel: str = "torch") -> Iterator[list]:
+def map_on_ray(fn: Callable[..., Any], calls: list[tuple[Any, ...]], address: str | None,
+               gpu: bool) -> Iterator[Any]:
+    """`fn(*call)` for every call as one Ray task each (one CPU, and one GPU if `gpu`); results as they finish."""
     try:
         import ray
     except ImportError:
@@ -41,9 +38,8 @@ def run_on_ray(plan: Any, todo: list, device: torch.device, cache: Path | None,
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}") from None
     try:
-        task = ray.remote(num_cpus=1, num_gpus=1 if device.type == "cuda" else 0)(_job_in_worker)
-        pending = [task.remote(plan, job, str(device), str(cache) if cache else None, skip, kernel)
-                   for job, skip in todo]
+        task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(_in_worker)
+        pending = [task.remote(fn, *call) for call in calls]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])

@@ -12,23 +12,27 @@ from typing import Any
 
 from sparsebench import records
 from sparsebench.errors import UserError
-from sparsebench.leaderboard import boards, figures, frames, render
+from sparsebench.leaderboard import boards, explanations, figures, findings, frames, render, validity
 
 
-def build_boards(results: list[Path]) -> dict[str, Any]:
-    """Load records under `results` and compute both boards: the library form of the command."""
+def build_boards(results: list[Path], min_auroc: float = validity.MIN_AUROC) -> dict[str, Any]:
+    """Load records under `results` and compute every board: the library form of the command."""
     try:
         recs = records.load(results)
     except FileNotFoundError as e:
         raise UserError(f"results path not found: {e.args[0]} (run `sparsebench evaluate` first, "
                         f"or pass a folder)") from None
     directions = frames.metric_directions(recs)
-    sol = boards.solutions_board(frames.solutions_frame(recs), directions)
+    sol_frame = frames.solutions_frame(recs)
+    sol = boards.solutions_board(sol_frame, directions)
     best = boards.best_at_width(sol)
-    exp = boards.explanations_board(frames.explanations_frame(recs))
-    rank = boards.explanation_ranking(exp)
-    return {"records": recs, "directions": directions, "solutions": sol, "best": best, "explanations": exp,
-            "ranking": rank, "not_applicable": frames.not_applicable(recs)}
+    exp_frame = frames.explanations_frame(recs)
+    valid = validity.validity_board(exp_frame, min_auroc)
+    flags = {r["probe"]: r["valid"] for _, r in valid.iterrows()}
+    return {"records": recs, "directions": directions, "solutions": sol, "best": best,
+            **explanations.build(exp_frame, flags), "validity": valid, "min_auroc": min_auroc,
+            "own_construction": validity.own_construction(exp_frame), "findings": findings.findings(sol_frame),
+            "not_applicable": frames.not_applicable(recs)}
 
 
 def scaling_pngs(sol: Any) -> list[tuple[str, bytes]]:
@@ -52,7 +56,7 @@ def render_leaderboard(results: list[Path], format: str, b: dict[str, Any] | Non
     """
     b = b if b is not None else build_boards(results)
     if format == "csv":
-        return render.to_csv(b["solutions"], b["explanations"], b["ranking"])
+        return render.to_csv(b)
     tables = render.board_tables(b)
     if format == "markdown":
         return render.to_markdown(tables)

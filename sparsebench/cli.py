@@ -152,8 +152,8 @@ def _write_boards(out: Path) -> None:
     b = build_boards([out])
     for name, fmt in (("leaderboard.md", "markdown"), ("leaderboard.html", "html")):
         write_text(out / name, render_leaderboard([out], fmt, b))
-    summary = [t for t in render.board_tables(b) if t.title.startswith(("Best at each width",
-                                                                          "Explanations ranking"))]
+    summary = [t for t in render.board_tables(b) if t.title.startswith(("Best at each width", "Explanations ranking",
+                                                                          "Probe validity"))]
     typer.echo(render.to_terminal(summary, width=max(Console().width, 120)), nl=False)
     typer.echo(f"full boards: {out / 'leaderboard.md'} and {out / 'leaderboard.html'}")
 
@@ -166,14 +166,18 @@ def leaderboard(
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Write to this file (atomically) instead of stdout; html defaults to "
                                   "leaderboard.html."),
+    min_auroc: float = typer.Option(0.9, "--min-auroc", help="A ranked probe whose AUROC on exact constructions "
+                                    "is below this is left out of the rankings (docs/leaderboard.md)."),
 ) -> None:
-    """Rank result records: the solutions board (metrics against width) and the explanations board (probes vs nulls)."""
+    """Rank result records: the solutions board, the explanations board (probes vs controls and nulls), validity."""
     from sparsebench.io import write_text
     from sparsebench.leaderboard.build import build_boards, render_leaderboard
     from sparsebench.leaderboard.render import FORMATS
     from sparsebench.records import RecordWarning
 
     fmt = format.strip().lower()
+    if not 0.5 <= min_auroc <= 1:
+        raise UserError(f"--min-auroc must be in [0.5, 1] (got {min_auroc})")
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
     if out is not None and out.is_dir():
@@ -185,9 +189,9 @@ def leaderboard(
 
         from sparsebench.leaderboard import render
 
-        render.print_tables(Console(), render.board_tables(build_boards(paths)))
+        render.print_tables(Console(), render.board_tables(build_boards(paths, min_auroc)))
         return
-    text = render_leaderboard(paths, fmt)
+    text = render_leaderboard(paths, fmt, build_boards(paths, min_auroc))
     if out is None and fmt == "html":
         out = Path("leaderboard.html")
     if out is None:

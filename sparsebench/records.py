@@ -139,25 +139,38 @@ class SolutionRecord(_Envelope):
     checkpoint: CheckpointInfo | None  # trained only
     metrics: dict[Key, Number]  # every metric of the task's metric_directions
     theory: dict[Key, Number] = {}  # closed-form predictions where the solver has them
+    behaviour: dict[Key, Number] = {}  # descriptive numbers (Task.behaviour): recorded, never ranked
 
-    _reserved = field_validator("metrics", "theory")(_no_reserved)
+    _reserved = field_validator("metrics", "theory", "behaviour")(_no_reserved)
+
+
+Interval = Union[tuple[float, float], None]  # a 95% confidence interval (None: fewer than two chunks)
 
 
 class Score(_Strict):
-    value: Number  # the score on the trained model
+    value: Number  # the score of the explanation on the model: mean over the probe batch's chunks
+    ci: Interval = None  # t-interval over the chunks (independent parts of this seed's probe batch)
     direction: Direction
-    nulls: dict[Name, Number] = {}  # the same score on each null model (None: not defined there)
+    nulls: dict[Name, Number] = {}  # the same score on each null model, its own refit (None: not defined there)
+    controls: dict[Name, Number] = {}  # the same score for each control explanation on this model
     own_nulls: dict[Name, Number] = {}  # the probe's own references (e.g. patch's "resampled"): context, not rivals
+    margin: Number = None  # value minus the strongest control or null, turned by the direction (+ is better)
+    margin_ci: Interval = None  # t-interval of the per-chunk margins
+    rival: Name | None = None  # which control or null was the strongest (on the mean)
 
 
 class ProbeResult(_Strict):
     status: Status
     reason: Text = ""  # why not applicable
     level: Literal["weights", "activations", "behaviour", "causal", ""] = ""
+    ranked: bool = True  # False: a model diagnostic (shown, never ranked)
+    config: dict[str, Any] = {}  # the probe's options (e.g. patch's ablation reference)
     reads: list[Annotated[str, StringConstraints(max_length=200)]] = []  # hook names it read
     main: Key | None = None  # the score it is ranked by
+    chunks: int = 0  # independent parts of the probe batch it was scored on (the CI's sample)
     scores: dict[Key, Score] = {}
     null_notes: dict[Name, Text] = {}  # why a null has no number for this probe
+    control_notes: dict[Name, Text] = {}  # why a control has no number for this probe (n/a, or invisible to it)
 
 
 class MechanismInfo(_Strict):
@@ -167,16 +180,22 @@ class MechanismInfo(_Strict):
 
 
 class ExplanationRecord(_Envelope):
-    """One mechanism fitted to one trained model, every probe scored next to its nulls (the explanations board)."""
+    """One mechanism fitted to one model, every probe scored next to its controls and nulls.
+
+    The model is a trained one (the explanations board) or a mechanism's exact construction, whose
+    mechanism is known (`truth`): those records feed the probe validity board."""
 
     kind: Literal["explanation"]
+    subject: Literal["trained", "construction"] = "trained"
+    truth: Name | None = None  # construction: the mechanism that built the model (the right explanation)
     model: ModelInfo
-    train: dict[str, Any]
-    checkpoint: CheckpointInfo
+    train: dict[str, Any] | None  # trained only
+    checkpoint: CheckpointInfo | None  # trained only
     mechanism: MechanismInfo
-    fit: dict[Key, Scalar] = {}  # Fitted.summary() of the trained model
+    fit: dict[Key, Scalar] = {}  # Fitted.summary() of the model
     null_fits: dict[Name, dict[Key, Scalar]] = {}  # the same summary, fitted to each null model
-    nulls: dict[Name, Text] = {}  # the null models used, with their descriptions
+    nulls: dict[Name, Text] = {}  # the null models used, with their descriptions (or why not applicable)
+    controls: dict[Name, Text] = {}  # the control explanations used, with their descriptions (or why not)
     probes: dict[Name, ProbeResult] = {}
 
 

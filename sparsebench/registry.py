@@ -20,7 +20,7 @@ from typing import Any, Generic, Iterator, TypeVar
 from sparsebench.errors import UserError
 
 T = TypeVar("T")
-GROUPS = ("tasks", "models", "mechanisms", "probes", "baselines")
+GROUPS = ("tasks", "models", "mechanisms", "probes", "baselines", "controls")
 
 
 class PluginWarning(UserWarning):
@@ -50,7 +50,7 @@ class Registry(Generic[T]):
     @property
     def singular(self) -> str:
         return {"tasks": "task", "models": "model", "mechanisms": "mechanism", "probes": "probe",
-                "baselines": "baseline"}.get(self.kind, self.kind)
+                "baselines": "baseline", "controls": "control"}.get(self.kind, self.kind)
 
     def _load(self) -> dict[str, Entry[T]]:
         if self._entries is not None:
@@ -111,7 +111,8 @@ models: Registry[Any] = Registry("models")
 mechanisms: Registry[Any] = Registry("mechanisms")
 probes: Registry[Any] = Registry("probes")
 baselines: Registry[Any] = Registry("baselines")
-REGISTRIES = {r.kind: r for r in (tasks, models, mechanisms, probes, baselines)}
+controls: Registry[Any] = Registry("controls")
+REGISTRIES = {r.kind: r for r in (tasks, models, mechanisms, probes, baselines, controls)}
 
 
 def plugin_versions() -> dict[str, str]:

@@ -73,7 +73,7 @@ def two_means(values: Tensor) -> TwoMeans:
     )
 
 
-def minimize_log_scalar(f: Callable[[float], float], lo: float, hi: float, iters: int = 28) -> tuple[float, float]:
+def minimize_log_scalar(f: Callable[[float], float], lo: float, hi: float, iters: int = 20) -> tuple[float, float]:
     """Minimise f over [lo, hi] (lo > 0) by golden-section search in log space: (argmin, min).
 
     Exact for unimodal f (e.g. a cross-entropy in a logit scale, which is convex in the
@@ -176,3 +176,61 @@ class ResidualFit(Fitted):
 
     def ideal_activation(self, batch: Batch) -> tuple[str, Tensor] | None:
         return None if self.hook is None else (self.hook, self.residual(batch))
+
+
+# ----- intervals over seeds and chunks ---------------------------------------------------------
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with `df` degrees of freedom (p in (0.5, 1)), to ~1e-9.
+
+    No scipy: the CDF is integrated from the density (Simpson's rule in the variable x = t / sqrt(df + t^2),
+    which maps the whole line onto (-1, 1)) and inverted by bisection.
+    """
+    if not (0.5 < p < 1) or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1 (got p={p}, df={df})")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf_above_zero(t: float, n: int = 2000) -> float:  # P(0 < T < t)
+        h = t / n
+        dens = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(n + 1)]
+        return h / 3 * (dens[0] + dens[-1] + 4 * sum(dens[1:-1:2]) + 2 * sum(dens[2:-1:2]))
+
+    lo, hi = 0.0, 1.0
+    while 0.5 + cdf_above_zero(hi) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.5 + cdf_above_zero(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+_T975: dict[int, float] = {}
+
+
+def mean_ci(values: list[float] | Tensor, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lower, upper) of a t-interval for the mean of `values` (NaNs dropped); the bounds are NaN for
+    fewer than two values (a spread of one value does not exist)."""
+    xs = [float(v) for v in (values.tolist() if isinstance(values, Tensor) else values) if not math.isnan(float(v))]
+    if not xs:
+        return math.nan, math.nan, math.nan
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, math.nan, math.nan
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    key = (len(xs) - 1) if level == 0.95 else None
+    if key is not None and key in _T975:
+        t = _T975[key]
+    else:
+        t = t_quantile(0.5 + level / 2, len(xs) - 1)
+        if key is not None:
+            _T975[key] = t
+    half = t * sd / math.sqrt(len(xs))
+    return m, m - half, m + half
+
+
+def paired_diff_ci(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lower, upper) of the t-interval of the paired differences a_i - b_i (pairs with a NaN dropped)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths (got {len(a)} and {len(b)})")
+    return mean_ci([x - y for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))], level)

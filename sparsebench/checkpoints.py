@@ -127,10 +127,14 @@ def _verified(spec: RunSpec, seed: int, folder: Path, device: torch.device) -> t
     """The model and run.json of a cache entry, checked; `Damaged` says what is wrong."""
     weights, info_path = folder / "model.safetensors", folder / "run.json"
     for f in (weights, info_path):
-        if not f.is_file():
-            raise Damaged(f"{f.name} is missing")
+        if not f.is_file():  # missing, or not a regular file (a FIFO would block the read)
+            raise Damaged(f"{f.name} is missing or not a regular file")
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"), parse_constant=lambda c: math.nan)
+        with info_path.open("rb") as f:
+            raw = f.read(1_000_001)  # a run.json is a few KB
+        if len(raw) > 1_000_000:
+            raise ValueError("larger than 1 MB")
+        info = json.loads(raw.decode("utf-8"), parse_constant=lambda c: math.nan)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise Damaged(f"run.json is not readable JSON ({type(e).__name__})") from None
     if not isinstance(info, dict):

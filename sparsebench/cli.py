@@ -87,6 +87,7 @@ def train(
     import torch
 
     from sparsebench.checkpoints import train_or_load
+    from sparsebench.printable import visible
     from sparsebench.settings import run_settings, run_spec, seed_list
 
     data = run_settings(config, set_, **{"task.name": task, "model.name": model})
@@ -103,7 +104,7 @@ def train(
             m = task_obj.metrics(ck.model(**held.inputs), held)
         how = "trained" if ck.trained else "loaded"
         summary = " ".join(f"{k}={v:.4g}" for k, v in m.items())
-        typer.echo(f"seed {ck.seed}: {how} {ctx.cache_root / 'models' / ck.key}  held-out {summary}")
+        typer.echo(visible(f"seed {ck.seed}: {how} {ctx.cache_root / 'models' / ck.key}  held-out {summary}"))
     typer.echo(f"{len(seeds)} model(s) in {elapsed:.1f}s on {ctx.device}")
 
 

@@ -28,8 +28,8 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError,
-                      field_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter,
+                      ValidationError, field_validator)
 
 from sparsebench.config import stable_hash
 
@@ -39,10 +39,13 @@ READABLE_VERSIONS = (1, 2)  # schema 1 is read through `migrate`
 Direction = Literal["higher", "lower", "zero"]  # which way a number is better ("zero": nearest 0)
 Status = Literal["ok", "not_applicable"]
 # A registered name (task, model, mechanism, probe, null, solver): short, printable, one line.
-Name = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
 # A metric or score key: an identifier-like word, so it can never collide with a board's own columns.
 Key = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
-Number = Union[float, None]  # None: undefined (NaN and infinities are written as null)
+# None: undefined. NaN and infinities are written as null, and read as null too: a file that holds `Infinity`
+# (or 1e999) must not win a board.
+Number = Annotated[Union[float, None], BeforeValidator(lambda v: None if isinstance(v, float) and not math.isfinite(v)
+                                                       else v)]
 Text = Annotated[str, StringConstraints(max_length=2000)]
 Scalar = Union[float, int, Text, None]
 CONFIG_CHARS = 20_000  # the longest a stored config may be, as canonical JSON
@@ -335,12 +338,24 @@ def _one_line(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+MAX_BYTES = 10_000_000  # a record is a few KB; a larger file is not one (and /dev/zero must not be read whole)
+
+
 def read(path: Path) -> SolutionRecord | ExplanationRecord:
-    """One record file; ValueError naming the problem (unreadable, not JSON, too deep, not a record)."""
+    """One record file; ValueError naming the problem (unreadable, not a regular file, too large, not JSON, too
+    deep, not a record)."""
+    import stat
+
     try:
-        text = path.read_text(encoding="utf-8")
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block, a device never end
+            raise ValueError("not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise ValueError(f"larger than {MAX_BYTES // 1_000_000} MB: not a record")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
+        raise ValueError(f"unreadable ({type(e).__name__}: {_one_line(str(e))})") from None
     try:
         data = json.loads(text, parse_constant=lambda c: math.nan)
     except json.JSONDecodeError as e:

@@ -371,7 +371,7 @@ def _print(report: dict[str, Any]) -> None:
         console.print(table)
         console.print(_parts_table(reg))
     if report["native"] is not True:
-        console.print(f"native rows left out: {report['native']}")
+        console.print(f"native rows left out: {report['native']}", markup=False)  # a compiler's message
     console.print("x plain: against the faster plain loop of the same repeat. % matmul: of the fp32 matmul on "
                   "as many cores as the row uses (rows without 'procs' or 'threads' use 1). FLOPs: 3 x forward "
                   "matmul FLOPs, forward = 2 (2 d m + d V) per sample. Medians of per-repeat values, all timed "

@@ -138,11 +138,12 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     pool.shutdown(wait=True)
 
 
-def _stop_workers(pool: ProcessPoolExecutor, before: set[Any] = frozenset()) -> None:  # type: ignore[assignment]
+def _stop_workers(pool: ProcessPoolExecutor, before: Iterable[Any] = ()) -> None:
     """Cancel the queued jobs and terminate every worker at once, including one whose start was interrupted
     before the pool registered it (it is already among this process's children, which exit would join)."""
     procs = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown, which forgets them
-    procs += [p for p in multiprocessing.active_children() if p not in before and p not in procs]
+    known = set(before)
+    procs += [p for p in multiprocessing.active_children() if p not in known and p not in procs]
     if hasattr(pool, "terminate_workers"):  # Python >= 3.14
         pool.terminate_workers()
     else:

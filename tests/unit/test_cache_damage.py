@@ -59,13 +59,21 @@ def _missing_file(folder):
     (folder / "run.json").unlink()
 
 
+def _fifo(folder):
+    import os
+
+    (folder / "run.json").unlink()
+    os.mkfifo(folder / "run.json")  # reading it would block forever
+
+
 @pytest.mark.parametrize("damage,why", [
     (_truncate, "model.safetensors cannot be read"),
     (_not_json, "run.json is not readable JSON"),
     (_foreign_run, "run.json describes another run (seed differs)"),
     (_wrong_shape, "model.safetensors does not fit the model"),
     (_nan_weights, "non-finite weights"),
-    (_missing_file, "run.json is missing"),
+    (_missing_file, "run.json is missing or not a regular file"),
+    (_fifo, "run.json is missing or not a regular file"),
 ])
 def test_a_damaged_entry_is_moved_aside_and_retrained(tmp_path, spec, damage, why):
     (first,) = train_or_load(spec, [0], ctx(tmp_path))

@@ -53,6 +53,9 @@ def nothing_written(tmp_path) -> bool:
                                          "mechanism.NAME.F or a suite field"),
     (["evaluate", "--set", "mechanism.bloom.alpha=inf"], "error: invalid mechanism config: alpha: must be a finite "
                                                          "number (got inf)"),
+    (["evaluate", "--seeds", "0,-1"], "error: invalid suite config: seeds: must be non-negative (got [0, -1])"),
+    (["evaluate", "--seeds", "a,b"], "error: --seeds expects comma-separated integers (got 'a,b')"),
+    (["train", "--seed", "-1"], "error: --seed must be non-negative integers (got -1)"),
     (["bench", "--steps", "-1"], "error: --steps must be at least 1 (got -1)"),
     (["bench", "--steps", "0"], "error: --steps must be at least 1 (got 0)"),
 ])

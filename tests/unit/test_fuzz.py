@@ -66,8 +66,10 @@ def test_record_parser_only_ever_refuses_with_a_value_error():
 
     pairs = [(f"{r.id}-{i}.json", r) for i, r in enumerate(accepted)]
     directions = frames.metric_directions(pairs)
-    sol = boards.solutions_board(frames.solutions_frame(pairs), directions)
-    exp = boards.explanations_board(frames.explanations_frame(pairs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", records.RecordWarning)  # mutated ids repeat: "more than one record"
+        sol = boards.solutions_board(frames.solutions_frame(pairs), directions)
+        exp = boards.explanations_board(frames.explanations_frame(pairs))
     b = {"solutions": sol, "best": boards.best_at_width(sol), "explanations": exp, "directions": directions,
          "ranking": boards.explanation_ranking(exp), "not_applicable": frames.not_applicable(pairs)}
     tables = render.board_tables(b)
@@ -239,3 +241,29 @@ def test_config_files_that_are_not_toml_are_one_error(tmp_path):
             load_toml(tmp_path / "c.toml")
         except UserError as e:
             assert str(e).startswith(f"config file {tmp_path / 'c.toml'} is not")
+
+
+def test_files_that_are_not_records_are_skipped_without_hanging(tmp_path):
+    good = synthetic.solution_records(widths=(16,), seeds=(0, 1))
+    synthetic.write_records(tmp_path, good)
+    os.mkfifo(tmp_path / "fifo.json")  # reading it would block forever
+    (tmp_path / "zero.json").symlink_to("/dev/zero")  # reading it would never end
+    (tmp_path / "huge.json").write_bytes(b" " * (records.MAX_BYTES + 1))
+    rec = records.to_json(good[0])
+    rec["id"] = "infinite0000000000000"
+    text = json.dumps({**rec, "metrics": {**rec["metrics"], "kl": "REPLACE"}})
+    (tmp_path / "inf.json").write_text(text.replace('"REPLACE"', "-Infinity"))  # kl is "lower is better"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = records.load([tmp_path])
+    skipped = sorted(str(w.message).split(": ")[0].rsplit("/", 1)[1] for w in caught)
+    assert skipped == ["fifo.json", "huge.json", "zero.json"]
+    inf = next(r for _, r in loaded if r.id == "infinite0000000000000")
+    assert inf.metrics["kl"] is None  # an infinite number is undefined, never the best
+
+
+def test_config_files_that_never_end_are_one_error(tmp_path):
+    from sparsebench.settings import load_toml
+
+    with pytest.raises(UserError, match="^config file /dev/zero is larger than 10 MB: not a settings file$"):
+        load_toml("/dev/zero")

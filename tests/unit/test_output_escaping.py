@@ -115,17 +115,12 @@ def test_warning_and_error_lines_show_escapes(capsys, monkeypatch):
     def boom():
         raise UserError(f"unknown task 'a{OSC}'")
 
-    monkeypatch.setattr(cli, "app", boom)
-    monkeypatch.setattr(sys, "argv", ["sparsebench"])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err == "error: unknown task 'a\\x1b]8;;http://evil.example\\x07click\\x1b]8;;\\x07'\n"
-    import signal
+    from hostile import run_main
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # main() installed the CLI's handlers
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    monkeypatch.setattr(cli, "app", boom)
+    code, _, err = run_main([], monkeypatch, capsys)  # restores what main() sets process-wide
+    assert code == 2
+    assert err == "error: unknown task 'a\\x1b]8;;http://evil.example\\x07click\\x1b]8;;\\x07'\n"
 
 
 def test_visible_escapes_every_control_character_and_keeps_the_rest():

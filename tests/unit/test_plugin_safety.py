@@ -108,7 +108,8 @@ def test_a_plugin_with_an_unprintable_entry_name_is_refused(plugins):
 
 
 @pytest.fixture
-def restore_interrupts():
+def restore_interrupts(monkeypatch):
+    monkeypatch.setattr(interrupts, "_installed", False)  # a library process (the CLI's handlers not installed)
     yield
     interrupts.reset()
 

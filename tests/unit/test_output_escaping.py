@@ -6,15 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import re
-import sys
-import warnings
 
 import pytest
 
 from sparsebench import records
 from sparsebench.errors import format_warning_line
 from sparsebench.leaderboard import render, synthetic
-from sparsebench.leaderboard.build import build_boards
 from sparsebench.printable import visible
 
 OSC = "\x1b]8;;http://evil.example\x07click\x1b]8;;\x07"  # an OSC 8 hyperlink

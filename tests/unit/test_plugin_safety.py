@@ -109,9 +109,15 @@ def test_a_plugin_with_an_unprintable_entry_name_is_refused(plugins):
 
 @pytest.fixture
 def restore_interrupts(monkeypatch):
-    monkeypatch.setattr(interrupts, "_installed", False)  # a library process (the CLI's handlers not installed)
+    """A library process: the CLI's handlers not installed (whatever an earlier test ran in this process)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(interrupts, "_installed", False)
+    interrupts.reset()
     yield
     interrupts.reset()
+    signal.signal(signal.SIGINT, previous)
 
 
 def test_a_real_ctrl_c_while_plugins_load_still_stops(plugins, restore_interrupts):

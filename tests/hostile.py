@@ -41,7 +41,7 @@ def run_cli(*args: str, cache: Path, cwd: Path, env: dict[str, str] | None = Non
     full = {k: v for k, v in os.environ.items() if k != "SPARSEBENCH_ALLOW_OVERRIDE"}
     full.update({"SPARSEBENCH_CACHE": str(cache), **(env or {})})
     if pythonpath is not None:
-        full["PYTHONPATH"] = str(pythonpath)
+        full["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.run([sys.executable, "-m", "sparsebench", *args], capture_output=True, text=True, env=full,
                           cwd=cwd, timeout=timeout)
 

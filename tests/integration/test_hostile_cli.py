@@ -77,7 +77,8 @@ def test_a_built_in_is_replaced_only_when_the_user_says_so(hostile_site, tmp_pat
     import sys
 
     for allow, expected in (("", "sparsebench sparsebench.mechanisms.bloom"), ("bloom", "aaa-x aaa_x_evil")):
-        env = {**os.environ, "PYTHONPATH": str(hostile_site), "SPARSEBENCH_ALLOW_OVERRIDE": allow}
+        path = os.pathsep.join(p for p in (str(hostile_site), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONPATH": path, "SPARSEBENCH_ALLOW_OVERRIDE": allow}
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
         assert r.stdout.strip().splitlines()[-1] == expected, r.stderr
 

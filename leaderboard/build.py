@@ -22,6 +22,11 @@ def build_boards(results: list[Path], min_auroc: float = validity.MIN_AUROC) -> 
     except FileNotFoundError as e:
         raise UserError(f"results path not found: {e.args[0]} (run `sparsebench evaluate` first, "
                         f"or pass a folder)") from None
+    return boards_of(recs, min_auroc)
+
+
+def boards_of(recs: list, min_auroc: float = validity.MIN_AUROC) -> dict[str, Any]:
+    """Every board of already-loaded records: (path, record) pairs as `records.load` gives them."""
     directions = frames.metric_directions(recs)
     sol_frame = frames.solutions_frame(recs)
     sol = boards.solutions_board(sol_frame, directions)

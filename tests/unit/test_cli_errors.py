@@ -110,8 +110,9 @@ def test_a_typo_in_a_suite_file_is_one_line(cli, tmp_path):
     (tmp_path / "s.toml").write_text("seeds = [0]\n[tsak]\nV = 10\n")
     code, err, _ = cli("evaluate", "s.toml")
     assert code == 2 and err == ["error: invalid suite config: tsak: unknown field; known fields: name, runs, seeds, "
-                                 "widths, mechanisms, mechanism_config, construct, construct_widths, probes, nulls, "
-                                 "train, eval_samples, probe_samples"]
+                                 "widths, mechanisms, mechanism_config, construct, construct_widths, probes, "
+                                 "probe_config, nulls, controls, validity_widths, train, eval_samples, "
+                                 "probe_samples, probe_chunks"]
 
 
 def test_output_paths_of_the_wrong_kind_are_one_line(cli, tmp_path):

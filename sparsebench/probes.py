@@ -118,6 +118,7 @@ class HiddenCode(Probe):
     """Activations: is hidden unit j active exactly when the mechanism says (e.g. j in the union)?"""
 
     level = "activations"
+    families = ("topk", "clauses")
     relabel_invariant = True
     reads = ("blocks.0.mlp.hook_post",)
     main = "f1"
@@ -206,6 +207,7 @@ class Patch(Probe):
     """
 
     level = "causal"
+    families = ("topk", "clauses")
     relabel_invariant = True  # a ratio of the model's own losses: a relabelled model recovers the same share
     main = "loss_recovered"
     directions = {"loss_recovered": "higher", "kl_to_clean": "lower"}
@@ -244,8 +246,12 @@ class Patch(Probe):
                 # and a tiny or negative gap (ablation helps an untrained model) makes the ratio noise.
                 return NotApplicable(f"mean-ablating {hook_name} changes the loss by {gap:+.3g} nats "
                                      f"(< {MIN_ABLATION_GAP}): nothing to recover")
-            c = torch.log_softmax(clean_logits.float(), -1)
-            p = torch.log_softmax(patched.float(), -1)
-            kl = (c.exp() * (c - p)).sum(-1).mean().item()
+            output_kl = getattr(task, "output_kl", None)  # a task whose outputs are not one softmax says how
+            if output_kl is not None:
+                kl = output_kl(clean_logits.float(), patched.float()).mean().item()
+            else:
+                c = torch.log_softmax(clean_logits.float(), -1)
+                p = torch.log_softmax(patched.float(), -1)
+                kl = (c.exp() * (c - p)).sum(-1).mean().item()
         return {"loss_recovered": (l_abl - l_patch) / gap, "kl_to_clean": kl,
                 f"loss_recovered{OWN_NULL}resampled": (l_abl - l_resampled) / gap}

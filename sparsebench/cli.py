@@ -263,8 +263,9 @@ def bench(
     steps: Optional[int] = typer.Option(None, help="Timed steps per measurement at N=1 (N instances run "
                                         "steps/N steps, the same samples, but at least 40 (small regime) or 2). "
                                         "Default: 160 small, 32 default."),
-    regime: str = typer.Option("both", help="small (V=500, d=m=32, batch 256), default (V=2000, d=m=64, "
-                               "batch 1024), or both."),
+    regime: str = typer.Option("all", help="small (V=500, d=m=32, batch 256), default (V=2000, d=m=64, "
+                               "batch 1024), both, tickets (stacked sparse retraining of 4 and 16 masks against "
+                               "one mask at a time), or all."),
     processes: int = typer.Option(0, help="Worker processes for the multi-process rows "
                                   "[default: one per core; 1 skips those rows]."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Save all figures to this JSON file."),

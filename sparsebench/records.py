@@ -5,7 +5,7 @@ shape is the pydantic model `Record` below (a `SolutionRecord` or an
 `ExplanationRecord`, told apart by `kind`); `evaluate`, the leaderboard, the
 synthetic demo records and `sparsebench validate` all go through it, and its
 JSON Schema is published in docs/records.md (`json_schema()`; a test keeps the
-two equal). Unknown fields are errors: a typo in a hand-made submission is
+two equal). A `TicketRecord` (kind "ticket") is one sparse ticket of `sparsebench tickets`. Unknown fields are errors: a typo in a hand-made submission is
 caught, not ignored.
 
 Versions: `SCHEMA_VERSION` is what this code writes. Older records are read by
@@ -180,7 +180,41 @@ class ExplanationRecord(_Envelope):
     probes: dict[Name, ProbeResult] = {}
 
 
-Record = Annotated[Union[SolutionRecord, ExplanationRecord], Field(discriminator="kind")]
+class DetectorInfo(_Strict):
+    name: Name  # registered detector name
+    config: dict[str, Any]  # its full config
+    kind: Literal["feature", "weight", "control", "reference"]  # references are shown, never ranked
+    uses_step: bool  # its mask depends on the detection step (else the same mask is recorded at every step)
+
+
+class TicketRecord(_Envelope):
+    """One sparse ticket: a detector's mask at a sparsity and detection step, retrained from an init mode
+    (the tickets board). `width` is the model's width (H), `seed` the dense run's seed."""
+
+    kind: Literal["ticket"]
+    model: ModelInfo  # the model (its width field set to `width`)
+    train: dict[str, Any]  # the dense training config
+    retrain: dict[str, Any]  # the sparse retraining config
+    detector: DetectorInfo
+    sparsity: float = Field(ge=0, lt=1)  # share of W1's coordinates masked (0: the dense reference)
+    detection_step: int = Field(ge=0)  # the dense step the detector read (the board's group)
+    init_mode: Literal["rewind-0", "rewind-e", "fresh"]  # where W1_init came from: θ0, θ_e, a fresh draw
+    quota: int = Field(ge=1)  # q of the site-to-mask translation
+    rho: float  # row threshold factor of the site codes
+    metrics: dict[Key, Number]  # the task's metrics of the retrained sparse model (directions: task.metric_directions)
+    # Ticket metrics (exact codes, recalls, Jaccard to the oracle, ...), with their directions, in display order.
+    tickets: dict[Key, Number]
+    ticket_directions: list[tuple[Key, Direction]]
+    dense: dict[Key, Number] = {}  # the same seed's dense final model: its metrics and code counts (context)
+    detector_info: dict[Key, Scalar] = {}  # what the detector reported (e.g. Early-Bird's step), filled coordinates
+    # One row per exact code of the dense final model: [h, c, d0, load0, same_site, family] (d0 and load0 its
+    # distance and row load at θ0; same_site / family: 1 if recovered by the retrained ticket).
+    sites: list[tuple[int, int, int, int, int, int]] = []
+
+    _reserved = field_validator("metrics", "tickets")(_no_reserved)
+
+
+Record = Annotated[Union[SolutionRecord, ExplanationRecord, TicketRecord], Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Record)
 
 
@@ -189,7 +223,7 @@ def record_id(identity: dict[str, Any]) -> str:
     return stable_hash({"schema": SCHEMA_VERSION, **identity}, length=20)
 
 
-def to_json(record: SolutionRecord | ExplanationRecord) -> dict[str, Any]:
+def to_json(record: SolutionRecord | ExplanationRecord | TicketRecord) -> dict[str, Any]:
     """The record as a JSON-ready dict (what `io.write_json` writes)."""
     return record.model_dump(mode="json")
 

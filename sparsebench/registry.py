@@ -1,7 +1,7 @@
 """One registry per plugin group, filled from entry points.
 
 Built-ins and third-party plugins arrive the same way: an entry point in the
-group `sparsebench.<kind>` (tasks, models, mechanisms, probes, baselines) whose
+group `sparsebench.<kind>` (tasks, models, mechanisms, probes, baselines, detectors) whose
 name is the one name used everywhere (CLI, records, leaderboard). Entries are
 discovered in name order (so the order never depends on install order), and
 imported when a registry is first used. A plugin that fails to import is named
@@ -20,7 +20,7 @@ from typing import Any, Generic, Iterator, TypeVar
 from sparsebench.errors import UserError
 
 T = TypeVar("T")
-GROUPS = ("tasks", "models", "mechanisms", "probes", "baselines")
+GROUPS = ("tasks", "models", "mechanisms", "probes", "baselines", "detectors")
 
 
 class PluginWarning(UserWarning):
@@ -50,7 +50,7 @@ class Registry(Generic[T]):
     @property
     def singular(self) -> str:
         return {"tasks": "task", "models": "model", "mechanisms": "mechanism", "probes": "probe",
-                "baselines": "baseline"}.get(self.kind, self.kind)
+                "baselines": "baseline", "detectors": "detector"}.get(self.kind, self.kind)
 
     def _load(self) -> dict[str, Entry[T]]:
         if self._entries is not None:
@@ -111,7 +111,8 @@ models: Registry[Any] = Registry("models")
 mechanisms: Registry[Any] = Registry("mechanisms")
 probes: Registry[Any] = Registry("probes")
 baselines: Registry[Any] = Registry("baselines")
-REGISTRIES = {r.kind: r for r in (tasks, models, mechanisms, probes, baselines)}
+detectors: Registry[Any] = Registry("detectors")  # ticket detectors (sparsebench.tickets.detectors)
+REGISTRIES = {r.kind: r for r in (tasks, models, mechanisms, probes, baselines, detectors)}
 
 
 def plugin_versions() -> dict[str, str]:

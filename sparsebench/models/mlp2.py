@@ -230,6 +230,18 @@ class StackedMLP2(nn.Module):
             for n, first in params[0].items()})
         self.register_buffer("mask", torch.stack([m.mask for m in models]))  # [inst, H, d]
 
+    @classmethod
+    def from_states(cls, template: MLP2, states: list[dict[str, Tensor]]) -> "StackedMLP2":
+        """N instances shaped like `template` from N state dicts (parameters and mask), without N module copies."""
+        out = cls([template])
+        out.n_instances = len(states)
+        with torch.no_grad():
+            for name, param in template.named_parameters():
+                out.params[name.replace(".", "__")] = nn.Parameter(
+                    torch.stack([s[name].to(param.dtype) for s in states]), requires_grad=param.requires_grad)
+            out.mask = torch.stack([s["blocks.0.mlp.mask"].to(template.mask.dtype) for s in states])
+        return out
+
     def p(self, name: str) -> Tensor:
         return self.params[name.replace(".", "__")]
 

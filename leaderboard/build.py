@@ -1,6 +1,7 @@
 """Records to boards to text: what `sparsebench leaderboard` (and `evaluate`'s summary) runs.
 
-`build_boards` loads typed records from folders and computes both boards;
+`build_boards` loads typed records from folders and computes the boards (solutions,
+explanations, and the tickets board of `leaderboard/tickets.py` when there are ticket records);
 `render_leaderboard` turns them into terminal text, Markdown, CSV or one HTML
 page; `scaling_pngs` draws the scaling figures embedded in the HTML page.
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 from sparsebench import records
 from sparsebench.errors import UserError
-from sparsebench.leaderboard import boards, figures, frames, render
+from sparsebench.leaderboard import boards, figures, frames, render, tickets
 
 
 def build_boards(results: list[Path]) -> dict[str, Any]:
@@ -28,7 +29,12 @@ def build_boards(results: list[Path]) -> dict[str, Any]:
     exp = boards.explanations_board(frames.explanations_frame(recs))
     rank = boards.explanation_ranking(exp)
     return {"records": recs, "directions": directions, "solutions": sol, "best": best, "explanations": exp,
-            "ranking": rank, "not_applicable": frames.not_applicable(recs)}
+            "ranking": rank, "not_applicable": frames.not_applicable(recs), "tickets": tickets.build(recs)}
+
+
+def tables(b: dict[str, Any]) -> list[render.Table]:
+    """Every display table: the solutions and explanations boards, then the tickets board."""
+    return render.board_tables(b) + tickets.ticket_tables(b.get("tickets"))
 
 
 def scaling_pngs(sol: Any) -> list[tuple[str, bytes]]:
@@ -52,13 +58,18 @@ def render_leaderboard(results: list[Path], format: str, b: dict[str, Any] | Non
     """
     b = b if b is not None else build_boards(results)
     if format == "csv":
-        return render.to_csv(b["solutions"], b["explanations"], b["ranking"])
-    tables = render.board_tables(b)
+        import pandas as pd
+
+        parts = [render.tidy_frame(b["solutions"], b["explanations"], b["ranking"]), tickets.tidy(b.get("tickets"))]
+        parts = [p for p in parts if not p.empty] or parts[:1]
+        return pd.concat(parts, ignore_index=True, sort=False).to_csv(index=False)
+    all_tables = tables(b)
     if format == "markdown":
-        return render.to_markdown(tables)
+        return render.to_markdown(all_tables)
     if format == "html":
         n = len(b["records"])
-        intro = (f"{n} record(s) from {', '.join(map(str, results))}. Spread = sample std over seeds (n = seeds). "
-                 f"Ranking rule: see docs/leaderboard.md.")
-        return render.to_html(tables, scaling_pngs(b["solutions"]), intro=intro)
-    return render.to_terminal(tables)
+        intro = (f"{n} record(s) from {', '.join(map(str, results))}. Spread = sample std over seeds (n = seeds); "
+                 f"the tickets board shows 95% t intervals. Ranking rules: see docs/leaderboard.md.")
+        return render.to_html(all_tables, scaling_pngs(b["solutions"]) + tickets.figures(b.get("tickets")),
+                              intro=intro)
+    return render.to_terminal(all_tables)

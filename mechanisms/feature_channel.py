@@ -194,6 +194,7 @@ class FeatureChannelFit(Fitted):
         self.task = task
         self.codes = codes
         self.rho = rho  # the row threshold factor the codes were read with
+        self.read_off = exact is None  # True: the codes read off the model (False: a control's wrong codes)
         self.exact = codes.exact if exact is None else exact  # [H, K] bool: the explanation's exact codes
         self._post, self._logits, self._target = post, logits, target  # the fit batch: [N, H], [N, K], [N, K]
         self.unit_slope, self.unit_offset = _affine_fit(self._unit_indicator(target), post)  # [H], [H]
@@ -222,8 +223,7 @@ class FeatureChannelFit(Fitted):
 
     def clause_codes(self) -> tuple[Tensor, Tensor]:
         """(exact [H, K] bool, near [H, K] bool): the explanation's codes."""
-        near = self.codes.near if self.exact is self.codes.exact else self.exact
-        return self.exact, near
+        return self.exact, (self.codes.near if self.read_off else self.exact)  # a control claims exact codes only
 
     def _with_exact(self, exact: Tensor) -> "FeatureChannelFit":
         out = FeatureChannelFit(self.task, self.codes, self.rho, self._post, self._logits, self._target, exact)
@@ -251,7 +251,7 @@ class FeatureChannelFit(Fitted):
     def summary(self) -> dict[str, float | int | str]:
         exact, near = self.clause_codes()
         load = near.sum(-1).float()
-        margins = self.codes.margin[exact] if exact is self.codes.exact else self.codes.margin[exact]
+        margins = self.codes.margin[exact]
         return {
             "rho": self.rho,
             "exact_codes": int(exact.sum()),

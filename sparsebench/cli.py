@@ -1,4 +1,4 @@
-"""The `sparsebench` command line: list, train, evaluate, leaderboard, validate, report, bench.
+"""The `sparsebench` command line: list, train, evaluate, tickets, leaderboard, validate, report, bench.
 
 Each command is a thin wrapper: it parses its settings (`sparsebench.settings`: a TOML
 file, flags, `--set section.field=value`), makes one `RunContext` (device, cache, workers,
@@ -137,6 +137,36 @@ def evaluate(
         _write_boards(out)
 
 
+@app.command()
+def tickets(
+    suite: str = typer.Argument("tickets", help="A built-in tickets suite name or a TOML file (copy tickets.toml)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2,3,4."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a suite field: FIELD=, train.F=, "
+                                             "retrain.F=, task_config.F=, model_config.F= (repeatable)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (records under ticket/)."),
+    force: bool = typer.Option(False, "--force", help="Redo variants whose records exist."),
+    device: str = DeviceOpt,
+    cache: Optional[Path] = CacheOpt,
+    board: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Render the boards afterwards."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Lottery tickets (the second seed): dense runs with snapshots, detectors, masks, stacked sparse retraining, records."""
+    import time
+
+    from sparsebench.settings import csv_ints
+    from sparsebench.tickets.config import load_ticket_suite
+    from sparsebench.tickets.pipeline import run_tickets
+
+    s = load_ticket_suite(suite, set_ or [], csv_ints(seeds, "--seeds"))
+    ctx = _context(device, cache, progress, backend="auto")
+    start = time.perf_counter()
+    counts = run_tickets(s, out, ctx, force=force)
+    typer.echo(f"tickets suite {s.name!r}: {counts['written']} record(s) written, {counts['skipped']} already there, "
+               f"in {time.perf_counter() - start:.1f}s -> {out}")
+    if board:
+        _write_boards(out)
+
+
 def _write_boards(out: Path) -> None:
     """Write leaderboard.md and leaderboard.html next to the records; print the summary tables.
 
@@ -147,13 +177,13 @@ def _write_boards(out: Path) -> None:
 
     from sparsebench.io import write_text
     from sparsebench.leaderboard import render
-    from sparsebench.leaderboard.build import build_boards, render_leaderboard
+    from sparsebench.leaderboard.build import build_boards, render_leaderboard, tables
 
     b = build_boards([out])
     for name, fmt in (("leaderboard.md", "markdown"), ("leaderboard.html", "html")):
         write_text(out / name, render_leaderboard([out], fmt, b))
-    summary = [t for t in render.board_tables(b) if t.title.startswith(("Best at each width",
-                                                                          "Explanations ranking"))]
+    summary = [t for t in tables(b) if t.title.startswith(("Best at each width", "Explanations ranking",
+                                                           "Claims of the second seed", "Tickets ranking"))]
     typer.echo(render.to_terminal(summary, width=max(Console().width, 120)), nl=False)
     typer.echo(f"full boards: {out / 'leaderboard.md'} and {out / 'leaderboard.html'}")
 
@@ -184,8 +214,10 @@ def leaderboard(
         from rich.console import Console
 
         from sparsebench.leaderboard import render
+        from sparsebench.leaderboard.build import tables
 
-        render.print_tables(Console(), render.board_tables(build_boards(paths)))
+        shown = [t for t in tables(build_boards(paths)) if not t.title.startswith("Paired comparisons")]
+        render.print_tables(Console(), shown)  # the tickets' paired comparisons: in the other formats
         return
     text = render_leaderboard(paths, fmt)
     if out is None and fmt == "html":

@@ -139,8 +139,22 @@ class TicketPlan:
 
 def run_tickets(suite: TicketSuite, out: Path, ctx: RunContext | None = None, *, force: bool = False) -> dict[str, int]:
     """Run the suite's missing variants in `ctx` (default: this process, the CPU); write records under `out`.
-    Returns counts of written and skipped records."""
+    Returns counts of written and skipped records.
+
+    On the CPU the work runs on one torch thread (restored afterwards): the models are overhead-bound, and
+    a thread count changes reduction orders, hence the weights in the last bits and then chaotically; on one
+    thread the records are bitwise the same on any machine with this torch build, whatever its cores."""
     ctx = ctx or RunContext.create("cpu")
+    threads = torch.get_num_threads()
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _run_tickets(suite, out, ctx, force)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_tickets(suite: TicketSuite, out: Path, ctx: RunContext, force: bool) -> dict[str, int]:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     plan = TicketPlan(suite)

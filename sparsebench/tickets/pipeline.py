@@ -7,8 +7,9 @@ validated before any work (bad input: one `error:` line, nothing written).
 
 Per width: the seeds' dense runs with snapshots (`dense.py`, cached) -> every needed mask
 (detector scores at the variant's step and budget -> `masks.py`) -> every distinct
-retraining instance (a step-independent detector's mask retrained from θ0 or a fresh init
-is one instance shared by every step's record) trained as one stacked model
+retraining instance (the same seed, mask and initial weights train once: a step-independent
+detector's mask retrained from θ0 or a fresh init serves every step's record, and two
+detectors that chose the same mask share it) trained as one stacked model
 (`retrain.py`) -> metrics, code counts, recalls against the dense final model, Jaccard
 to the dense-final magnitude mask -> records, written atomically by the driver.
 """
@@ -205,7 +206,8 @@ def _run_width(plan: TicketPlan, width: int, todo: list[Variant], ids: dict[Vari
         if mkey not in masks:
             masks[mkey] = _mask(plan, det, views[v.seed].run, template, v, ctx)
         mask, info = masks[mkey]
-        tkey = (mkey, v.init_source())
+        # Identical masks (e.g. Early-Bird before it converges is magnitude at the step) train once.
+        tkey = (v.seed, mask.numpy().tobytes(), v.init_source())
         if tkey not in instances:
             instances[tkey] = len(inst_list)
             inst_list.append(Instance(v.seed, _init_state(plan, spec, runs[v.seed], v), mask))

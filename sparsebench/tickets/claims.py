@@ -37,9 +37,9 @@ class Claim:
     numbers: dict[str, Any] = field(default_factory=dict)  # everything the summary rests on
 
 
-def _fmt(d: PairedDiff) -> str:
-    ci = "n/a" if math.isnan(d.lo) else f"[{d.lo:+.3f}, {d.hi:+.3f}]"
-    return f"{d.mean:+.3f} {ci} (n={d.n}, {d.wins}-{d.losses})"
+def _fmt(d: PairedDiff, digits: int = 3) -> str:
+    ci = "n/a" if math.isnan(d.lo) else f"[{d.lo:+.{digits}f}, {d.hi:+.{digits}f}]"
+    return f"{d.mean:+.{digits}f} {ci} (n={d.n}, {d.wins}-{d.losses})"
 
 
 def _pd(d: PairedDiff) -> dict[str, Any]:
@@ -285,5 +285,5 @@ def claim6(t: Table, main: tuple[int, float, int] | None) -> Claim:
                  "dense16": mean_ci([r.metrics["bal_acc"] for r in b.values()]).mean}
     c.status = "reproduced" if acc.lo > 0 else "not reproduced"
     c.summary = (f"balanced accuracy random 32×16 @ 50% {c.numbers['random32']:.5f} vs dense 16×16 "
-                 f"{c.numbers['dense16']:.5f}: difference {_fmt(acc)}; BCE dense - random {_fmt(bce)}")
+                 f"{c.numbers['dense16']:.5f}: difference {_fmt(acc, 5)}; BCE dense - random {_fmt(bce)}")
     return c

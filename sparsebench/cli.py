@@ -147,6 +147,8 @@ def tickets(
     force: bool = typer.Option(False, "--force", help="Redo variants whose records exist."),
     device: str = DeviceOpt,
     cache: Optional[Path] = CacheOpt,
+    workers: int = typer.Option(1, "--workers", "-w", help="Run the (width, seed) jobs in this many single-threaded "
+                                "processes (one per core is fastest; the records are the same for any number)."),
     board: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Render the boards afterwards."),
     progress: bool = ProgressOpt,
 ) -> None:
@@ -158,7 +160,7 @@ def tickets(
     from sparsebench.tickets.pipeline import run_tickets
 
     s = load_ticket_suite(suite, set_ or [], csv_ints(seeds, "--seeds"))
-    ctx = _context(device, cache, progress, backend="auto")
+    ctx = _context(device, cache, progress, workers, backend="auto")
     start = time.perf_counter()
     counts = run_tickets(s, out, ctx, force=force)
     typer.echo(f"tickets suite {s.name!r}: {counts['written']} record(s) written, {counts['skipped']} already there, "

@@ -5,13 +5,16 @@ A *variant* is (width, seed, detector, sparsity, detection step, init mode): one
 skips what exists (`--force` redoes) and an interrupted run resumes. Everything is
 validated before any work (bad input: one `error:` line, nothing written).
 
-Per width: the seeds' dense runs with snapshots (`dense.py`, cached) -> every needed mask
+One job per width (and share of the seeds, one share per `--workers` process): the seeds'
+dense runs with snapshots (`dense.py`, cached) -> every needed mask
 (detector scores at the variant's step and budget -> `masks.py`) -> every distinct
 retraining instance (the same seed, mask and initial weights train once: a step-independent
 detector's mask retrained from θ0 or a fresh init serves every step's record, and two
 detectors that chose the same mask share it) trained as one stacked model
 (`retrain.py`) -> metrics, code counts, recalls against the dense final model, Jaccard
-to the dense-final magnitude mask -> records, written atomically by the driver.
+to the dense-final magnitude mask -> records, returned to the driver, which writes each
+atomically. A job's work does not depend on the other jobs, so the records are the same
+whether one process or several ran them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsebench.api import EVAL_SEED, Task, applies
+from sparsebench.api import EVAL_SEED, applies
 from sparsebench.build import make_model, make_task, model_class
 from sparsebench.checkpoints import RunSpec
 from sparsebench.config import to_dict
@@ -116,6 +119,10 @@ class TicketPlan:
                                     out[Variant(w, seed, name, s, step, init)] = None
         return list(out)
 
+    def registry_names(self) -> dict[str, list[str]]:
+        """Every registered entry the plan uses, by registry kind (worker processes need them installed)."""
+        return {"tasks": [self.suite.task], "models": [self.suite.model], "detectors": list(self.detectors)}
+
     def eval_info(self) -> EvalInfo:
         return EvalInfo(n_samples=self.suite.eval_samples, probe_samples=self.suite.detect_samples, seed=EVAL_SEED)
 
@@ -163,14 +170,46 @@ def _run_tickets(suite: TicketSuite, out: Path, ctx: RunContext, force: bool) ->
     ids = {v: plan.record_id(v) for v in variants}
     existing = set() if force else {p.stem for p in (out / "ticket").glob("*.json")} if out.exists() else set()
     todo = [v for v in variants if ids[v] not in existing]
+    # One job per width and share of the seeds (one share per worker: the seeds of a share train stacked).
+    job_ctx = ctx.single() if ctx.workers > 1 else ctx
+    calls = []
+    for w in plan.specs:
+        seeds = sorted({v.seed for v in todo if v.width == w})
+        for share in _shares(seeds, ctx.workers) if seeds else []:
+            calls.append((plan, w, share, [v for v in todo if v.width == w and v.seed in share], job_ctx))
     written = 0
-    for width in plan.specs:
-        mine = [v for v in todo if v.width == width]
-        if mine:
-            for rec in _run_width(plan, width, mine, ids, ctx):
-                write_json(out / "ticket" / f"{rec.id}.json", to_json(rec))
-                written += 1
+    for records in ctx.accel.map_jobs(run_job, calls, plan.registry_names(), desc="tickets"):
+        for rel, data in records:
+            write_json(out / rel, data)
+            written += 1
     return {"written": written, "skipped": len(variants) - len(todo), "variants": len(variants)}
+
+
+def _shares(seeds: list[int], parts: int) -> list[list[int]]:
+    """`seeds` in at most `parts` contiguous, non-empty groups whose sizes differ by at most one."""
+    parts = max(1, min(parts, len(seeds)))
+    size, extra = divmod(len(seeds), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        out.append(seeds[start:end])
+        start = end
+    return out
+
+
+def run_job(plan: TicketPlan, width: int, seeds: list[int], todo: list[Variant],
+            ctx: RunContext) -> list[tuple[str, dict[str, Any]]]:
+    """One width and some seeds: their dense runs, masks, retraining and records (as JSON, for the driver to write).
+
+    Every instance's arithmetic is its own (batched matmuls, elementwise AdamW), so a record does not depend on
+    which other seeds shared its job: the records are the same for any number of workers (tested)."""
+    threads = torch.get_num_threads()
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return [(f"ticket/{r.id}.json", to_json(r)) for r in _run_seeds(plan, width, seeds, todo, ctx)]
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -183,12 +222,11 @@ class _SeedView:
     dense_metrics: dict[str, float]
 
 
-def _run_width(plan: TicketPlan, width: int, todo: list[Variant], ids: dict[Variant, str],
+def _run_seeds(plan: TicketPlan, width: int, seeds: list[int], todo: list[Variant],
                ctx: RunContext) -> list[TicketRecord]:
     suite, task, spec = plan.suite, plan.task, plan.specs[width]
     start = time.perf_counter()
     full_steps, w1_steps = plan.snapshot_plan(width)
-    seeds = sorted({v.seed for v in todo})
     runs = dense_runs(spec, seeds, full_steps, w1_steps, ctx)
     template = make_model(spec.model, spec.model_config, task, generator=torch.Generator().manual_seed(0))
     held = task.held_out(suite.eval_samples, seed=EVAL_SEED)
@@ -239,7 +277,7 @@ def _run_width(plan: TicketPlan, width: int, todo: list[Variant], ids: dict[Vari
         tickets, sites = _ticket_metrics(final_d[i], init_d[i], view, mask, oracle[okey], suite.near)
         det = plan.detectors[v.detector]
         rec = TicketRecord(
-            schema_version=2, kind="ticket", id=ids[v], task=task_info(task), width=width, seed=v.seed,
+            schema_version=2, kind="ticket", id=plan.record_id(v), task=task_info(task), width=width, seed=v.seed,
             eval=plan.eval_info(), provenance=provenance(ctx.device, seconds),
             model=ModelInfo(name=spec.model, config=spec.model_config, width_fields=[plan.width_field]),
             train=to_dict(spec.train), retrain=to_dict(suite.retrain),

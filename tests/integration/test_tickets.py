@@ -102,6 +102,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, sets, message
     assert not (tmp_path / "res").exists() and not (tmp_path / "cache").exists()
 
 
+def test_records_from_two_workers_equal_the_one_process_ones(tiny, tmp_path):
+    root, _ = tiny
+    suite = suite_from_dict(_tiny_dict())
+    run_tickets(suite, tmp_path, RunContext.create("cpu", progress=False, workers=2, cache=root / "cache2"))
+    one = {r.id: r for r in tickets_in(root / "res")}
+    two = {r.id: r for r in tickets_in(tmp_path)}
+    assert set(one) == set(two)
+    for i, r in one.items():
+        assert (r.metrics, r.tickets, r.sites, r.detector_info) == (two[i].metrics, two[i].tickets, two[i].sites,
+                                                                   two[i].detector_info)
+
+
 def test_suites_of_the_other_kind_are_refused(tmp_path):
     r = cli("evaluate", "tickets", cache=tmp_path, cwd=tmp_path)
     assert r.returncode == 2 and "is a tickets suite: run it with `sparsebench tickets tickets`" in r.stderr
@@ -142,9 +154,9 @@ def _tiny_dict():
 
 @pytest.fixture(scope="module")
 def builtin(tmp_path_factory):
-    """The built-in `tickets` suite, run once (about 2.5 CPU minutes; the session's empty model cache)."""
+    """The built-in `tickets` suite, run once in two worker processes (about 2.5 CPU minutes; an empty cache)."""
     out = tmp_path_factory.mktemp("tickets")
-    counts = run_tickets(load_ticket_suite("tickets"), out, RunContext.create("cpu", progress=False))
+    counts = run_tickets(load_ticket_suite("tickets"), out, RunContext.create("cpu", progress=False, workers=2))
     return out, counts, tickets_in(out)
 
 

@@ -57,7 +57,6 @@ class TicketSuite:
     rho: float = 0.2  # row threshold factor of the site codes [reading]
     near: int = 1  # near-code distance [reading]
     snapshot_every: int = 10  # W1 snapshots every this many dense steps (Early-Bird's history)
-    detect_samples: int = 1024  # detection-stream samples for the fresh-init check and the near-code fraction
     eval_samples: int = 8192  # held-out samples for the retrained models' metrics
     cells: tuple[Cell, ...] = (Cell(),)  # what to retrain
 
@@ -67,7 +66,7 @@ class TicketSuite:
         check(w, len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds) and min(self.seeds) >= 0, "seeds",
               f"must be distinct non-negative integers (got {list(self.seeds)})")
         check(w, len(self.cells) >= 1, "cells", "needs at least one cell")
-        for f in ("quota", "snapshot_every", "detect_samples", "eval_samples"):
+        for f in ("quota", "snapshot_every", "eval_samples"):
             check(w, getattr(self, f) >= 1, f, f"must be at least 1 (got {getattr(self, f)})")
         check(w, 0 <= self.rho < 1 and math.isfinite(self.rho), "rho", f"must be in [0, 1) (got {self.rho})")
         check(w, self.near >= 0, "near", f"must be >= 0 (got {self.near})")

@@ -44,6 +44,7 @@ from sparsebench.tickets.retrain import Instance, evaluate_stacked, feature_code
 from sparsebench.training import seed_generator
 
 MASK_KEY = "blocks.0.mlp.mask"
+KINDS = ("feature", "weight", "control", "reference")  # a detector's kind (references: shown, never ranked)
 MAX_STACK = 512  # instances per stacked model (bounds memory; each chunk trains on the same data)
 # Ticket metrics, in display order, with their directions (recorded with every record).
 TICKET_DIRECTIONS: dict[str, str] = {
@@ -88,6 +89,9 @@ class TicketPlan:
             why = applies(det, self.task)
             if why:
                 raise UserError(f"detector {name!r} {why}")
+            if det.kind not in KINDS:
+                raise UserError(f"detector {name!r} has kind {det.kind!r}; a detector's kind is one of "
+                                f"{', '.join(KINDS)}")
         self.cells = [suite.cell(c) for c in suite.cells]
         default_width = cls.width_of(to_dict(cls.make_config(suite.model_config, "model")))
         self.cell_widths = [c.width or default_width for c in self.cells]
@@ -124,15 +128,15 @@ class TicketPlan:
         return {"tasks": [self.suite.task], "models": [self.suite.model], "detectors": list(self.detectors)}
 
     def eval_info(self) -> EvalInfo:
-        return EvalInfo(n_samples=self.suite.eval_samples, probe_samples=self.suite.detect_samples, seed=EVAL_SEED)
+        """Held-out sizes: the retrained models' metrics use eval_samples (tickets have no probe batch: the same)."""
+        return EvalInfo(n_samples=self.suite.eval_samples, probe_samples=self.suite.eval_samples, seed=EVAL_SEED)
 
     def record_id(self, v: Variant) -> str:
         s, spec, det = self.suite, self.specs[v.width], self.detectors[v.detector]
         return record_id({**spec.describe(v.seed), "kind": "ticket", "retrain": to_dict(s.retrain),
                           "detector": v.detector, "detector_config": det.config_dict(), "sparsity": v.sparsity,
                           "step": v.step, "init_mode": v.init_mode, "quota": s.quota, "rho": s.rho, "near": s.near,
-                          "snapshot_every": s.snapshot_every, "detect_samples": s.detect_samples,
-                          "eval": self.eval_info().model_dump()})
+                          "snapshot_every": s.snapshot_every, "eval": self.eval_info().model_dump()})
 
     def snapshot_plan(self, width: int) -> tuple[list[int], list[int]]:
         """(full snapshot steps, W1 snapshot steps) of the dense runs at `width`: from the whole suite, not only

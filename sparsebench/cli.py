@@ -147,7 +147,7 @@ def tickets(
     force: bool = typer.Option(False, "--force", help="Redo variants whose records exist."),
     device: str = DeviceOpt,
     cache: Optional[Path] = CacheOpt,
-    workers: int = typer.Option(1, "--workers", "-w", help="Run the (width, seed) jobs in this many single-threaded "
+    workers: int = typer.Option(1, "--workers", "-w", help="Split each width's seeds over this many single-threaded "
                                 "processes (one per core is fastest; the records are the same for any number)."),
     board: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Render the boards afterwards."),
     progress: bool = ProgressOpt,

@@ -95,10 +95,22 @@ def test_the_boards_show_tickets_in_every_format(tiny):
                               "topk, not 'clauses'"),
     (["--set", "quota=0"], "error: invalid tickets config: quota: must be at least 1 (got 0)"),
 ])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, sets, message):
+def test_bad_input_is_one_error_before_any_work(tmp_path, sets, message):
+    from sparsebench.errors import UserError
+
     (tmp_path / "tiny.toml").write_text(TINY)
-    r = cli("tickets", "tiny.toml", "--out", "res", *sets, cache=tmp_path / "cache", cwd=tmp_path)
-    assert r.returncode == 2 and [ln for ln in r.stderr.splitlines() if ln.strip()] == [message]
+    with pytest.raises(UserError) as e:
+        suite = load_ticket_suite(str(tmp_path / "tiny.toml"), [sets[1]])
+        run_tickets(suite, tmp_path / "res", RunContext.create("cpu", progress=False, cache=tmp_path / "cache"))
+    assert f"error: {e.value}" == message
+    assert not (tmp_path / "res").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_cli_says_it_in_one_line_with_exit_2(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    r = cli("tickets", "tiny.toml", "--out", "res", "--set", "quota=0", cache=tmp_path / "cache", cwd=tmp_path)
+    assert r.returncode == 2 and [ln for ln in r.stderr.splitlines() if ln.strip()] == [
+        "error: invalid tickets config: quota: must be at least 1 (got 0)"]
     assert not (tmp_path / "res").exists() and not (tmp_path / "cache").exists()
 
 

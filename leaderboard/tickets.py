@@ -251,30 +251,34 @@ def figures(t: dict[str, Any] | None) -> list[tuple[str, bytes]]:
 
     board = t["board"]
     out = []
+    colors = {"feature": "tab:green", "weight": "tab:blue", "control": "tab:gray", "reference": "tab:red"}
     for _, g in board.groupby(["task_key", "model_key", "width", "sparsity"], sort=False):
         first = g.iloc[0]
         label = f"{first['task']} · {first['model']} H={first['width']} · sparsity {first['sparsity']:g}"
-        with plt.rc_context(STYLE):
-            fig, ax = plt.subplots(figsize=(5.2, 4.6))
-            markers = {"rewind-0": "o", "rewind-e": "s", "fresh": "^"}
-            colors = {"feature": "tab:green", "weight": "tab:blue", "control": "tab:gray", "reference": "tab:red"}
-            for _, r in g.iterrows():
-                ax.errorbar(r["same_site_recall_mean"], r["family_recall_mean"],
-                            xerr=_err(r, "same_site_recall"), yerr=_err(r, "family_recall"),
-                            fmt=markers.get(r["init_mode"], "o"), color=colors.get(r["kind"], "k"), ms=4,
-                            alpha=0.8, elinewidth=0.6)
-            ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-            ax.set_xlim(-0.02, 1.02)
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("same-site recall")
-            ax.set_ylabel("family recall")
-            handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=k) for k, c in colors.items()]
-            handles += [plt.Line2D([], [], color="k", marker=m, ls="", label=i) for i, m in markers.items()]
-            ax.legend(handles=handles, loc="lower right")
-            ax.set_title(safe_text(label))
-            out.append((f"{label}: family recall against same-site recall per detector (mean ± 95% CI over seeds; "
-                        f"colour = detector kind, marker = init mode, every detection step); above the diagonal = "
-                        f"the clause is recovered on another row", to_png(fig)))
+        for step, gs in g.groupby("step", sort=True):
+            inits = [i for i in INIT_ORDER if i in set(gs["init_mode"])]
+            with plt.rc_context(STYLE):
+                fig, axes = plt.subplots(1, len(inits), figsize=(4.4 * len(inits), 4.3), squeeze=False)
+                for ax, init in zip(axes[0], inits):
+                    for _, r in gs[gs["init_mode"] == init].iterrows():
+                        c = colors.get(r["kind"], "k")
+                        ax.errorbar(r["same_site_recall_mean"], r["family_recall_mean"],
+                                    xerr=_err(r, "same_site_recall"), yerr=_err(r, "family_recall"), fmt="o",
+                                    color=c, ms=4, alpha=0.85, elinewidth=0.5)
+                        ax.annotate(safe_text(r["detector"]), (r["same_site_recall_mean"], r["family_recall_mean"]),
+                                    fontsize=6, color=c, xytext=(3, 3), textcoords="offset points")
+                    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+                    ax.set_xlim(-0.02, 1.05)
+                    ax.set_ylim(-0.02, 1.05)
+                    ax.set_xlabel("same-site recall")
+                    ax.set_title(init)
+                axes[0][0].set_ylabel("family recall")
+                handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=k) for k, c in colors.items()]
+                axes[0][-1].legend(handles=handles, loc="lower right")
+                fig.suptitle(safe_text(f"{label} · step {step}"))
+                out.append((f"{label} · step {step}: family recall against same-site recall per detector and init "
+                            f"mode (mean ± 95% CI over seeds; colour = detector kind); above the diagonal = the "
+                            f"clause is recovered on another row", to_png(fig)))
         for init, gi in g.groupby("init_mode", sort=False):
             if gi["step"].nunique() < 2:
                 continue

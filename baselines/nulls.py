@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from sparsebench import registry
 from sparsebench.api import Task
 from sparsebench.build import make_model
 from sparsebench.config import to_dict
@@ -30,6 +31,10 @@ class Null(ABC):
     description: str = ""
     relabels_inputs: bool = False  # only relabels input tokens: relabel-invariant probes score it like the model
 
+    def why_not(self, trained: Any) -> str | None:
+        """None if this null can be made of `trained`, else a one-line reason."""
+        return None
+
     @abstractmethod
     def make(self, trained: Any, task: Task, *, seed: int, generator: torch.Generator) -> Any:
         """A null model shaped like `trained` (on the same device)."""
@@ -37,6 +42,11 @@ class Null(ABC):
 
 class Untrained(Null):
     description = "same architecture and config, initial weights of the same seed"
+
+    def why_not(self, trained):
+        if getattr(trained, "name", "") not in registry.models:
+            return f"{type(trained).__name__} is not a registered model: it has no initial weights"
+        return None
 
     def make(self, trained, task, *, seed, generator):
         device = next(trained.parameters()).device
@@ -47,6 +57,9 @@ class Untrained(Null):
 class Shuffled(Null):
     description = "trained weights with the input-embedding rows permuted"
     relabels_inputs = True  # a permutation of W_E's rows
+
+    def why_not(self, trained):
+        return None if hasattr(trained, "W_E") else f"{type(trained).__name__} has no embedding W_E to shuffle"
 
     def make(self, trained, task, *, seed, generator):
         model = copy.deepcopy(trained)

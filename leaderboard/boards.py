@@ -1,4 +1,4 @@
-"""The two boards as pure functions of the record frames (see docs/leaderboard.md).
+"""The solutions board as a pure function of the record frames (see docs/leaderboard.md), and shared labels.
 
 Solutions board
     Per task (name + version + config): every solver (a trained model config
@@ -14,25 +14,8 @@ Solutions board
     `w`, so one solver forms one series across widths; every other config field
     keeps its value.
 
-Explanations board
-    Per trained-model configuration (task, model name + config, train config):
-    each mechanism's probe scores as mean, spread (std over seeds) and n, next
-    to each null's mean over seeds.
-
-    Ranking rule:
-    * per probe: mechanisms whose probe applies are ranked by the mean of the
-      probe's main score (in its recorded direction); n/a ranks nowhere.
-    * margin of a score, per seed: value minus the strongest null model of that
-      seed (the null that scores best: max if higher is better, min otherwise),
-      signed so positive means "better than every null"; then mean ± std. A
-      probe's own nulls (patch's "resampled") are shown but not used: they are
-      not rival models and may be on another scale (loss recovered is unbounded
-      below).
-    * overall: mechanisms ranked by the mean, over the probes that apply to them,
-      of their main score's mean margin; ties broken by more applicable probes,
-      then name. A mechanism with no applicable probe (or no nulls) is unranked.
-    Not-applicable probes carry no number anywhere: value, nulls and margin are
-    NaN in the frames and shown as "n/a" by the renderers.
+The explanations board, its ranking and the probe validity board are in
+`explanations.py` and `validity.py`.
 """
 
 from __future__ import annotations
@@ -188,77 +171,6 @@ def best_at_width(board: pd.DataFrame, metrics: list[str] | None = None) -> pd.D
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------------------- explanations
-
-GROUP_KEYS = ["task_key", "model", "model_config", "train_config"]
-
-
-def _margin(row: pd.Series, null_cols: list[str]) -> float:
-    """Main score minus the strongest null model, turned by the score's direction (+ is better)."""
-    nulls = [row[c] for c in null_cols if not pd.isna(row[c])]
-    if pd.isna(row["value"]) or not nulls:
-        return math.nan
-    good = lambda v: goodness(pd.Series([v]), row["direction"]).iloc[0]  # noqa: E731
-    return float(good(row["value"]) - max(good(v) for v in nulls))
-
-
-def explanations_board(exp: pd.DataFrame) -> pd.DataFrame:
-    """Aggregate probe scores over seeds: one row per (model group, mechanism, probe, score).
-
-    Columns: the GROUP_KEYS, task_label, group_label, width, mechanism, mechanism_config,
-    mech_label, probe, score, is_main, direction, status ("ok", "n/a", or the
-    recorded status when no seed scored), reason, n (seeds scored), n_na (seeds where
-    the probe did not apply), value_mean, value_std, `null_<x>_mean` per null,
-    margin_mean, margin_std, probe_rank (main scores only; 1 = best).
-    """
-    if exp.empty:
-        return pd.DataFrame()
-    df = exp.copy()
-    null_cols = sorted(c for c in df.columns if c.startswith("null_"))
-    own_cols = sorted(c for c in df.columns if c.startswith("own_"))
-    df["margin"] = df.apply(_margin, axis=1, null_cols=null_cols) if len(df) else math.nan
-    df = _dedupe_seeds(df, GROUP_KEYS + ["mechanism", "mechanism_config", "probe", "score"], "explanation")
-    # A probe that did not apply has one row with score = its main (or ""); align it with the ok rows.
-    rows = []
-    keys = GROUP_KEYS + ["mechanism", "mechanism_config", "probe"]
-    for key, g in df.groupby(keys, sort=True):
-        ok = g[g["status"] == "ok"]
-        na = g[g["status"] == "not_applicable"]
-        other = g[~g["status"].isin(["ok", "not_applicable"])]
-        first = g.iloc[0]
-        base = dict(zip(keys, key))
-        base.update(oracle=bool(first.get("oracle", False)), task=first["task"], task_label=task_label(first["task"], first["task_config"],
-                                                              first["task_version"]),
-                    width=int(first["width"]), n_na=int(na["seed"].nunique()))
-        if ok.empty:
-            status = "n/a" if len(other) == 0 else str(other["status"].iloc[0])
-            reasons = sorted({r for r in g["reason"] if r})
-            rows.append({**base, "score": first["score"], "is_main": True, "direction": "higher",
-                         "status": status, "reason": "; ".join(reasons), "n": 0, "value_mean": math.nan,
-                         "value_std": math.nan, **{f"{c}_mean": math.nan for c in null_cols + own_cols},
-                         "margin_mean": math.nan, "margin_std": math.nan})
-            continue
-        note = f"not applicable on {base['n_na']} seed(s)" if base["n_na"] else ""
-        for score, s in ok.groupby("score", sort=True):
-            rows.append({**base, "score": score, "is_main": bool(s["is_main"].iloc[0]),
-                         "direction": str(s["direction"].iloc[0]), "status": "ok", "reason": note,
-                         "n": int(s["value"].notna().sum()), "value_mean": float(s["value"].mean()),
-                         "value_std": _spread(s["value"]),
-                         **{f"{c}_mean": float(s[c].mean()) if s[c].notna().any() else math.nan
-                            for c in null_cols + own_cols},
-                         "margin_mean": float(s["margin"].mean()) if s["margin"].notna().any() else math.nan,
-                         "margin_std": _spread(s["margin"])})
-    board = pd.DataFrame(rows)
-    board["probe_rank"] = math.nan
-    main_ok = board["is_main"] & (board["status"] == "ok") & board["value_mean"].notna()
-    for _, g in board[main_ok].groupby(GROUP_KEYS + ["probe"]):
-        good = goodness(g["value_mean"], str(g["direction"].iloc[0]))
-        board.loc[g.index, "probe_rank"] = good.rank(ascending=False, method="min")
-    _label_groups(board)
-    return board.sort_values(GROUP_KEYS + ["mech_label", "probe", "is_main", "score"],
-                             ascending=[True] * 6 + [False, True], kind="stable").reset_index(drop=True)
-
-
 def _labels(name: str, configs: list[str], trains: list[str]) -> list[str]:
     """One label per (config JSON, train JSON) series: `name` plus only the keys that differ among them."""
     cfgs = [json.loads(c) for c in configs]
@@ -268,7 +180,10 @@ def _labels(name: str, configs: list[str], trains: list[str]) -> list[str]:
             for c, t in zip(cfgs, trs)]
 
 
-def _label_groups(board: pd.DataFrame) -> None:
+GROUP_KEYS = ["task_key", "model", "model_config", "train_config"]  # one trained-model configuration
+
+
+def label_groups(board: pd.DataFrame) -> None:
     """`group_label` (model + differing config) and `mech_label` (mechanism + differing config)."""
     board["group_label"] = ""
     for (tk, model), g in board.groupby(["task_key", "model"], sort=False):
@@ -286,36 +201,3 @@ def _label_groups(board: pd.DataFrame) -> None:
         for cj, c in zip(cfgs_json, cfgs):
             board.loc[g.index[g["mechanism_config"] == cj], "mech_label"] = config_label(mech, {k: c[k] for k in ck
                                                                                            if k in c})
-
-
-def explanation_ranking(board: pd.DataFrame) -> pd.DataFrame:
-    """The overall ranking per model group (rule in the module docstring).
-
-    Columns: GROUP_KEYS, task_label, group_label, width, mechanism, mechanism_config, mech_label,
-    overall_margin (mean over applicable probes of the main score's mean margin), applicable,
-    probes (how many probes the group has), rank (1 = best; NaN = unranked).
-    """
-    if board.empty:
-        return pd.DataFrame()
-    main = board[board["is_main"]]
-    n_probes = board.groupby(GROUP_KEYS)["probe"].nunique()  # per model group, applicable or not
-    rows = []
-    for key, g in main.groupby(GROUP_KEYS + ["mechanism", "mechanism_config"], sort=True):
-        ok = g[g["status"] == "ok"]
-        margins = ok["margin_mean"].dropna()
-        oracle = bool(g["oracle"].iloc[0]) if "oracle" in g.columns else False
-        rows.append({**dict(zip(GROUP_KEYS + ["mechanism", "mechanism_config"], key)), "oracle": oracle,
-                     "task_label": g["task_label"].iloc[0], "group_label": g["group_label"].iloc[0],
-                     "width": int(g["width"].iloc[0]), "mech_label": g["mech_label"].iloc[0],
-                     "overall_margin": float(margins.mean()) if len(margins) else math.nan,
-                     "applicable": int(ok["probe"].nunique()),
-                     "probes": int(n_probes.loc[key[:len(GROUP_KEYS)]])})
-    rk = pd.DataFrame(rows)
-    rk["rank"] = math.nan
-    for _, g in rk.groupby(GROUP_KEYS):
-        # An oracle is given the answer (e.g. the target set): an upper bound, never ranked
-        # against mechanisms that must compute it.
-        ranked = g[g["overall_margin"].notna() & ~g["oracle"]].sort_values(["overall_margin", "applicable", "mech_label"],
-                                                              ascending=[False, False, True], kind="stable")
-        rk.loc[ranked.index, "rank"] = range(1, len(ranked) + 1)
-    return rk.sort_values(GROUP_KEYS + ["rank", "mech_label"], na_position="last", kind="stable").reset_index(drop=True)

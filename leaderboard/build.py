@@ -1,9 +1,10 @@
 """Records to boards to text: what `sparsebench leaderboard` (and `evaluate`'s summary) runs.
 
-`build_boards` loads typed records from folders and computes the boards (solutions,
-explanations, and the tickets board of `leaderboard/tickets.py` when there are ticket records);
-`render_leaderboard` turns them into terminal text, Markdown, CSV or one HTML
-page; `scaling_pngs` draws the scaling figures embedded in the HTML page.
+`build_boards` loads typed records from folders and computes every board (solutions,
+explanations, probe validity, findings, and the tickets board of `leaderboard/tickets.py`
+when there are ticket records); `tables` makes the display tables of all of them;
+`render_leaderboard` turns them into terminal text, Markdown, CSV or one HTML page;
+`scaling_pngs` draws the scaling figures embedded in the HTML page.
 """
 
 from __future__ import annotations
@@ -13,28 +14,37 @@ from typing import Any
 
 from sparsebench import records
 from sparsebench.errors import UserError
-from sparsebench.leaderboard import boards, figures, frames, render, tickets
+from sparsebench.leaderboard import boards, explanations, figures, findings, frames, render, tickets, validity
 
 
-def build_boards(results: list[Path]) -> dict[str, Any]:
-    """Load records under `results` and compute both boards: the library form of the command."""
+def build_boards(results: list[Path], min_auroc: float = validity.MIN_AUROC) -> dict[str, Any]:
+    """Load records under `results` and compute every board: the library form of the command."""
     try:
         recs = records.load(results)
     except FileNotFoundError as e:
         raise UserError(f"results path not found: {e.args[0]} (run `sparsebench evaluate` first, "
                         f"or pass a folder)") from None
+    return boards_from(recs, min_auroc)
+
+
+def boards_from(recs: list[tuple[Path, Any]], min_auroc: float = validity.MIN_AUROC) -> dict[str, Any]:
+    """Every board of loaded records ((file, record) pairs): a pure function of the records."""
     directions = frames.metric_directions(recs)
-    sol = boards.solutions_board(frames.solutions_frame(recs), directions)
+    sol_frame = frames.solutions_frame(recs)
+    sol = boards.solutions_board(sol_frame, directions)
     best = boards.best_at_width(sol)
-    exp = boards.explanations_board(frames.explanations_frame(recs))
-    rank = boards.explanation_ranking(exp)
-    return {"records": recs, "directions": directions, "solutions": sol, "best": best, "explanations": exp,
-            "ranking": rank, "not_applicable": frames.not_applicable(recs), "tickets": tickets.build(recs)}
+    exp_frame = frames.explanations_frame(recs)
+    valid = validity.validity_board(exp_frame, min_auroc)
+    flags = {r["probe"]: r["valid"] for _, r in valid.iterrows()}
+    return {"records": recs, "directions": directions, "solutions": sol, "best": best,
+            **explanations.build(exp_frame, flags), "validity": valid, "min_auroc": min_auroc,
+            "own_construction": validity.own_construction(exp_frame), "findings": findings.findings(sol_frame),
+            "not_applicable": frames.not_applicable(recs), **tickets.build(recs)}
 
 
 def tables(b: dict[str, Any]) -> list[render.Table]:
     """Every display table: the solutions and explanations boards, then the tickets board."""
-    return render.board_tables(b) + tickets.ticket_tables(b.get("tickets"))
+    return render.board_tables(b) + tickets.ticket_tables(b)
 
 
 def scaling_pngs(sol: Any) -> list[tuple[str, bytes]]:
@@ -58,18 +68,13 @@ def render_leaderboard(results: list[Path], format: str, b: dict[str, Any] | Non
     """
     b = b if b is not None else build_boards(results)
     if format == "csv":
-        import pandas as pd
-
-        parts = [render.tidy_frame(b["solutions"], b["explanations"], b["ranking"]), tickets.tidy(b.get("tickets"))]
-        parts = [p for p in parts if not p.empty] or parts[:1]
-        return pd.concat(parts, ignore_index=True, sort=False).to_csv(index=False)
-    all_tables = tables(b)
+        return render.to_csv(b)
+    shown = tables(b)
     if format == "markdown":
-        return render.to_markdown(all_tables)
+        return render.to_markdown(shown)
     if format == "html":
         n = len(b["records"])
         intro = (f"{n} record(s) from {', '.join(map(str, results))}. Spread = sample std over seeds (n = seeds); "
-                 f"the tickets board shows 95% t intervals. Ranking rules: see docs/leaderboard.md.")
-        return render.to_html(all_tables, scaling_pngs(b["solutions"]) + tickets.figures(b.get("tickets")),
-                              intro=intro)
-    return render.to_terminal(all_tables)
+                 f"intervals are 95% t intervals. Ranking rules: see docs/leaderboard.md.")
+        return render.to_html(shown, scaling_pngs(b["solutions"]) + tickets.figures(b), intro=intro)
+    return render.to_terminal(shown)

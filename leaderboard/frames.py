@@ -6,11 +6,14 @@ Two frames come out:
   one column per metric, `theory_<name>` per closed-form prediction), and
   `metric_directions`: each task's declared metrics, in its order, with the
   direction that is better (read from the records, never guessed).
-* `explanations_frame`: one row per (record, probe, score), with the value,
-  its direction, whether it is the probe's main score, one `null_<name>`
-  column per null model and one `own_<name>` column per probe-own reference;
-  a not-applicable probe or mechanism is one row with `status="not_applicable"`,
-  its reason, and no value.
+* `explanations_frame`: one row per (record, probe, score), with the value and
+  its interval over the probe batch's chunks, the direction, whether it is the
+  probe's main score and whether the probe is ranked, the margin over the
+  strongest rival (and which), one `control_<name>` column per control
+  explanation, one `null_<name>` column per null model and one `own_<name>`
+  column per probe-own reference; `subject` says whether the model was trained
+  or a construction (then `truth` names its mechanism). A not-applicable probe
+  or mechanism is one row with `status="not_applicable"`, its reason, and no value.
 
 Configs are kept as canonical JSON strings (`*_config` columns) so rows group
 and compare exactly; labels are made from them by `config_label`.
@@ -84,6 +87,8 @@ def solutions_frame(records: list[tuple[Any, Any]]):
             row[f"metric_{k}"] = _num(v)
         for k, v in rec.theory.items():
             row[f"theory_{k}"] = _num(v)
+        for k, v in rec.behaviour.items():
+            row[f"behaviour_{k}"] = _num(v)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -110,23 +115,30 @@ def explanations_frame(records: list[tuple[Any, Any]]):
         m = rec.model
         base = {
             **_task_cols(rec), "model": m.name, "model_config": _cj(m.config),
-            "train_config": _cj(rec.train), "width": rec.width, "seed": rec.seed,
+            "train_config": _cj(rec.train) if rec.train else "", "width": rec.width, "seed": rec.seed,
+            "subject": rec.subject, "truth": rec.truth or "",
             "mechanism": rec.mechanism.name, "mechanism_config": _cj(rec.mechanism.config),
             "oracle": rec.mechanism.oracle, "id": rec.id, "date": rec.provenance.date, "path": str(path),
         }
+        empty = {"value": math.nan, "direction": "higher", "ranked": True, "is_main": True, "margin": math.nan}
         if rec.status != "ok":
-            rows.append({**base, "probe": "", "status": "not_applicable", "reason": rec.reason, "score": "",
-                         "is_main": True, "value": math.nan, "direction": "higher"})
+            rows.append({**base, **empty, "probe": "", "status": "not_applicable", "reason": rec.reason, "score": ""})
             continue
         for probe, pr in sorted(rec.probes.items()):
             if pr.status != "ok" or not pr.scores:
-                rows.append({**base, "probe": probe, "status": "not_applicable", "reason": pr.reason,
-                             "score": pr.main or "", "is_main": True, "value": math.nan, "direction": "higher"})
+                rows.append({**base, **empty, "probe": probe, "status": "not_applicable", "reason": pr.reason,
+                             "score": pr.main or "", "ranked": pr.ranked})
                 continue
             main = pr.main if pr.main in pr.scores else sorted(pr.scores)[0]
+            notes = "; ".join(f"{n}: {why}" for n, why in sorted({**pr.null_notes, **pr.control_notes}.items()))
             for sname, sc in sorted(pr.scores.items()):
-                row = {**base, "probe": probe, "status": "ok", "reason": "", "score": sname,
-                       "is_main": sname == main, "value": _num(sc.value), "direction": sc.direction}
+                lo, hi = sc.ci if sc.ci else (math.nan, math.nan)
+                mlo, mhi = sc.margin_ci if sc.margin_ci else (math.nan, math.nan)
+                row = {**base, "probe": probe, "status": "ok", "reason": "", "notes": notes, "score": sname,
+                       "is_main": sname == main, "ranked": pr.ranked, "value": _num(sc.value), "value_lo": lo,
+                       "value_hi": hi, "direction": sc.direction, "margin": _num(sc.margin), "margin_lo": mlo,
+                       "margin_hi": mhi, "rival": sc.rival or ""}
+                row.update({f"control_{n}": _num(v) for n, v in sc.controls.items()})
                 row.update({f"null_{n}": _num(v) for n, v in sc.nulls.items()})
                 row.update({f"own_{n}": _num(v) for n, v in sc.own_nulls.items()})
                 rows.append(row)

@@ -13,15 +13,25 @@ Not-applicable probes show "n/a", never a number.
 HTML: everything inline (CSS, a small vanilla-JS table sorter, figures as base64
 PNG), no network access, and every string that came from a record goes through
 `html.escape` (task, solver, mechanism and probe names are plugin-defined).
+
+Every format is safe on its own, whatever the records hold: control characters
+(ANSI/OSC escapes, carriage returns, bidirectional controls) become visible escapes
+(`sparsebench.printable`) in the terminal, Markdown, CSV and HTML, so a Markdown
+row never breaks and the terminal is never restyled; CSV text cells that a
+spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a
+carriage return) get a leading `'` (OWASP's rule), numbers stay numbers.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from sparsebench.printable import visible
 
 FORMATS = ("terminal", "markdown", "csv", "html")
 
@@ -113,56 +123,152 @@ def solution_tables(board, best, directions: dict[str, dict[str, str]]) -> list[
     return tables
 
 
-def explanation_tables(board, ranking) -> list[Table]:
-    """Per trained-model configuration: the overall ranking and every probe score beside its nulls."""
-    if board is None or board.empty:
+FINDINGS = {4: "false positives are a rare, separate low cluster of top-k mass",
+            5: "loss against width: exponential for Bloom (and trained nets), polynomial for JL",
+            6: "with more than k input tokens, mass spreads uniformly over them"}
+
+
+def findings_tables(f: Any) -> list[Table]:
+    """The post's findings 4-6 as measured from the records (`leaderboard/findings.py`)."""
+    if f is None or f.empty:
         return []
+    from sparsebench.leaderboard import findings as fmod
+
+    t = Table("solutions", "The post's findings, measured", ["finding", "task", "solver", "width", "measured", "holds"],
+              note=f"4 holds where the low cluster is under {fmod.RARE:g} of samples, split R² at least "
+                   f"{fmod.SEPARATE:g}, and it is the false positives ({fmod.CLUSTER_IS_FP:g}+ of it, at most "
+                   f"{fmod.HIGH_HAS_NO_FP:g} of the rest); 5 compares fits over at least {fmod.MIN_WIDTHS} widths; "
+                   f"6 holds where the evenness with k+1 tokens is at least {fmod.EVEN:g} (our reading of the post)")
+    for _, r in f.iterrows():
+        t.rows.append([Cell(f"{r['finding']}: {FINDINGS[r['finding']]}", r["finding"]), Cell(r["task_label"]),
+                       Cell(r["solver"]), Cell(str(r["width"])), Cell(r["measure"]),
+                       Cell("yes" if r["holds"] else "no", r["holds"], bool(r["holds"]))])
+    return [t]
+
+
+def fmt_ci(mean: float, lo: float, hi: float) -> str:
+    """`mean [lo, hi]` (a 95% interval), or the mean alone when there is no interval."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return fmt_num(mean)
+    return f"{fmt_num(mean)} [{fmt_num(lo, 3)}, {fmt_num(hi, 3)}]"
+
+
+OUTCOME = {"explains": "✓ explains", "fails": "✗ fails", "undecided": "? undecided", "n/a": "n/a"}
+
+
+def _rivals(r: Any, cols: list[str]) -> str:
+    """Every rival's mean, strongest first: 'answer-only 0.78, random-code 0.39, null untrained 0'."""
+    items = []
+    for c in cols:
+        v = r.get(c)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            name = c[len("control_"):-len("_mean")] if c.startswith("control_") else \
+                f"null {c[len('null_'):-len('_mean')]}"
+            items.append((v, name))
+    sign = -1 if r.get("direction") == "lower" else 1
+    items.sort(key=lambda t: -sign * t[0] if r.get("direction") != "zero" else abs(t[0]))
+    return ", ".join(f"{n} {fmt_num(v, 3)}" for v, n in items)
+
+
+def explanation_tables(b: dict[str, Any]) -> list[Table]:
+    """Per trained-model configuration: the ranking, every probe beside its rivals, the pairwise comparisons;
+    then the probe validity board and each mechanism on its own construction."""
     from sparsebench.leaderboard.boards import ARROWS, GROUP_KEYS
 
-    null_cols = sorted(c for c in board.columns if c.startswith("null_") and c.endswith("_mean"))
+    board, ranking, pairs = b.get("explanations"), b.get("ranking"), b.get("pairwise")
     tables = []
-    for key, g in board.groupby(GROUP_KEYS, sort=False):
-        first = g.iloc[0]
-        title = f"{first['task_label']} · {first['group_label']} · width {first['width']}"
-        rk = ranking[(ranking[GROUP_KEYS] == list(key)).all(axis=1)] if ranking is not None else None
-        if rk is not None and not rk.empty:
-            t = Table("explanations", f"Explanations ranking: {title}",
-                      ["rank", "mechanism", "mean margin over strongest null", "probes applicable"],
-                      note="margin = main score minus the strongest null (sign: + is better), per seed, "
-                           "averaged; overall = mean over the probes that apply")
-            for _, r in rk.iterrows():
-                rank = "oracle" if r.get("oracle", False) else "–" if math.isnan(r["rank"]) else str(int(r["rank"]))
-                t.rows.append([Cell(rank, _num(r["rank"])), Cell(r["mech_label"]),
-                               Cell(fmt_num(r["overall_margin"]), _num(r["overall_margin"])),
-                               Cell(f"{r['applicable']}/{r['probes']}", r["applicable"])])
+    if board is not None and not board.empty:
+        rival_cols = sorted(c for c in board.columns if c.startswith(("control_", "null_")) and c.endswith("_mean"))
+        for key, g in board.groupby(GROUP_KEYS, sort=False):
+            first = g.iloc[0]
+            title = f"{first['task_label']} · {first['group_label']} · width {first['width']}"
+            rk = ranking[(ranking[GROUP_KEYS] == list(key)).all(axis=1)] if ranking is not None else None
+            if rk is not None and not rk.empty:
+                t = Table("explanations", f"Explanations ranking: {title}",
+                          ["rank", "mechanism", "verdict", "per probe (margin interval over every control and null)",
+                           "pairs won / tied / lost"],
+                          note="verdict: explains on every counted probe (margin's 95% interval above 0), partly, "
+                               "or no; rank: pairs of mechanisms won minus lost, a pair won on more of the common "
+                               "probes by a paired interval over seeds (equal ranks are ties); oracles are given "
+                               "the answer: shown, never ranked")
+                for _, r in rk.iterrows():
+                    rank = "oracle" if r["oracle"] else ("–" if math.isnan(r["rank"]) else str(int(r["rank"])))
+                    extra = f" (unvalidated: {r['unvalidated']})" if r["unvalidated"] else ""
+                    t.rows.append([Cell(rank, _num(r["rank"])), Cell(r["mech_label"]), Cell(r["verdict"]),
+                                   Cell(r["outcomes"] + extra),
+                                   Cell(f"{r['won']} / {r['tied']} / {r['lost']}", r["copeland"])])
+                tables.append(t)
+            t = Table("explanations", f"Probe scores: {title}",
+                      ["mechanism", "probe", "score", "seeds", "value [95% CI]", "margin [95% CI]", "strongest rival",
+                       "outcome", "rivals (controls and nulls, strongest first)", "note"],
+                      note="ranked probes first, then model diagnostics (never ranked); * = the probe's main score; "
+                           "margin = value minus the strongest rival of each seed, + is better; intervals over "
+                           "seeds (one seed: over its probe-batch chunks)")
+            for _, r in g.iterrows():
+                ok = r["status"] == "ok"
+                arrow = ARROWS.get(r["direction"], "") if ok else ""
+                score = f"{r['score']}{'*' if r['is_main'] and ok else ''} {arrow}".strip() if r["score"] else ""
+                note = [] if r["ranked"] else ["diagnostic"]
+                if r["ranked"] and r["valid"] is False:
+                    note.append("invalid on constructions: not counted")
+                elif r["ranked"] and r["valid"] is None:
+                    note.append("unvalidated")
+                if not ok:
+                    note.append(str(r["reason"]))
+                t.rows.append([
+                    Cell(r["mech_label"]), Cell(r["probe"] or "(all)"), Cell(score), Cell(str(r["n"]), r["n"]),
+                    Cell(fmt_ci(r.get("value_mean"), r.get("value_lo"), r.get("value_hi")) if ok else "n/a",
+                         _num(r.get("value_mean"))),
+                    Cell(fmt_ci(r.get("margin_mean"), r.get("margin_lo"), r.get("margin_hi")) if ok else "n/a",
+                         _num(r.get("margin_mean")), ok and r["outcome"] == "explains" and r["is_main"]),
+                    Cell(str(r.get("rival") or "") if ok else ""),
+                    Cell(OUTCOME.get(r["outcome"], r["outcome"]) if r["is_main"] or not ok else ""),
+                    Cell(_rivals(r, rival_cols) if ok else ""), Cell("; ".join(note))])
             tables.append(t)
-        cols = ["mechanism", "probe", "score", "seeds", "value"] + \
-               [f"null: {c[len('null_'):-len('_mean')]}" for c in null_cols] + ["margin", "probe rank", "note"]
-        t = Table("explanations", f"Probe scores: {title}", cols,
-                  note="value = mean ± std over seeds (↑ higher / ↓ lower is better); nulls = mean over seeds; "
-                       "* = the probe's main score; probe rank by main score")
-        for _, r in g.iterrows():
-            ok = r["status"] == "ok"
-            arrow = ARROWS.get(r["direction"], "") if ok else ""
-            score = f"{r['score']}{'*' if r['is_main'] and ok else ''} {arrow}".strip() if r["score"] else ""
-            val = fmt_mean(r["value_mean"], r["value_std"]) if ok else ("n/a" if r["status"] == "n/a"
-                                                                         else str(r["status"]))
-            row = [Cell(r["mech_label"]), Cell(r["probe"]), Cell(score), Cell(str(r["n"]), r["n"]),
-                   Cell(val, _num(r["value_mean"]), ok and r.get("probe_rank") == 1)]
-            row += [Cell(fmt_num(r[c]) if ok else "n/a", _num(r[c])) for c in null_cols]
-            row.append(Cell(fmt_mean(r["margin_mean"], r["margin_std"]) if ok else "n/a", _num(r["margin_mean"])))
-            pr = r.get("probe_rank")
-            row.append(Cell("" if pr is None or math.isnan(pr) else str(int(pr)), _num(pr)))
-            row.append(Cell(str(r["reason"] or "")))
-            t.rows.append(row)
+            pp = pairs[(pairs[GROUP_KEYS] == list(key)).all(axis=1)] if pairs is not None and not pairs.empty else None
+            if pp is not None and not pp.empty:
+                t = Table("explanations", f"Pairwise: {title}", ["probe", "a", "b", "seeds", "a - b [95% CI]", "result"],
+                          note="paired over seeds, main scores turned so + favours a; a result only when the "
+                               "interval excludes 0")
+                for _, r in pp.iterrows():
+                    res = {"a": f"{r['a']} ≻ {r['b']}", "b": f"{r['b']} ≻ {r['a']}"}.get(r["winner"], "tie")
+                    t.rows.append([Cell(r["probe"]), Cell(r["a"]), Cell(r["b"]), Cell(str(r["n"]), r["n"]),
+                                   Cell(fmt_ci(r["diff"], r["lo"], r["hi"]), _num(r["diff"])), Cell(res)])
+                tables.append(t)
+    valid = b.get("validity")
+    if valid is not None and not valid.empty:
+        t = Table("explanations", "Probe validity (on exact constructions, where the mechanism is known)",
+                  ["probe", "ranked", "AUROC", "pairs", "constructions of", "status"],
+                  note=f"AUROC: how often the right explanation of a construction scores better than a wrong one "
+                       f"(another mechanism's fit or a control), ties half; a ranked probe below "
+                       f"{b.get('min_auroc', 0.9):g} is left out of the rankings")
+        for _, r in valid.iterrows():
+            status = ("diagnostic" if not r["ranked"] else "no construction records" if r["valid"] is None
+                      else "valid" if r["valid"] else "INVALID: not counted")
+            t.rows.append([Cell(r["probe"]), Cell("yes" if r["ranked"] else "no"),
+                           Cell(fmt_num(r["auroc"], 3), _num(r["auroc"])), Cell(str(r["pairs"]), r["pairs"]),
+                           Cell(r["truths"]), Cell(status)])
+        tables.append(t)
+    own = b.get("own_construction")
+    if own is not None and not own.empty:
+        t = Table("explanations", "Each mechanism on its own construction",
+                  ["construction of", "probe", "seeds", "margin mean", "margin min", "strongest rival", "beats all"],
+                  note="the right explanation's margin over every control and null; it must be above 0 on every seed")
+        for _, r in own.iterrows():
+            beats = "n/a (no rival)" if isinstance(r["beats_all"], float) else ("yes" if r["beats_all"] else "NO")
+            t.rows.append([Cell(r["truth"]), Cell(r["probe"] + ("" if r["ranked"] else " (diagnostic)")),
+                           Cell(str(r["seeds"]), r["seeds"]), Cell(fmt_num(r["margin_mean"]), _num(r["margin_mean"])),
+                           Cell(fmt_num(r["margin_min"]), _num(r["margin_min"])), Cell(r["rival"]), Cell(beats)])
         tables.append(t)
     return tables
 
 
 def board_tables(b: dict[str, Any]) -> list[Table]:
     """Every display table of the boards `b` (`leaderboard.build_boards`)."""
-    tables = solution_tables(b["solutions"], b["best"], b["directions"]) + explanation_tables(b["explanations"],
-                                                                                             b["ranking"])
+    tables = solution_tables(b["solutions"], b["best"], b["directions"]) + findings_tables(b.get("findings")) + \
+        explanation_tables(b)
     if b.get("not_applicable"):
         t = Table("solutions", "Not applicable", ["task", "solver or mechanism", "why"],
                   note="recorded as not applicable to the task's family: no number exists for these")
@@ -180,27 +286,34 @@ def print_tables(console: Any, tables: list[Table]) -> None:
 
     if not tables:
         console.print("no records")
-    for t in tables:
-        rt = RTable(title=Text(t.title, style="bold"), caption=Text(t.note) if t.note else None, show_lines=False)
+    for t in tables:  # Text, not markup strings: names come from records and plugins
+        rt = RTable(title=Text(visible(t.title), style="bold"), caption=Text(visible(t.note)) if t.note else None,
+                    show_lines=False)
         for c in t.columns:
-            rt.add_column(Text(c), overflow="fold")
+            rt.add_column(Text(visible(c)), overflow="fold")
         for row in t.rows:
-            rt.add_row(*[Text(c.text, style="bold green" if c.best else ("dim" if c.text == "n/a" else ""))
+            rt.add_row(*[Text(visible(c.text), style="bold green" if c.best else ("dim" if c.text == "n/a" else ""))
                          for c in row])
         console.print(rt)
         console.print()
 
 
 def to_terminal(tables: list[Table], width: int | None = None) -> str:
+    """The tables as plain text (rendered into a string: nothing is printed)."""
+    import io
+
     from rich.console import Console
 
-    console = Console(record=True, width=width or 200, force_terminal=False, highlight=False)
+    console = Console(file=io.StringIO(), record=True, width=width or 200, force_terminal=False, highlight=False)
     print_tables(console, tables)
     return console.export_text(styles=False)
 
 
 def _md_cell(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+    """One Markdown table cell: control characters (newlines, carriage returns) shown as escapes, so a row
+    never breaks; `|` escaped; `<`/`>` as entities."""
+    s = visible(s)
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_markdown(tables: list[Table]) -> str:
@@ -221,12 +334,17 @@ def to_markdown(tables: list[Table]) -> str:
     return "\n".join(out)
 
 
-def tidy_frame(sol_board, exp_board, ranking):
-    """The numeric data behind the boards as one long frame (`board` column: solutions/explanations/ranking)."""
+BOARDS = ("solutions", "explanations", "ranking", "pairwise", "validity", "own_construction", "findings", "tickets",
+          "ticket_pairs")
+
+
+def tidy_frame(b: dict[str, Any]):
+    """The numeric data behind the boards as one long frame (`board` column: one of BOARDS)."""
     import pandas as pd
 
     parts = []
-    for name, df in (("solutions", sol_board), ("explanations", exp_board), ("ranking", ranking)):
+    for name in BOARDS:
+        df = b.get(name)
         if df is not None and not df.empty:
             parts.append(df.assign(board=name))
     if not parts:
@@ -235,8 +353,26 @@ def tidy_frame(sol_board, exp_board, ranking):
     return out[["board"] + [c for c in out.columns if c != "board"]]
 
 
-def to_csv(sol_board, exp_board, ranking) -> str:
-    return tidy_frame(sol_board, exp_board, ranking).to_csv(index=False)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
+
+
+def csv_text(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs: text starting like a formula gets a leading `'` (OWASP), control
+    characters become visible escapes. Numbers (-0.5 included) and missing values are left as they are."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_START):
+        value = "'" + value
+    return visible(value)
+
+
+def to_csv(b: dict[str, Any]) -> str:
+    frame = tidy_frame(b)
+    frame.columns = [csv_text(str(c)) for c in frame.columns]
+    for c in frame.columns:
+        if frame[c].dtype == object or str(frame[c].dtype) in ("string", "str"):
+            frame[c] = frame[c].map(csv_text)
+    return frame.to_csv(index=False)
 
 
 _CSS = """
@@ -276,7 +412,9 @@ _JS = """
 def to_html(tables: list[Table], figures: list[tuple[str, bytes]] | None = None,
             title: str = "sparsebench leaderboard", intro: str = "") -> str:
     """One self-contained page. `figures`: (caption, PNG bytes) pairs, embedded as base64."""
-    e = html.escape
+    def e(text: Any) -> str:
+        return html.escape(visible(text))
+
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]

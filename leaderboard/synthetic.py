@@ -76,51 +76,61 @@ def solution_records(widths=(16, 24, 32, 48, 64), seeds=(0, 1, 2), task: dict[st
     return out
 
 
-def _probe(reads: list[str], main: str, scores: dict[str, Score], level: str) -> ProbeResult:
-    return ProbeResult(status="ok", level=level, reads=reads, main=main, scores=scores)  # type: ignore[arg-type]
+def _probe(main: str, value: float, margin: float, rival: str, level: str, ranked: bool = True,
+           direction: str = "higher", controls: dict[str, float] | None = None,
+           nulls: dict[str, float] | None = None) -> ProbeResult:
+    score = Score(value=value, ci=(value - 0.01, value + 0.01), direction=direction,  # type: ignore[arg-type]
+                  controls=controls or {}, nulls=nulls or {}, margin=margin, margin_ci=(margin - 0.02, margin + 0.02),
+                  rival=rival)
+    return ProbeResult(status="ok", level=level, ranked=ranked, main=main, chunks=4,  # type: ignore[arg-type]
+                       scores={main: score})
+
+
+def _explanation(mech: str, seed: int, width: int, task_info: TaskInfo, probes: dict[str, ProbeResult],
+                 subject: str = "trained", truth: str | None = None) -> ExplanationRecord:
+    rid = record_id({"synthetic": "explanation", "mechanism": mech, "task": task_info.name, "subject": subject,
+                     "truth": truth, "config": task_info.config, "seed": seed, "width": width})
+    trained = subject == "trained"
+    return ExplanationRecord(
+        schema_version=SCHEMA_VERSION, kind="explanation", id=rid, task=task_info, width=width, seed=seed,
+        eval=EVAL, subject=subject, truth=truth, model=_mlp(width), train=TRAIN if trained else None,  # type: ignore[arg-type]
+        checkpoint=CheckpointInfo(key=f"ck{seed}", sha256="s") if trained else None,
+        mechanism=MechanismInfo(name=mech, config={}), fit={"h_mean": 8.1, "sign": -1} if mech == "bloom" else {},
+        nulls={"untrained": "initial weights", "shuffled": "embedding rows permuted"},
+        controls={"answer-only": "the target alone", "random-code": "random hashes"}, probes=probes,
+        provenance=PROVENANCE)
 
 
 def explanation_records(width: int = 64, seeds=(0, 1, 2), task: dict[str, Any] | None = None,
                         rng_seed: int = 1) -> list[ExplanationRecord]:
+    """Bloom explains the trained model on every ranked probe, JL fails; plus each on its own construction."""
     task_info = TaskInfo(**(task or TASK))
     rng = random.Random(rng_seed)
     out = []
     for seed in seeds:
-        j = lambda x, s=0.01: min(1.0, max(0.0, x + rng.gauss(0, s)))  # noqa: E731
+        j = lambda x, s=0.01: min(1.0, max(-1.0, x + rng.gauss(0, s)))  # noqa: E731
         na = ProbeResult(status="not_applicable", reason="jl predicts no hidden code")
-        probes_by_mech = {
-            "bloom": {
-                "hidden-code": _probe(["blocks.0.mlp.hook_post"], "f1", {
-                    "f1": Score(value=j(0.99), direction="higher",
-                                nulls={"untrained": j(0.41, 0.03), "shuffled": j(0.52, 0.03)}),
-                    "precision": Score(value=j(0.99), direction="higher",
-                                       nulls={"untrained": j(0.40, 0.03), "shuffled": j(0.5, 0.03)})},
-                    "activations"),
-                "mask-agreement": _probe([], "jaccard", {
-                    "jaccard": Score(value=j(0.998, 0.001), direction="higher",
-                                     nulls={"untrained": j(0.12, 0.02), "shuffled": j(0.13, 0.02)})}, "weights"),
-                "patch-loss": _probe(["blocks.0.mlp.hook_post"], "kl_to_model", {
-                    "kl_to_model": Score(value=0.2 + rng.gauss(0, 0.02), direction="lower",
-                                         nulls={"untrained": 2.5 + rng.gauss(0, 0.1)})}, "causal"),
-            },
-            "jl": {
-                "hidden-code": na,
-                "mask-agreement": na,
-                "patch-loss": _probe(["blocks.0.hook_resid_post"], "kl_to_model", {
-                    "kl_to_model": Score(value=1.9 + rng.gauss(0, 0.1), direction="lower",
-                                         nulls={"untrained": 2.5 + rng.gauss(0, 0.1)})}, "causal"),
-            },
-        }
-        for mech, probes in probes_by_mech.items():
-            rid = record_id({"synthetic": "explanation", "mechanism": mech, "task": task_info.name,
-                             "config": task_info.config, "seed": seed, "width": width})
-            out.append(ExplanationRecord(
-                schema_version=SCHEMA_VERSION, kind="explanation", id=rid, task=task_info, width=width, seed=seed,
-                eval=EVAL, model=_mlp(width), train=TRAIN, checkpoint=CheckpointInfo(key=f"ck{seed}", sha256="s"),
-                mechanism=MechanismInfo(name=mech, config={}),
-                fit={"h_mean": 8.1, "sign": -1, "alpha": 6.2} if mech == "bloom" else {},
-                nulls={"untrained": "initial weights", "shuffled": "embedding rows permuted"},
-                probes=probes, provenance=PROVENANCE))
+        hv, pv, jp = j(0.98), j(0.90), j(0.74)
+        out.append(_explanation("bloom", seed, width, task_info, {
+            "hidden-code": _probe("mcc", hv, hv - 0.18, "untrained", "activations",
+                                  controls={"random-code": 0.0}, nulls={"untrained": 0.18}),
+            "prediction": _probe("kl_explained", pv, pv - 0.78, "answer-only", "behaviour",
+                                 controls={"answer-only": 0.78, "random-code": 0.39}, nulls={"untrained": 0.0}),
+            "bimodality": _probe("r2", j(0.97), 0.0, "random-code", "weights", ranked=False,
+                                 controls={"random-code": 0.97})}))
+        out.append(_explanation("jl", seed, width, task_info, {
+            "hidden-code": na, "bimodality": na,
+            "prediction": _probe("kl_explained", jp, jp - 0.78, "answer-only", "behaviour",
+                                 controls={"answer-only": 0.78}, nulls={"untrained": 0.0})}))
+        for truth in ("bloom", "jl"):  # the probe validity board's records
+            for mech in ("bloom", "jl"):
+                right = mech == truth
+                out.append(_explanation(mech, seed, width, task_info, {
+                    "prediction": _probe("kl_explained", j(1.0 if right else 0.6), j(0.3 if right else -0.1),
+                                         "answer-only", "behaviour", controls={"answer-only": 0.7}),
+                    "hidden-code": (_probe("mcc", j(0.99), 0.8, "untrained", "activations",
+                                           controls={"random-code": 0.0}) if mech == "bloom" and right else na)},
+                    subject="construction", truth=truth))
     return out
 
 

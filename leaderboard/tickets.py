@@ -10,13 +10,15 @@ interval (`stats.mean_ci`; n seeds beside). Ranking rule (docs/leaderboard.md):
   the dense reference (recorded at sparsity 0) is shown in every sparse group of the same
   task, model, width, step and init mode;
 * "beats" lists the detectors it beats on balanced accuracy, paired over seeds at the same
-  group: the 95% t interval of the per-seed difference lies above 0 (`stats.paired_diff_ci`);
+  group: the 95% t interval of the per-seed difference lies above 0 (`tickets.claims.compare`);
   a difference whose interval contains 0 is a tie and is not listed;
 * the paired-comparisons table shows, for balanced accuracy and exact codes, each detector
   against the top-ranked one and against `random` (every pair is in the CSV).
 
 One record per (group, detector, seed): if a seed has two, the newest is used, with a warning.
 The claims table (`sparsebench.tickets.claims`) tests the paper's claims on the same records.
+`build` adds three entries to the boards (`leaderboard.build.build_boards`): `tickets` (the
+board) and `ticket_pairs` (every pair), both in the CSV, and `ticket_claims`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import pandas as pd
 from sparsebench.io import canonical_json
 from sparsebench.leaderboard.render import Cell, Table, fmt_num
 from sparsebench.records import RecordWarning, TicketRecord
-from sparsebench.stats import mean_ci, paired_diff_ci
+from sparsebench.stats import mean_ci
+from sparsebench.tickets.claims import compare, evaluate_claims
 
 RANK_METRIC = "bal_acc"  # the board ranks by sparse balanced accuracy
 SHOWN = ("bal_acc", "exact_codes", "covered", "same_site_recall", "family_recall", "jaccard_oracle")
@@ -91,8 +94,8 @@ def tickets_board(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             row = {**base, "detector": det, "kind": gd["kind"].iloc[0], "n": int(gd["seed"].nunique()),
                    "task": gd["task"].iloc[0], "task_config": gd["task_config"].iloc[0], "model": gd["model"].iloc[0]}
             for m in SHOWN:
-                ci = mean_ci(gd[f"m_{m}"]) if f"m_{m}" in gd else mean_ci([])
-                row.update({f"{m}_mean": ci.mean, f"{m}_lo": ci.lo, f"{m}_hi": ci.hi})
+                mean, lo, hi = mean_ci(gd[f"m_{m}"].tolist() if f"m_{m}" in gd else [])
+                row.update({f"{m}_mean": mean, f"{m}_lo": lo, f"{m}_hi": hi})
             stats[det] = row
         for metric in PAIRED:
             for a in by_det:
@@ -101,7 +104,7 @@ def tickets_board(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                         continue
                     sa, sb = _seeds(by_det[a], metric), _seeds(by_det[b], metric)
                     common = sorted(set(sa) & set(sb))
-                    d = paired_diff_ci([sa[s] for s in common], [sb[s] for s in common])
+                    d = compare([sa[s] for s in common], [sb[s] for s in common])
                     pairs.append({**base, "metric": metric, "a": a, "b": b, "mean": d.mean, "lo": d.lo, "hi": d.hi,
                                   "n": d.n, "wins": d.wins, "losses": d.losses, "sign_p": d.sign_p,
                                   "verdict": {"a": "a better", "b": "b better"}.get(d.verdict, "tie")})
@@ -111,7 +114,8 @@ def tickets_board(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             row["rank"] = ranked.index(det) + 1 if det in ranked else math.nan
             rows.append(row)
     board = pd.DataFrame(rows)
-    pairs_df = pd.DataFrame(pairs)
+    pairs_df = pd.DataFrame(pairs, columns=[*GROUP, "metric", "a", "b", "mean", "lo", "hi", "n", "wins", "losses",
+                                            "sign_p", "verdict"])
     beats = pairs_df[(pairs_df["metric"] == RANK_METRIC) & (pairs_df["verdict"] == "a better")]
     won = beats.groupby(GROUP + ["a"])["b"].apply(lambda s: "; ".join(sorted(s))).to_dict()
     board["beats"] = [won.get(tuple(r[k] for k in GROUP) + (r["detector"],), "") for _, r in board.iterrows()]
@@ -138,16 +142,14 @@ def _nan_low(x: float) -> float:
     return -math.inf if x is None or math.isnan(x) else x
 
 
-def build(records: list[tuple[Any, Any]]) -> dict[str, Any] | None:
-    """The tickets board of `records` (None if there is no ticket record)."""
+def build(records: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """The boards' tickets entries of `records` (see the module docstring; empty without ticket records)."""
     df = tickets_frame(records)
     if df.empty:
-        return None
-    from sparsebench.tickets.claims import evaluate_claims
-
+        return {}
     board, pairs = tickets_board(df)
     claims = evaluate_claims([r for _, r in records if isinstance(r, TicketRecord)])
-    return {"frame": df, "board": board, "pairs": pairs, "claims": claims}
+    return {"tickets": board, "ticket_pairs": pairs, "ticket_claims": claims}
 
 
 # ---------------------------------------------------------------------------- tables
@@ -170,12 +172,12 @@ def group_title(r: Any) -> str:
             f"{r['init_mode']}")
 
 
-def ticket_tables(t: dict[str, Any] | None) -> list[Table]:
-    """Display tables: claims, then per group the ranking and the paired comparisons."""
-    if not t:
+def ticket_tables(b: dict[str, Any]) -> list[Table]:
+    """Display tables of the boards `b`: claims, then per group the ranking and the paired comparisons."""
+    if b.get("tickets") is None:
         return []
-    tables = [claims_table(t["claims"])]
-    board, pairs = t["board"], t["pairs"]
+    tables = [claims_table(b["ticket_claims"])]
+    board, pairs = b["tickets"], b["ticket_pairs"]
     for key, g in board.groupby(GROUP, sort=False):
         title = group_title(g.iloc[0])
         cols = ["rank", "detector", "kind", "seeds"] + [f"{LABELS[m]} ↑" for m in SHOWN] + ["beats (bal. acc.)"]
@@ -230,26 +232,20 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def tidy(t: dict[str, Any] | None) -> pd.DataFrame:
-    """The tickets board and every pair as one long frame for the CSV (`board` = tickets / ticket_pairs)."""
-    if not t:
-        return pd.DataFrame()
-    return pd.concat([t["board"].assign(board="tickets"), t["pairs"].assign(board="ticket_pairs")],
-                     ignore_index=True, sort=False)
-
-
 # ---------------------------------------------------------------------------- figures
 
 
-def figures(t: dict[str, Any] | None) -> list[tuple[str, bytes]]:
-    """(caption, PNG): per (task, model, width, sparsity) family against same-site recall, and per
-    (task, model, width, sparsity, init mode) with several steps, accuracy and exact codes against the step."""
-    if not t:
+def figures(b: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """(caption, PNG) of the boards `b`: per (task, model, width, sparsity, step) family against same-site
+    recall, and per (task, model, width, sparsity, init mode) with several steps, accuracy and exact codes
+    against the step."""
+    board = b.get("tickets")
+    if board is None:
         return []
-    from sparsebench.leaderboard.figures import STYLE, safe_text, to_png
     import matplotlib.pyplot as plt
 
-    board = t["board"]
+    from sparsebench.leaderboard.figures import STYLE, safe_text, to_png
+
     out = []
     colors = {"feature": "tab:green", "weight": "tab:blue", "control": "tab:gray", "reference": "tab:red"}
     for _, g in board.groupby(["task_key", "model_key", "width", "sparsity"], sort=False):

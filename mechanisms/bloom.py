@@ -169,6 +169,10 @@ class Bloom(Mechanism):
               f"C(m={m}, h={h}) = {math.comb(m, h)} distinct hashes < V={V} tokens; "
               f"{'choose another h or a larger width' if self.config.h else 'width too small for distinct hashes'}")
 
+    def why_not(self, model: Any) -> str | None:
+        missing = [a for a in ("W_E", "W_in", "W_out", "W_U") if not hasattr(model, a)]
+        return f"{type(model).__name__} has no {', '.join(missing)} for the fit to read" if missing else None
+
     def construct(self, task: Task, width: int, *, generator: torch.Generator) -> MLP:
         self.validate(task, width)
         V, _, w_lo = _task_params(task)
@@ -218,7 +222,7 @@ class Bloom(Mechanism):
 
         batch = task.sample(self.config.fit_samples, generator=generator, device=device)
         logits = model(**batch.inputs)
-        fitted.alpha_fit, fitted.kl_fit = fit_scale(logits, misses(fitted.code, union(fitted.code, batch)))
+        fitted.alpha_fit, fitted.kl_fit = fit_scale(logits, fitted.misses(batch))
         fitted.mechanism = self.name or "bloom"
         return fitted
 
@@ -228,7 +232,8 @@ class BloomFit(Fitted):
 
     Predicts everything the probes ask for: a token code (`api.HasTokenCode`), the hidden units'
     activity (`PredictsHidden`), the candidate set and logits (`PredictsCandidates`,
-    `PredictsOutputs`) and an idealised hidden layer (`Patchable`)."""
+    `PredictsOutputs`) and an idealised hidden layer (`Patchable`); controls can swap its codes
+    for wrong ones (`Recodable`)."""
 
     why_not = "bloom needs a model with an MLP layer"
 
@@ -266,15 +271,42 @@ class BloomFit(Fitted):
         """U, the union of the sample's hashes: [batch, m] bool."""
         return union(self.code, batch)
 
+    def misses(self, batch: Batch) -> Tensor:
+        """|H_out(t) \\ U| for every output token: how many of its output-side bits the union misses [batch, V].
+
+        The readout is read off the output side (`out_code`, from W_out @ W_U), the union off the input side
+        (`code`, from W_E @ W_in): an explanation that got either side wrong predicts wrong outputs."""
+        return misses(self.out_code, self.union(batch))
+
     def hidden_active(self, batch: Batch) -> Tensor:
         U = self.union(batch)
         return U if self.sign > 0 else ~U
 
     def predict_candidates(self, batch: Batch) -> Tensor:
-        return misses(self.code, self.union(batch)) == 0
+        return self.misses(batch) == 0
 
     def predict_logits(self, batch: Batch) -> Tensor:
-        return -self.alpha_fit * misses(self.code, self.union(batch))
+        return -self.alpha_fit * self.misses(batch)
+
+    def _with_codes(self, code: Tensor, out_code: Tensor) -> "BloomFit":
+        """This fit with other codes (for control explanations): same sign, scale and statistics."""
+        other = BloomFit(self.model, code, out_code, self.sign, self.r2, self.r2_out)
+        other.alpha_fit, other.kl_fit, other.mechanism = self.alpha_fit, float("nan"), self.mechanism
+        return other
+
+    def permuted_units(self, perm: Tensor) -> "BloomFit":
+        """The hashes with hidden unit j called perm[j], on both sides (`api.Recodable`)."""
+        perm = perm.to(self.code.device)
+        return self._with_codes(self.code[:, perm], self.out_code[:, perm])
+
+    def random_code(self, generator: torch.Generator) -> "BloomFit":
+        """A random hash of the same size for every token, the same on both sides (`api.Recodable`)."""
+        sizes = self.code.sum(1).cpu()  # [V]
+        m = self.code.shape[1]
+        order = torch.rand(self.code.shape[0], m, generator=generator).argsort(dim=1)  # a random ranking per token
+        code = order.argsort(dim=1) < sizes.unsqueeze(1)  # the `size` first units of that ranking
+        code = code.to(self.code.device)
+        return self._with_codes(code, code.clone())
 
     def ideal_activation(self, batch: Batch) -> tuple[str, Tensor]:
         """The hidden layer with the ReLU's gate replaced by the predicted union gate: [batch, d_mlp].

@@ -45,7 +45,7 @@ S_RANGE = (1e-2, 1e3)  # search range of the tuned / fitted scale s
 @dataclass(frozen=True)
 class BottleneckConfig:
     s: float = 0.0  # logit margin scale of r* (members get s + log(p_i/p_min)); 0 = tune (construct) / fit
-    tune_samples: int = 2048  # samples (drawn with the generator) used to tune or fit s
+    tune_samples: int = 1024  # samples (drawn with the generator) used to tune or fit s
 
     def __post_init__(self) -> None:
         check("mechanism", self.s >= 0 and math.isfinite(self.s), "s",
@@ -131,6 +131,10 @@ class SoftmaxBottleneck(Mechanism):
             warnings.warn(f"softmax-bottleneck at width {width} < 2k = {2 * k}: below the sign-rank bound, "
                           f"no unembedding realises every top-{k} set", stacklevel=2)
 
+    def why_not(self, model: Any) -> str | None:
+        missing = [a for a in ("W_U", "b_U") if not hasattr(model, a)]
+        return f"{type(model).__name__} has no {', '.join(missing)} for the fit to read" if missing else None
+
     def construct(self, task: Task, width: int, *, generator: torch.Generator) -> BottleneckOracle:
         self.validate(task, width)
         U = torch.randn(task.n_outputs, width, generator=generator) / math.sqrt(width)  # [V, d]
@@ -180,12 +184,18 @@ class BottleneckFit(ResidualFit):
         self.cos_mean = float("nan")  # mean cosine(model's final residual, r*) on the fit batch
         self.cos_std = float("nan")  # its spread over samples
         self.norm_ratio = float("nan")  # mean |r_model| / |r*|
+        self._parts: tuple[Any, tuple[Tensor, Tensor]] | None = None  # (batch key, (r1, r0)) of the last batch
         if self.hook is None:
             self.why_not = "softmax-bottleneck: a 0-layer model has no final residual hook to patch"
 
     def residual(self, batch: Batch) -> Tensor:
-        """r* = pinv(U_S)(s y - b_S): [batch, d_model]."""
-        r1, r0 = closed_form_parts(self.model.W_U, self.model.b_U, batch.inputs["tokens"], batch.target)
+        """r* = pinv(U_S)(s y - b_S): [batch, d_model] (the last batch's pseudo-inverses are kept: probes ask
+        for the same batch several times)."""
+        tokens = batch.inputs["tokens"]
+        key = (tokens.shape, hash(tokens.cpu().numpy().tobytes()), hash(batch.target.cpu().numpy().tobytes()))
+        if self._parts is None or self._parts[0] != key:
+            self._parts = (key, closed_form_parts(self.model.W_U, self.model.b_U, tokens, batch.target))
+        r1, r0 = self._parts[1]
         return (self.s * r1 + r0).to(self.model.W_U.dtype)
 
     def summary(self) -> dict[str, float | int | str]:

@@ -8,12 +8,19 @@ token's is alpha * cross-talk of variance about sum w_i^2 / d, so the error fall
 polynomially in d. alpha = 0 tunes it: golden-section search (log scale) of the task
 loss on samples drawn with the construction's generator, after the embedding.
 
-Fit ("the best linear readout of the input"): least squares of the model's final
-residual r (`blocks.{L-1}.hook_resid_post` at the readout position) on
-x = sum_i w_i W_E[t_i], r ≈ A x + c, fitted on one generator-drawn batch and
-scored (R^2) on a second one. It predicts logits (A x + c) W_U + b_U, i.e. it
-treats the readout as linear (exact for mlp1; a transformer's final LayerNorm is
-not modelled). For a model with 0 layers r = x and the fit is trivially exact.
+Fit (the JL claim, read off a model): every token is read out by its own embedding from the
+superposed input, z ≈ alpha W_E x with x = sum_i w_i W_E[t_i], and nothing else happens on the
+way (the MLP adds nothing: the final residual is x). alpha minimises KL(model || softmax(alpha W_E x))
+on one generator-drawn batch; `r2` is the squared correlation of the model's logits with W_E x
+(each sample's logits centred) on a second one. The fit predicts logits alpha W_E x and offers the
+final residual x as its idealised activation (`blocks.{L-1}.hook_resid_post`).
+
+It is specific on purpose. A "best linear readout" (r ≈ A x + c, any A) explains every linear
+model, so it scored as high on an untrained net or on a JL construction with its embedding rows
+shuffled as on a real JL construction, and its margin over those nulls was about 0 on the very
+model it describes (issue 13). The embedding-readout claim holds exactly on the construction
+and fails on those nulls: the shuffled rows no longer match the readout, and an untrained net's
+W_U is unrelated to its embedding.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from sparsebench.api import Batch, Mechanism, Task
 from sparsebench.config import check
 from sparsebench.errors import UserError
 from sparsebench.models.mlp import MLP, MLPConfig
-from sparsebench.stats import ResidualFit, final_residual, input_sum, kl_logits, minimize_log_scalar
+from sparsebench.stats import ResidualFit, input_sum, kl_from, kl_logits, minimize_log_scalar
 
 ALPHA_RANGE = (1e-2, 1e3)  # search range of the tuned / fitted scale
 
@@ -37,7 +44,7 @@ ALPHA_RANGE = (1e-2, 1e3)  # search range of the tuned / fitted scale
 @dataclass(frozen=True)
 class JLConfig:
     alpha: float = 0.0  # logit scale of the construction; 0 = tune it on generator-drawn samples
-    tune_samples: int = 4096  # samples used to tune alpha (construction) and to fit A, c (fit)
+    tune_samples: int = 1024  # samples used to tune alpha (construction) and to fit it (fit; twice: fit, then R^2)
 
     def __post_init__(self) -> None:
         check("mechanism", self.alpha >= 0 and math.isfinite(self.alpha), "alpha",
@@ -57,6 +64,10 @@ class JL(Mechanism):
         if task.n_inputs != task.n_outputs:
             raise UserError(f"mechanism jl reads tokens out with their own embedding: it needs "
                             f"n_inputs == n_outputs (got {task.n_inputs} and {task.n_outputs})")
+
+    def why_not(self, model: Any) -> str | None:
+        missing = [a for a in ("W_E", "W_U", "b_U") if not hasattr(model, a)]
+        return f"{type(model).__name__} has no {', '.join(missing)} for the fit to read" if missing else None
 
     def construct(self, task: Task, width: int, *, generator: torch.Generator) -> MLP:
         self.validate(task, width)
@@ -89,41 +100,47 @@ class JL(Mechanism):
         device = model.W_E.device
         fit_b = task.sample(self.config.tune_samples, generator=generator, device=device)
         test_b = task.sample(self.config.tune_samples, generator=generator, device=device)
-        X = input_sum(model, fit_b).double()
-        _, R = final_residual(model, fit_b)
-        Xa = torch.cat([X, torch.ones_like(X[:, :1])], dim=1)  # [n, d+1]
-        sol = torch.linalg.lstsq(Xa.cpu(), R.double().cpu()).solution.to(device)  # [d+1, d]
-        fitted = JLFit(model, sol[:-1].float(), sol[-1].float())
-        logits, R_test = final_residual(model, test_b)
-        pred = fitted.residual(test_b)
-        ss_res = ((R_test - pred) ** 2).sum().item()
-        ss_tot = ((R_test - R_test.mean(0)) ** 2).sum().item()
-        fitted.r2 = 1 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+        fitted = JLFit(model, 1.0)
+        base = fitted.readout(fit_b)  # W_E x, alpha = 1: [batch, V]
+        kl = kl_from(model(**fit_b.inputs))
+        fitted.alpha, _ = minimize_log_scalar(lambda a: kl(a * base).mean().item(), *ALPHA_RANGE)
+        logits = model(**test_b.inputs).double()
+        pred = fitted.readout(test_b)
+        a, b = logits - logits.mean(-1, keepdim=True), pred - pred.mean(-1, keepdim=True)
+        denom = (a.square().sum() * b.square().sum()).sqrt().item()
+        fitted.r2 = ((a * b).sum().item() / denom) ** 2 if denom > 0 else float("nan")
         fitted.kl_fit = kl_logits(logits, fitted.predict_logits(test_b)).mean().item()
         fitted.mechanism = self.name or "jl"
         return fitted
 
 
 class JLFit(ResidualFit):
-    """The best linear readout of the input: final residual ≈ A x + c."""
+    """Tokens read out by their own embedding from the superposed input: logits ≈ alpha W_E x; residual = x."""
 
     why_not = "jl predicts no hidden code (the MLP is off)"
 
-    def __init__(self, model: Any, A: Tensor, c: Tensor):
+    def __init__(self, model: Any, alpha: float):
         super().__init__(model)
-        self.A = A  # [d, d]: r ≈ x @ A + c (row-vector convention)
-        self.c = c  # [d]
-        self.r2 = float("nan")  # held-out R^2 of the linear fit of the final residual
+        self.alpha = alpha  # the readout scale
+        self.r2 = float("nan")  # held-out squared correlation of the model's centred logits with W_E x
         self.kl_fit = float("nan")  # held-out KL(model || prediction)
         if self.hook is None:
             self.why_not = "jl predicts no hidden code, and a 0-layer model has no residual hook to patch"
 
+    def readout(self, batch: Batch) -> Tensor:
+        """W_E x for every output token: [batch, V] (float64)."""
+        x = input_sum(self.model, batch).double()  # [batch, d]
+        return x @ self.model.W_E.detach().double().T
+
     def residual(self, batch: Batch) -> Tensor:
-        """A x + c: [batch, d_model]."""
-        return input_sum(self.model, batch).float() @ self.A + self.c
+        """The input sum x: the final residual JL says the model carries (the MLP adds nothing)."""
+        return input_sum(self.model, batch).float()
+
+    def predict_logits(self, batch: Batch) -> Tensor:
+        return (self.alpha * self.readout(batch)).to(self.model.W_E.dtype)
 
     def summary(self) -> dict[str, float | int | str]:
-        out: dict[str, float | int | str] = {"r2": self.r2, "kl_fit": self.kl_fit}
+        out: dict[str, float | int | str] = {"alpha_fit": self.alpha, "r2": self.r2, "kl_fit": self.kl_fit}
         if "alpha" in getattr(self.model, "construction_info", {}):  # fitted to a JL construction
-            out["alpha"] = float(self.model.construction_info["alpha"])
+            out["alpha_built"] = float(self.model.construction_info["alpha"])
         return out

@@ -54,6 +54,11 @@ class Batch:
         return Batch({k: torch.stack([b.inputs[k] for b in batches]) for k in batches[0].inputs},
                      torch.stack([b.target for b in batches]))
 
+    def split(self, parts: int) -> list["Batch"]:
+        """The batch cut into `parts` contiguous, nearly equal pieces along the sample dim (no instance dim)."""
+        idx = torch.arange(self.target.shape[0]).tensor_split(parts)
+        return [Batch({k: v[i] for k, v in self.inputs.items()}, self.target[i]) for i in idx if len(i)]
+
     def __len__(self) -> int:
         return self.target.shape[-2] if self.target.dim() >= 2 else self.target.shape[0]
 
@@ -114,6 +119,21 @@ class Task(Configurable, ABC):
     def metrics(self, logits: Tensor, batch: Batch) -> dict[str, float]:
         """Every metric of `metric_directions`, averaged over the batch (no instance dim)."""
 
+    def output_kl(self, p_logits: Tensor, q_logits: Tensor) -> Tensor:
+        """KL(output of p_logits || output of q_logits) per sample, in float64: [..., n_outputs] -> [...].
+
+        The probes compare outputs through it. Default: the logits are one softmax distribution; a task
+        whose outputs are something else (e.g. independent Bernoullis, one per label) overrides it."""
+        from sparsebench.stats import kl_logits
+
+        return kl_logits(p_logits, q_logits)
+
+    def behaviour(self, model: Any, batch: Batch, *, generator: torch.Generator) -> dict[str, float]:
+        """Descriptive numbers about a model's behaviour on the held-out `batch` (and fresh samples drawn with
+        `generator`), recorded with its solution but never ranked (e.g. the shape of a distribution).
+        None by default."""
+        return {}
+
     def held_out(self, n: int, *, seed: int = EVAL_SEED, device: torch.device | str = "cpu") -> Batch:
         """A fixed evaluation batch from a seed no training run uses (drawn on the CPU: the same on any device)."""
         return self.sample(n, generator=torch.Generator().manual_seed(seed), device=device)
@@ -160,11 +180,21 @@ class Model(Configurable):
     # Config fields a width sweep sets to the width (e.g. ("d_model", "d_mlp")); the first one is
     # what the suite calls the model's width.
     width_fields: ClassVar[tuple[str, ...]]
+    # Named weight groups (state-dict keys) that model-randomisation controls re-initialise one at a time,
+    # e.g. {"W_in": ("blocks.0.mlp.W_in",), ...}; empty: those controls do not apply to this model.
+    weight_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def width_of(cls, config: dict[str, Any]) -> int:
         """The width of a model config: its first width field."""
         return int(config[cls.width_fields[0]])
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    """No number, and why: a probe, control or null that does not apply to this (model, explanation)."""
+
+    reason: str  # one line
 
 
 def last_position(act: Tensor) -> Tensor:
@@ -228,6 +258,18 @@ class Patchable(Protocol):
         """(hook name, the activation the explanation says that hook carries at the readout position)."""
 
 
+@runtime_checkable
+class Recodable(Protocol):
+    """An explanation that assigns codes over hidden units; control explanations swap in wrong ones of the
+    same statistics (`baselines/controls.py`)."""
+
+    def permuted_units(self, perm: Tensor) -> Fitted:
+        """The same explanation with its hidden units relabelled by `perm` ([d_mlp] long): wrong units."""
+
+    def random_code(self, generator: torch.Generator) -> Fitted:
+        """The same explanation with a random code of the same density per input: wrong content."""
+
+
 class Mechanism(Configurable, ABC):
     """A candidate explanation that can build an exact solution and fit itself to a model."""
 
@@ -241,6 +283,10 @@ class Mechanism(Configurable, ABC):
 
     def validate(self, task: Task, width: int) -> None:
         """Raise a ConfigError (naming the field) if the mechanism cannot be built at `width`."""
+
+    def why_not(self, model: Any) -> str | None:
+        """None if `fit` can read this model, else a one-line reason (e.g. it lacks the weights the fit reads)."""
+        return None
 
     @abstractmethod
     def construct(self, task: Task, width: int, *, generator: torch.Generator) -> Any:

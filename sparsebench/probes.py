@@ -1,12 +1,34 @@
 """Hook-based probes: score a fitted explanation against a model (docs/science.md §5).
 
-Each probe declares the task families it understands, the hook names it reads,
-the capabilities of a fitted explanation it needs (`api.PredictsOutputs`, ...),
-its main score and each score's direction. `score` returns the scores, or a
-`NotApplicable` with a one-line reason when the explanation makes no such
-prediction (e.g. JL predicts no hidden code): a probe never makes up a number.
-Probes read activations at the readout position, so the same probe works on
-`mlp1` ([batch, d]) and on a transformer ([batch, pos, d]).
+A probe is evidence only if a *wrong* explanation of the same model scores low. So every
+ranked probe scores what the explanation claims, chance-corrected where a claim can be met by
+chance, and is read next to control explanations (`baselines/controls.py`: answer-only, random
+code, permuted units, model randomisation) and null models (`baselines/nulls.py`): an
+explanation counts on a probe only by its margin over the strongest of them.
+
+Ranked probes (they test the explanation):
+- `hidden-code` (activations): Matthews correlation of "unit active" with the explanation's
+  predicted activity, pooled over units and samples (0 for any prediction that carries no
+  information, e.g. "every unit always active").
+- `candidates` (behaviour): the members of the target set are given, so only the false positives
+  are scored: Matthews correlation, over non-member tokens, of the predicted false positives with
+  the model's (0 for "no false positives", the answer alone).
+- `prediction` (behaviour): share of the model's departure from uniform that the explanation's
+  own output accounts for; the answer-only control sets its chance level.
+- `patch` (causal): patch the explanation's idealised activation into the model; loss recovered
+  against an ablation reference (mean, zero or resample: a recorded option), clipped to [-1, 1]:
+  a patch cannot be better than the model it explains.
+Model diagnostics (shown, never ranked: they read the model, not the claim): `bimodality`,
+`mask-agreement`.
+
+`hidden-code` and `patch` also understand the clause family (`tasks/clauses.py`); its own
+probes, `code-count` and `code-recall`, are in `probes_clauses.py`.
+
+Each probe declares the task families it understands, the hooks it reads, the capabilities of a
+fitted explanation it reads (`reads_fit`: a control that changes none of them is invisible to
+it), its scores and their directions. `score` returns the scores, or `NotApplicable` with a
+one-line reason; it never makes up a number. Probes read activations at the readout position,
+so the same probe works on `mlp1` ([batch, d]) and on a transformer ([batch, pos, d]).
 """
 
 from __future__ import annotations
@@ -14,21 +36,17 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from sparsebench.api import (Batch, Direction, Fitted, HasTokenCode, Patchable, PredictsCandidates, PredictsHidden,
-                             PredictsOutputs, Task, last_position)
+from sparsebench.api import (Batch, Direction, Fitted, HasTokenCode, NotApplicable, Patchable, PredictsCandidates,
+                             PredictsHidden, PredictsOutputs, Task, last_position)
+from sparsebench.config import check
 
-MIN_ABLATION_GAP = 0.01  # nats: loss recovered is defined only if mean ablation costs at least this much
-OWN_NULL = "@"  # a score key "name@null" is the probe's own null for score `name` (recorded under its nulls)
-
-
-@dataclass(frozen=True)
-class NotApplicable:
-    reason: str  # one line: why this probe has no number for this (model, mechanism)
+MIN_ABLATION_GAP = 0.01  # nats: loss recovered is defined only if ablation costs at least this much
+OWN_NULL = "@"  # a score key "name@ref" is the probe's own reference for score `name` (recorded as own_nulls)
 
 
 class Probe(ABC):
@@ -36,14 +54,20 @@ class Probe(ABC):
 
     level: ClassVar[str]  # "weights", "activations", "behaviour" or "causal"
     reads: ClassVar[tuple[str, ...]] = ()  # hook names read through run_with_cache / run_with_hooks
+    reads_fit: ClassVar[tuple[str, ...]] = ()  # capability methods of the fit it reads (api.Predicts*, ...)
     main: ClassVar[str]  # the score the leaderboard ranks by
     directions: ClassVar[dict[str, Direction]]  # every score this probe reports, with the better direction
     families: ClassVar[tuple[str, ...]] = ("topk",)  # task families it understands
+    ranked: ClassVar[bool] = True  # False: a model diagnostic, shown but never ranked
     # True if relabelling the input tokens (permuting the rows of W_E) cannot change the score: it reads
     # only the model's internal computation (weights statistics, activations vs a fit of the same model,
     # within-model loss ratios), never the correspondence between input and output tokens.
     relabel_invariant: ClassVar[bool] = False
+    Config: ClassVar[type | None] = None  # a frozen dataclass of options, recorded with every result
     name: str = ""
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else (self.Config() if self.Config else None)
 
     @abstractmethod
     def score(self, model: Any, fitted: Fitted, task: Task, batch: Batch) -> dict[str, float] | NotApplicable:
@@ -55,18 +79,23 @@ def cannot(fitted: Fitted, what: str) -> NotApplicable:
     return NotApplicable(fitted.why_not or f"{fitted.mechanism} predicts no {what}")
 
 
-def _f1(pred: Tensor, actual: Tensor, what: str) -> dict[str, float] | NotApplicable:
-    """Precision, recall and F1 of boolean `pred` against boolean `actual` (pooled over all entries).
-
-    Undefined (not applicable) when nothing is predicted or nothing is actually `what`.
-    """
-    n_pred, n_actual = pred.sum().item(), actual.sum().item()
-    if n_pred == 0 or n_actual == 0:
-        side = "predicted" if n_pred == 0 else "observed"
-        return NotApplicable(f"nothing {side} {what}: precision and recall are undefined")
-    tp = (pred & actual).sum().item()
-    p, r = tp / n_pred, tp / n_actual
-    return {"precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-12)}
+def mcc(pred: Tensor, actual: Tensor, what: str) -> dict[str, float] | NotApplicable:
+    """Matthews correlation of boolean `pred` with boolean `actual` (pooled over all entries), with precision,
+    recall and F1. A constant prediction carries no information: MCC 0 (precision/recall left out when
+    undefined). Not applicable when `actual` is constant: there is nothing to explain."""
+    n = pred.numel()
+    tp = int((pred & actual).sum())
+    n_pred, n_act = int(pred.sum()), int(actual.sum())
+    if n_act in (0, n):
+        return NotApplicable(f"the model has {'no' if n_act == 0 else 'only'} {what} here: nothing to explain")
+    fp, fn = n_pred - tp, n_act - tp
+    tn = n - tp - fp - fn
+    denom = math.sqrt(float(n_pred) * n_act * (n - n_act) * (n - n_pred))
+    out = {"mcc": (tp * tn - fp * fn) / denom if denom > 0 else 0.0, "recall": tp / n_act}
+    if n_pred:
+        out["precision"] = tp / n_pred
+        out["f1"] = 2 * tp / (n_pred + n_act)
+    return out
 
 
 def model_hook_names(model: Any, batch: Batch) -> set[str]:
@@ -79,11 +108,15 @@ def model_hook_names(model: Any, batch: Batch) -> set[str]:
     return set(cache.keys())
 
 
+# ----- model diagnostics (not ranked) --------------------------------------------------------------
+
 class Bimodality(Probe):
-    """Weights: how well E @ W_in splits into two clusters (two-means R^2); the code's footprint."""
+    """Diagnostic: how well E @ W_in splits into two clusters (two-means R^2), and the fitted code's density."""
 
     level = "weights"
+    ranked = False
     relabel_invariant = True
+    reads_fit = ("token_code",)
     main = "r2"
     directions = {"r2": "higher", "code_density": "lower"}
 
@@ -94,15 +127,17 @@ class Bimodality(Probe):
             return cannot(fitted, "binary token code")
         with torch.no_grad():
             M = (model.W_E @ model.W_in[0]).float()
-        split = two_means(M.flatten())
-        code = fitted.token_code()
-        return {"r2": float(split.r2), "code_density": code.float().mean().item()}
+        if bool((M == M.reshape(-1)[0]).all()):
+            return NotApplicable("E @ W_in is constant: it has no clusters")
+        return {"r2": float(two_means(M.flatten()).r2), "code_density": fitted.token_code().float().mean().item()}
 
 
 class MaskAgreement(Probe):
-    """Weights: Jaccard of the hash mask of E @ W_in with the (transposed) mask of W_out @ W_U."""
+    """Diagnostic: Jaccard of the code read off the input side with the code read off the output side."""
 
     level = "weights"
+    ranked = False
+    reads_fit = ("token_code", "output_code")
     main = "jaccard"
     directions = {"jaccard": "higher"}
 
@@ -114,15 +149,18 @@ class MaskAgreement(Probe):
         return {"jaccard": inter / max((a | b).sum().item(), 1)}
 
 
+# ----- ranked probes --------------------------------------------------------------------------------
+
 class HiddenCode(Probe):
-    """Activations: is hidden unit j active exactly when the mechanism says (e.g. j in the union)?"""
+    """Activations: is hidden unit j active exactly when the explanation says (MCC, chance-corrected)?"""
 
     level = "activations"
     families = ("topk", "clauses")
     relabel_invariant = True
     reads = ("blocks.0.mlp.hook_post",)
-    main = "f1"
-    directions = {"precision": "higher", "recall": "higher", "f1": "higher"}
+    reads_fit = ("hidden_active",)
+    main = "mcc"
+    directions = {"mcc": "higher", "precision": "higher", "recall": "higher", "f1": "higher"}
 
     def score(self, model, fitted, task, batch):
         predicted = fitted.hidden_active(batch) if isinstance(fitted, PredictsHidden) else None
@@ -134,18 +172,24 @@ class HiddenCode(Probe):
         # "Active" relative to each unit's scale, so a unit idling at a tiny positive value
         # (a bias that has not quite reached 0) still counts as off.
         active = post > 1e-3 * post.amax(0, keepdim=True).clamp_min(1e-6)
-        return _f1(predicted.to(active.device), active, "active")
+        return mcc(predicted.to(active.device), active, "active units")
 
 
 class Candidates(Probe):
-    """Behaviour: the mechanism's predicted top tier against the model's, and whose false positives."""
+    """Behaviour: the model's false positives against the explanation's (members given; MCC over non-members).
+
+    A false positive of the model is a non-member in its top tier (`task.top_tier`); the explanation's are
+    the non-members it puts in its own top tier (`predict_candidates`, else the top tier of its logits).
+    `tier_f1` (the whole top tier, members included) is kept for reference: the members are given, so it
+    credits the answer alone (0.83 for answer-only on a trained mlp1, issue 13).
+    """
 
     level = "behaviour"
-    main = "f1"
-    directions = {"precision": "higher", "recall": "higher", "f1": "higher", "fp_explained": "higher"}
+    reads_fit = ("predict_candidates", "predict_logits")
+    main = "fp_mcc"
+    directions = {"fp_mcc": "higher", "fp_precision": "higher", "fp_recall": "higher", "tier_f1": "higher"}
 
     def score(self, model, fitted, task, batch):
-        tokens = batch.inputs["tokens"]
         if isinstance(fitted, PredictsCandidates):
             predicted = fitted.predict_candidates(batch)
         else:
@@ -156,30 +200,30 @@ class Candidates(Probe):
         with torch.no_grad():
             actual = task.top_tier(model(**batch.inputs), batch)
         predicted = predicted.to(actual.device)
-        out = _f1(predicted, actual, "in the top tier")
+        members = torch.zeros_like(actual).scatter_(-1, batch.inputs["tokens"], True)
+        others = ~members
+        out = mcc(predicted[others], actual[others], "false positives")
         if isinstance(out, NotApplicable):
             return out
-        members = torch.zeros_like(actual).scatter_(-1, tokens, True)
-        model_fp = actual & ~members
-        n_fp = model_fp.sum().item()
-        # Of the model's false positives, the share the mechanism predicted (None-free: if the
-        # model has none, the score is undefined and left out rather than invented).
-        if n_fp:
-            out["fp_explained"] = (model_fp & predicted).sum().item() / n_fp
-        return out
+        tier = 2 * (predicted & actual).sum().item() / max(predicted.sum().item() + actual.sum().item(), 1)
+        return {"fp_mcc": out["mcc"], "fp_recall": out["recall"], "tier_f1": tier,
+                **({"fp_precision": out["precision"]} if "precision" in out else {})}
 
 
 class Prediction(Probe):
-    """Behaviour: how much of the model's output distribution the mechanism's own prediction explains.
+    """Behaviour: how much of the model's output distribution the explanation's own prediction explains.
 
     kl = KL(model || prediction). Raw KL is not comparable across models (a near-uniform
     untrained model is trivially close to a flat prediction), so the main score is
     kl_explained = 1 - KL(model || prediction) / KL(model || uniform): the share of the
-    model's departure from uniform that the prediction accounts for. It is left out
-    (not applicable) when the model is itself within 1e-3 nats of uniform.
+    model's departure from uniform that the prediction accounts for. Its chance level is the
+    answer-only control's (naming the target already explains most of it). Left out (not
+    applicable) when the model is itself within 1e-3 nats of uniform.
     """
 
     level = "behaviour"
+    relabel_invariant = True  # the explanation is refitted to the relabelled model, which it then explains alike
+    reads_fit = ("predict_logits",)
     main = "kl_explained"
     directions = {"kl_explained": "higher", "kl": "lower"}
 
@@ -198,20 +242,42 @@ class Prediction(Probe):
         return {"kl_explained": 1 - kl / kl_uniform, "kl": kl}
 
 
-class Patch(Probe):
-    """Causal: patch the mechanism's idealised activation in; loss recovered vs mean ablation.
+@dataclass(frozen=True)
+class PatchConfig:
+    reference: Literal["mean", "zero", "resample"] = "mean"  # the ablation that defines "nothing recovered"
 
-    Its own null ("resampled"): the same idealised activations, each paired with another
-    sample of the batch (rows rolled by one). It keeps every statistic of the explanation
-    but its input-specificity, and applies to any model where ablation costs something.
+    def __post_init__(self) -> None:
+        check("probe", self.reference in ("mean", "zero", "resample"), "reference",
+              f"must be mean, zero or resample (got {self.reference!r})")
+
+
+class Patch(Probe):
+    """Causal: patch the explanation's idealised activation in; the share of the ablated loss it recovers.
+
+    loss_recovered = (L_ablated - L_patched) / (L_ablated - L_clean), clipped to [-1, 1]: a patched model
+    that beats the clean one is not explained better than perfectly, and one that loses more than the
+    ablation is not a worse explanation for losing 1000 times more (margins stay on one scale);
+    `loss_recovered_raw` keeps the value. `kl_to_clean` is the task's output KL (`Task.output_kl`).
+    The ablation (`reference`): the batch mean of the activation, zeros, or each sample's activation
+    replaced by another sample's (resample). (The idealised activations paired with the wrong samples,
+    this probe's own reference before, is now the `resampled` control, beside every probe.)
+
+    Why not an interchange intervention scored against the mechanism's predicted output: in these
+    networks the union a Bloom filter computes is read out through the residual stream (the exact
+    construction keeps it in `r1 = x - ReLU(x - 1)`, the hidden layer carries only the overflow), so a
+    mechanism's high-level model does not predict what a partial patch of the hidden layer does to the
+    output, and at a final-residual hook its prediction would be the model's own readout (trivially
+    right). docs/science.md §5 has the details.
     """
 
     level = "causal"
     families = ("topk", "clauses")
     relabel_invariant = True  # a ratio of the model's own losses: a relabelled model recovers the same share
+    reads_fit = ("ideal_activation",)
     main = "loss_recovered"
-    directions = {"loss_recovered": "higher", "kl_to_clean": "lower"}
-    reads = ()  # the hook comes from the mechanism (Patchable.ideal_activation)
+    directions = {"loss_recovered": "higher", "loss_recovered_raw": "higher", "kl_to_clean": "lower"}
+    Config = PatchConfig
+    reads = ()  # the hook comes from the explanation (Patchable.ideal_activation)
 
     def score(self, model, fitted, task, batch):
         ideal = fitted.ideal_activation(batch) if isinstance(fitted, Patchable) else None
@@ -222,8 +288,9 @@ class Patch(Probe):
             return NotApplicable(f"the model has no hook {hook_name!r} to patch")
         with torch.no_grad():
             clean_logits, cache = model.run_with_cache(**batch.inputs, names_filter=[hook_name])
-            act = cache[hook_name]
-            mean = last_position(act).mean(0, keepdim=True)
+            act = last_position(cache[hook_name])
+            ablation = {"mean": act.mean(0, keepdim=True), "zero": torch.zeros_like(act[:1]),
+                        "resample": act.roll(1, 0)}[self.config.reference]
 
             def replace(new: Tensor):
                 def hook(activation: Tensor, hook: Any = None) -> Tensor:
@@ -236,22 +303,15 @@ class Patch(Probe):
                 return hook
 
             patched = model.run_with_hooks(**batch.inputs, fwd_hooks=[(hook_name, replace(value))])
-            resampled = model.run_with_hooks(**batch.inputs, fwd_hooks=[(hook_name, replace(value.roll(1, 0)))])
-            ablated = model.run_with_hooks(**batch.inputs, fwd_hooks=[(hook_name, replace(mean))])
-            l_clean, l_patch, l_abl, l_resampled = (task.loss(x.float(), batch).mean().item()
-                                                    for x in (clean_logits, patched, ablated, resampled))
+            ablated = model.run_with_hooks(**batch.inputs, fwd_hooks=[(hook_name, replace(ablation))])
+            l_clean, l_patch, l_abl = (task.loss(x.float(), batch).mean().item()
+                                       for x in (clean_logits, patched, ablated))
             gap = l_abl - l_clean
             if gap < MIN_ABLATION_GAP:
                 # Loss recovered is a ratio over this gap: with nothing lost there is nothing to recover,
                 # and a tiny or negative gap (ablation helps an untrained model) makes the ratio noise.
-                return NotApplicable(f"mean-ablating {hook_name} changes the loss by {gap:+.3g} nats "
-                                     f"(< {MIN_ABLATION_GAP}): nothing to recover")
-            output_kl = getattr(task, "output_kl", None)  # a task whose outputs are not one softmax says how
-            if output_kl is not None:
-                kl = output_kl(clean_logits.float(), patched.float()).mean().item()
-            else:
-                c = torch.log_softmax(clean_logits.float(), -1)
-                p = torch.log_softmax(patched.float(), -1)
-                kl = (c.exp() * (c - p)).sum(-1).mean().item()
-        return {"loss_recovered": (l_abl - l_patch) / gap, "kl_to_clean": kl,
-                f"loss_recovered{OWN_NULL}resampled": (l_abl - l_resampled) / gap}
+                return NotApplicable(f"{self.config.reference}-ablating {hook_name} changes the loss by "
+                                     f"{gap:+.3g} nats (< {MIN_ABLATION_GAP}): nothing to recover")
+            kl = task.output_kl(clean_logits, patched).mean().item()
+        raw = (l_abl - l_patch) / gap
+        return {"loss_recovered": min(max(raw, -1.0), 1.0), "loss_recovered_raw": raw, "kl_to_clean": kl}

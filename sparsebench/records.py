@@ -1,12 +1,12 @@
 """Result records: one typed schema for everything `evaluate` writes and the leaderboard reads.
 
 A record is one JSON file, `<results>/<kind>/<id>.json`, written atomically. Its
-shape is the pydantic model `Record` below (a `SolutionRecord` or an
-`ExplanationRecord`, told apart by `kind`); `evaluate`, the leaderboard, the
-synthetic demo records and `sparsebench validate` all go through it, and its
-JSON Schema is published in docs/records.md (`json_schema()`; a test keeps the
-two equal). A `TicketRecord` (kind "ticket") is one sparse ticket of `sparsebench tickets`. Unknown fields are errors: a typo in a hand-made submission is
-caught, not ignored.
+shape is the pydantic model `Record` below (a `SolutionRecord`, an `ExplanationRecord`
+or a `TicketRecord`, told apart by `kind`; a ticket record is one sparse ticket of
+`sparsebench tickets`); `evaluate`, `tickets`, the leaderboard, the synthetic demo
+records and `sparsebench validate` all go through it, and its JSON Schema is
+published in docs/records.md (`json_schema()`; a test keeps the two equal). Unknown
+fields are errors: a typo in a hand-made submission is caught, not ignored.
 
 Versions: `SCHEMA_VERSION` is what this code writes. Older records are read by
 `migrate` (schema 1 -> 2: family, metric and score directions, width fields,
@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter,
+                      ValidationError, field_validator)
 
 from sparsebench.config import stable_hash
 
@@ -37,12 +39,51 @@ READABLE_VERSIONS = (1, 2)  # schema 1 is read through `migrate`
 Direction = Literal["higher", "lower", "zero"]  # which way a number is better ("zero": nearest 0)
 Status = Literal["ok", "not_applicable"]
 # A registered name (task, model, mechanism, probe, null, solver): short, printable, one line.
-Name = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
 # A metric or score key: an identifier-like word, so it can never collide with a board's own columns.
 Key = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
-Number = Union[float, None]  # None: undefined (NaN and infinities are written as null)
+# None: undefined. NaN and infinities are written as null, and read as null too: a file that holds `Infinity`
+# (or 1e999) must not win a board.
+Number = Annotated[Union[float, None], BeforeValidator(lambda v: None if isinstance(v, float) and not math.isfinite(v)
+                                                       else v)]
 Text = Annotated[str, StringConstraints(max_length=2000)]
-Scalar = Union[float, int, str, None]
+Scalar = Union[float, int, Text, None]
+CONFIG_CHARS = 20_000  # the longest a stored config may be, as canonical JSON
+CONFIG_DEPTH = 16  # and its deepest nesting of lists and tables
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (a deep value must not crash the check)."""
+    deepest, stack = 0, [(obj, 0)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > CONFIG_DEPTH:
+            break
+        if isinstance(v, dict):
+            stack += [(x, d + 1) for x in v.values()]
+        elif isinstance(v, (list, tuple)):
+            stack += [(x, d + 1) for x in v]
+    return deepest
+
+
+def _small_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config as stored in a record: at most CONFIG_CHARS of JSON and CONFIG_DEPTH levels (boards put configs
+    in labels)."""
+    from sparsebench.io import canonical_json
+
+    if _depth(d) > CONFIG_DEPTH:
+        raise ValueError(f"nested more than {CONFIG_DEPTH} levels deep")
+    try:
+        n = len(canonical_json(d))
+    except (TypeError, ValueError, RecursionError):
+        raise ValueError("not a JSON table") from None
+    if n > CONFIG_CHARS:
+        raise ValueError(f"too large ({n} characters of JSON; at most {CONFIG_CHARS})")
+    return d
+
+
+Config = Annotated[dict[str, Any], AfterValidator(_small_config)]  # a task, model, mechanism or training config
 
 # Frame columns the leaderboard builds itself; a metric of this name would overwrite one.
 RESERVED_KEYS = frozenset({"task", "width", "seed", "id", "date", "path", "solver", "model", "mechanism", "probe",
@@ -67,7 +108,7 @@ class TaskInfo(_Strict):
     name: Name  # registered task name
     version: int  # the task's version (bumped when sampling, loss or metrics change meaning)
     family: Name  # its family (which models, mechanisms and probes understand it)
-    config: dict[str, Any]  # its full config, defaults filled in
+    config: Config  # its full config, defaults filled in
     # Every metric it reports, with its direction, as [name, direction] pairs in display order (a list:
     # the order of a JSON object's keys is not kept by every reader).
     metric_directions: list[tuple[Key, Direction]]
@@ -82,8 +123,8 @@ class TaskInfo(_Strict):
 
 class ModelInfo(_Strict):
     name: Name  # registered model name
-    config: dict[str, Any]  # its full config
-    width_fields: list[str]  # config fields a width sweep sets (the first is "the width")
+    config: Config  # its full config
+    width_fields: list[Name]  # config fields a width sweep sets (the first is "the width")
 
 
 class EvalInfo(_Strict):
@@ -106,7 +147,7 @@ class Provenance(_Strict):
     device: Text
     wall_seconds: float
     date: Text  # ISO 8601, UTC
-    plugins: dict[str, Text]  # every distribution that provides a registered entry, with its version
+    plugins: dict[Name, Text]  # every distribution that provides a registered entry, with its version
 
 
 class _Envelope(_Strict):
@@ -124,7 +165,7 @@ class _Envelope(_Strict):
 class Solver(_Strict):
     type: Literal["trained", "construction"]
     name: Name  # the model (trained) or the mechanism (construction)
-    config: dict[str, Any]  # the model config, or the mechanism config
+    config: Config  # the model config, or the mechanism config
     oracle: bool = False  # given the answer: shown, never "best"
     built: dict[str, float] = {}  # what a construction chose when built (e.g. a tuned scale)
 
@@ -135,54 +176,73 @@ class SolutionRecord(_Envelope):
     kind: Literal["solution"]
     solver: Solver
     model: ModelInfo | None  # the model that was scored (a construction's built model; None if not applicable)
-    train: dict[str, Any] | None  # trained only: the training config
+    train: Config | None  # trained only: the training config
     checkpoint: CheckpointInfo | None  # trained only
     metrics: dict[Key, Number]  # every metric of the task's metric_directions
     theory: dict[Key, Number] = {}  # closed-form predictions where the solver has them
+    behaviour: dict[Key, Number] = {}  # descriptive numbers (Task.behaviour): recorded, never ranked
 
-    _reserved = field_validator("metrics", "theory")(_no_reserved)
+    _reserved = field_validator("metrics", "theory", "behaviour")(_no_reserved)
+
+
+Interval = Union[tuple[float, float], None]  # a 95% confidence interval (None: fewer than two chunks)
 
 
 class Score(_Strict):
-    value: Number  # the score on the trained model
+    value: Number  # the score of the explanation on the model: mean over the probe batch's chunks
+    ci: Interval = None  # t-interval over the chunks (independent parts of this seed's probe batch)
     direction: Direction
-    nulls: dict[Name, Number] = {}  # the same score on each null model (None: not defined there)
+    nulls: dict[Name, Number] = {}  # the same score on each null model, its own refit (None: not defined there)
+    controls: dict[Name, Number] = {}  # the same score for each control explanation on this model
     own_nulls: dict[Name, Number] = {}  # the probe's own references (e.g. patch's "resampled"): context, not rivals
+    margin: Number = None  # value minus the strongest control or null, turned by the direction (+ is better)
+    margin_ci: Interval = None  # t-interval of the per-chunk margins
+    rival: Name | None = None  # which control or null was the strongest (on the mean)
 
 
 class ProbeResult(_Strict):
     status: Status
     reason: Text = ""  # why not applicable
     level: Literal["weights", "activations", "behaviour", "causal", ""] = ""
+    ranked: bool = True  # False: a model diagnostic (shown, never ranked)
+    config: dict[str, Any] = {}  # the probe's options (e.g. patch's ablation reference)
     reads: list[Annotated[str, StringConstraints(max_length=200)]] = []  # hook names it read
     main: Key | None = None  # the score it is ranked by
+    chunks: int = 0  # independent parts of the probe batch it was scored on (the CI's sample)
     scores: dict[Key, Score] = {}
     null_notes: dict[Name, Text] = {}  # why a null has no number for this probe
+    control_notes: dict[Name, Text] = {}  # why a control has no number for this probe (n/a, or invisible to it)
 
 
 class MechanismInfo(_Strict):
     name: Name
-    config: dict[str, Any]
+    config: Config
     oracle: bool = False  # given the answer: shown, never ranked
 
 
 class ExplanationRecord(_Envelope):
-    """One mechanism fitted to one trained model, every probe scored next to its nulls (the explanations board)."""
+    """One mechanism fitted to one model, every probe scored next to its controls and nulls.
+
+    The model is a trained one (the explanations board) or a mechanism's exact construction, whose
+    mechanism is known (`truth`): those records feed the probe validity board."""
 
     kind: Literal["explanation"]
+    subject: Literal["trained", "construction"] = "trained"
+    truth: Name | None = None  # construction: the mechanism that built the model (the right explanation)
     model: ModelInfo
-    train: dict[str, Any]
-    checkpoint: CheckpointInfo
+    train: Config | None  # trained only
+    checkpoint: CheckpointInfo | None  # trained only
     mechanism: MechanismInfo
-    fit: dict[Key, Scalar] = {}  # Fitted.summary() of the trained model
+    fit: dict[Key, Scalar] = {}  # Fitted.summary() of the model
     null_fits: dict[Name, dict[Key, Scalar]] = {}  # the same summary, fitted to each null model
-    nulls: dict[Name, Text] = {}  # the null models used, with their descriptions
+    nulls: dict[Name, Text] = {}  # the null models used, with their descriptions (or why not applicable)
+    controls: dict[Name, Text] = {}  # the control explanations used, with their descriptions (or why not)
     probes: dict[Name, ProbeResult] = {}
 
 
 class DetectorInfo(_Strict):
     name: Name  # registered detector name
-    config: dict[str, Any]  # its full config
+    config: Config  # its full config
     kind: Literal["feature", "weight", "control", "reference"]  # references are shown, never ranked
     uses_step: bool  # its mask depends on the detection step (else the same mask is recorded at every step)
 
@@ -193,8 +253,8 @@ class TicketRecord(_Envelope):
 
     kind: Literal["ticket"]
     model: ModelInfo  # the model (its width field set to `width`)
-    train: dict[str, Any]  # the dense training config
-    retrain: dict[str, Any]  # the sparse retraining config
+    train: Config  # the dense training config
+    retrain: Config  # the sparse retraining config
     detector: DetectorInfo
     sparsity: float = Field(ge=0, lt=1)  # share of W1's coordinates masked (0: the dense reference)
     detection_step: int = Field(ge=0)  # the dense step the detector read (the board's group)
@@ -215,6 +275,7 @@ class TicketRecord(_Envelope):
 
 
 Record = Annotated[Union[SolutionRecord, ExplanationRecord, TicketRecord], Field(discriminator="kind")]
+AnyRecord = Union[SolutionRecord, ExplanationRecord, TicketRecord]  # one record, whatever its kind
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Record)
 
 
@@ -223,7 +284,7 @@ def record_id(identity: dict[str, Any]) -> str:
     return stable_hash({"schema": SCHEMA_VERSION, **identity}, length=20)
 
 
-def to_json(record: SolutionRecord | ExplanationRecord | TicketRecord) -> dict[str, Any]:
+def to_json(record: AnyRecord) -> dict[str, Any]:
     """The record as a JSON-ready dict (what `io.write_json` writes)."""
     return record.model_dump(mode="json")
 
@@ -296,32 +357,59 @@ class RecordWarning(UserWarning):
     """A result file was skipped (the message names it and says why)."""
 
 
-def parse(data: Any) -> SolutionRecord | ExplanationRecord:
+def parse(data: Any) -> AnyRecord:
     """Validate decoded JSON as a record (migrating an older schema); ValueError naming the problem."""
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     version = data.get("schema_version")
-    if version not in READABLE_VERSIONS:
-        raise ValueError(f"unknown schema_version {version!r} (this sparsebench reads "
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        shown = reprlib.repr(version)
+        raise ValueError(f"unknown schema_version {shown} (this sparsebench reads "
                          f"{', '.join(map(str, READABLE_VERSIONS))})")
     try:
-        return _ADAPTER.validate_python(migrate(data))
+        migrated = migrate(data)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        raise ValueError(f"schema-{version} record with fields of the wrong types, cannot be migrated") from None
+    try:
+        return _ADAPTER.validate_python(migrated)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a record") from None
     except ValidationError as e:
         first = e.errors()[0]
         loc = list(first["loc"])
         if loc and loc[0] == data.get("kind"):  # the discriminated union's tag, not a field
             loc = loc[1:]
-        where = ".".join(str(p) for p in loc) or "(record)"
+        where = _one_line(".".join(str(p) for p in loc) or "(record)")
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise ValueError(f"{where}: {first['msg']}{more}") from None
+        raise ValueError(f"{where}: {_one_line(first['msg'])}{more}") from None
 
 
-def read(path: Path) -> SolutionRecord | ExplanationRecord:
-    """One record file; ValueError naming the problem (unreadable, not JSON, too deep, not a record)."""
+def _one_line(text: str, limit: int = 160) -> str:
+    """Part of a message quoted from a file: control characters shown as escapes, cut to `limit` characters."""
+    from sparsebench.printable import visible
+
+    text = visible(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+MAX_BYTES = 10_000_000  # a record is a few KB; a larger file is not one (and /dev/zero must not be read whole)
+
+
+def read(path: Path) -> AnyRecord:
+    """One record file; ValueError naming the problem (unreadable, not a regular file, too large, not JSON, too
+    deep, not a record)."""
+    import stat
+
     try:
-        text = path.read_text(encoding="utf-8")
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block, a device never end
+            raise ValueError("not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise ValueError(f"larger than {MAX_BYTES // 1_000_000} MB: not a record")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
+        raise ValueError(f"unreadable ({type(e).__name__}: {_one_line(str(e))})") from None
     try:
         data = json.loads(text, parse_constant=lambda c: math.nan)
     except json.JSONDecodeError as e:
@@ -346,14 +434,14 @@ def json_files(folder: Path, problems: list[tuple[Path, str]] | None = None) -> 
     return out
 
 
-def load(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, SolutionRecord | ExplanationRecord]]:
+def load(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, AnyRecord]]:
     """Every valid record under `paths` (folders searched recursively, or single files), with its file.
 
     A path that does not exist raises FileNotFoundError (a typo should not give an empty board).
     A bad file or unreadable folder is skipped with a `RecordWarning` that names it. A record found
     twice (same id, e.g. copied between machines) counts once.
     """
-    out: list[tuple[Path, SolutionRecord | ExplanationRecord]] = []
+    out: list[tuple[Path, AnyRecord]] = []
     seen: set[str] = set()
     for p in map(Path, paths):
         if not p.exists():

@@ -9,9 +9,9 @@
 - Reading models: `input_sum` (the weighted sum of input embeddings) and
   `final_residual` (the last block's residual at the readout position).
 - `ResidualFit`: the base of explanations that predict the final residual.
-- Across seeds: `mean_ci` (mean and a t-based confidence interval), `paired_diff_ci`
-  (the mean paired difference with its t interval, and a sign test), built on
-  `t_ppf` (Student's t quantile, computed here: no SciPy dependency).
+- Intervals over seeds and chunks: `mean_ci` (a t interval of a mean), `paired_diff_ci` (of a
+  mean paired difference), both on `t_quantile` (Student's t, computed here: no SciPy), and
+  `sign_test_p` (the exact two-sided sign test of a paired comparison).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def two_means(values: Tensor) -> TwoMeans:
     )
 
 
-def minimize_log_scalar(f: Callable[[float], float], lo: float, hi: float, iters: int = 28) -> tuple[float, float]:
+def minimize_log_scalar(f: Callable[[float], float], lo: float, hi: float, iters: int = 20) -> tuple[float, float]:
     """Minimise f over [lo, hi] (lo > 0) by golden-section search in log space: (argmin, min).
 
     Exact for unimodal f (e.g. a cross-entropy in a logit scale, which is convex in the
@@ -181,133 +181,68 @@ class ResidualFit(Fitted):
         return None if self.hook is None else (self.hook, self.residual(batch))
 
 
-# ----- across seeds: means, confidence intervals, paired comparisons --------------------------
+# ----- intervals over seeds and chunks ---------------------------------------------------------
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1, a - 1
-    c, d = 1.0, 1 - qab * x / qap
-    d = 1 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1 + num * d
-            d = 1 / (d if abs(d) > tiny else tiny)
-            c = 1 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1) < eps:
-            break
-    return h
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with `df` degrees of freedom (p in (0.5, 1)), to ~1e-9.
 
+    No scipy: the CDF is integrated from the density (Simpson's rule in the variable x = t / sqrt(df + t^2),
+    which maps the whole line onto (-1, 1)) and inverted by bisection.
+    """
+    if not (0.5 < p < 1) or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1 (got p={p}, df={df})")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
 
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b), x in [0, 1]."""
-    if x <= 0:
-        return 0.0
-    if x >= 1:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1) / (a + b + 2):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1 - math.exp(log_front) * _betacf(b, a, 1 - x) / b
+    def cdf_above_zero(t: float, n: int = 2000) -> float:  # P(0 < T < t)
+        h = t / n
+        dens = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(n + 1)]
+        return h / 3 * (dens[0] + dens[-1] + 4 * sum(dens[1:-1:2]) + 2 * sum(dens[2:-1:2]))
 
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with `df` degrees of freedom."""
-    tail = 0.5 * betainc(df / 2, 0.5, df / (df + t * t))
-    return 1 - tail if t > 0 else tail
-
-
-def t_ppf(q: float, df: float) -> float:
-    """The q-quantile of Student's t with `df` degrees of freedom (bisection on `t_cdf`, to 1e-12)."""
-    if not 0 < q < 1 or df <= 0:
-        raise ValueError(f"t_ppf needs 0 < q < 1 and df > 0 (got q={q}, df={df})")
-    if q < 0.5:
-        return -t_ppf(1 - q, df)
     lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < q:
+    while 0.5 + cdf_above_zero(hi) < p:
         hi *= 2
-    for _ in range(200):
+    for _ in range(60):
         mid = (lo + hi) / 2
-        if t_cdf(mid, df) < q:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
+        lo, hi = (mid, hi) if 0.5 + cdf_above_zero(mid) < p else (lo, mid)
     return (lo + hi) / 2
 
 
-@dataclass(frozen=True)
-class MeanCI:
-    mean: float  # sample mean (NaN when there are no values)
-    lo: float  # lower end of the t interval (NaN for fewer than two values)
-    hi: float  # upper end
-    n: int  # values used (NaNs dropped)
-    sd: float  # sample standard deviation, ddof = 1 (NaN for fewer than two values)
+_T975: dict[int, float] = {}
 
 
-def _finite(values: Any) -> list[float]:
-    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
+def mean_ci(values: list[float] | Tensor, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lower, upper) of a t-interval for the mean of `values` (NaNs dropped); the bounds are NaN for
+    fewer than two values (a spread of one value does not exist)."""
+    xs = [float(v) for v in (values.tolist() if isinstance(values, Tensor) else values) if not math.isnan(float(v))]
+    if not xs:
+        return math.nan, math.nan, math.nan
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, math.nan, math.nan
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    key = (len(xs) - 1) if level == 0.95 else None
+    if key is not None and key in _T975:
+        t = _T975[key]
+    else:
+        t = t_quantile(0.5 + level / 2, len(xs) - 1)
+        if key is not None:
+            _T975[key] = t
+    half = t * sd / math.sqrt(len(xs))
+    return m, m - half, m + half
 
 
-def mean_ci(values: Any, level: float = 0.95) -> MeanCI:
-    """Mean and two-sided t confidence interval at `level` of `values` (NaNs and None dropped)."""
-    x = _finite(values)
-    n = len(x)
-    if n == 0:
-        return MeanCI(math.nan, math.nan, math.nan, 0, math.nan)
-    mean = sum(x) / n
-    if n < 2:
-        return MeanCI(mean, math.nan, math.nan, n, math.nan)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
-    half = t_ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return MeanCI(mean, mean - half, mean + half, n, sd)
+def paired_diff_ci(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lower, upper) of the t-interval of the paired differences a_i - b_i (pairs with a NaN dropped)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths (got {len(a)} and {len(b)})")
+    return mean_ci([x - y for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))], level)
 
 
 def sign_test_p(wins: int, losses: int) -> float:
-    """Two-sided exact sign test: P(a split at least this uneven | fair coin), ties left out."""
+    """Two-sided exact sign test: P(a split at least as uneven as wins : losses | a fair coin), ties left out."""
     n = wins + losses
     if n == 0:
         return 1.0
-    k = min(wins, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n
     return min(1.0, 2 * tail)
-
-
-@dataclass(frozen=True)
-class PairedDiff:
-    mean: float  # mean of a - b over the pairs
-    lo: float  # t interval of that mean (NaN for fewer than two pairs)
-    hi: float
-    n: int  # complete pairs used
-    wins: int  # pairs with a > b
-    losses: int  # pairs with a < b
-    sign_p: float  # two-sided sign test p-value (ties left out)
-
-    @property
-    def verdict(self) -> str:
-        """"a" if the interval lies above 0, "b" if below, "tie" otherwise (including too few pairs)."""
-        if self.lo > 0:
-            return "a"
-        if self.hi < 0:
-            return "b"
-        return "tie"
-
-
-def paired_diff_ci(a: Any, b: Any, level: float = 0.95) -> PairedDiff:
-    """Paired comparison of `a` and `b` (equal-length sequences, pair i = the same seed): the mean
-    difference a - b with its t interval at `level`, and the sign test. Pairs with a NaN are dropped."""
-    a, b = list(a), list(b)
-    if len(a) != len(b):
-        raise ValueError(f"paired_diff_ci needs pairs: {len(a)} values against {len(b)}")
-    pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None
-             and not math.isnan(float(x)) and not math.isnan(float(y))]
-    ci = mean_ci([x - y for x, y in pairs], level)
-    wins = sum(x > y for x, y in pairs)
-    losses = sum(x < y for x, y in pairs)
-    return PairedDiff(ci.mean, ci.lo, ci.hi, ci.n, wins, losses, sign_test_p(wins, losses))

@@ -39,15 +39,20 @@ class Suite:
     construct: bool = True  # also build each mechanism's exact construction at every width
     construct_widths: tuple[int, ...] = ()  # widths for constructions; empty = each run's trained widths
     probes: tuple[str, ...] = ()  # probes to run; empty = every registered probe
-    nulls: tuple[str, ...] = ()  # null baselines; empty = every registered baseline
+    probe_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-probe options (e.g. patch.reference)
+    nulls: tuple[str, ...] = ()  # null models; empty = every registered baseline
+    controls: tuple[str, ...] = ()  # control explanations; empty = every registered control
+    validity_widths: tuple[int, ...] = ()  # constructions at these widths are also explained (probe validity)
     train: TrainConfig = TrainConfig()  # training settings shared by all runs
     eval_samples: int = 8192  # held-out samples for task metrics
-    probe_samples: int = 2048  # held-out samples for probes
+    probe_samples: int = 2048  # held-out samples for probes (a fresh batch per seed)
+    probe_chunks: int = 4  # the probe batch is scored in this many parts: the spread gives each score's CI
 
     def __post_init__(self) -> None:
         check("suite", len(self.runs) >= 1, "runs", "needs at least one run")
         check("suite", len(self.seeds) >= 1, "seeds", "needs at least one seed")
         check("suite", len(set(self.seeds)) == len(self.seeds), "seeds", f"repeats a seed: {list(self.seeds)}")
+        check("suite", all(s >= 0 for s in self.seeds), "seeds", f"must be non-negative (got {list(self.seeds)})")
         check("suite", all(w >= 1 for w in self.widths), "widths", f"must be positive (got {list(self.widths)})")
         check("suite", all(w >= 1 for w in self.construct_widths), "construct_widths",
               f"must be positive (got {list(self.construct_widths)})")
@@ -57,4 +62,11 @@ class Suite:
               f"({', '.join(self.mechanisms) or 'none'})")
         check("suite", self.eval_samples >= 1, "eval_samples", "must be at least 1")
         check("suite", self.probe_samples >= 1, "probe_samples", "must be at least 1")
+        check("suite", 1 <= self.probe_chunks <= self.probe_samples, "probe_chunks",
+              f"must be in [1, probe_samples={self.probe_samples}] (got {self.probe_chunks})")
+        check("suite", all(w >= 1 for w in self.validity_widths), "validity_widths",
+              f"must be positive (got {list(self.validity_widths)})")
+        unknown = sorted(set(self.probe_config) - set(self.probes)) if self.probes else []
+        check("suite", not unknown, "probe_config",
+              f"configures {unknown[0] if unknown else ''!r}, which is not among probes ({', '.join(self.probes)})")
 

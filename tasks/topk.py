@@ -24,8 +24,9 @@ may rely on `top_tier` and `target_probs`.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -33,6 +34,7 @@ from torch import Tensor
 from sparsebench.api import Batch, Task
 from sparsebench.config import check
 from sparsebench.errors import UserError
+from sparsebench.stats import two_means
 
 FP_TIER = 0.5  # a non-member is a false positive if q_j >= FP_TIER * min_{i in S} q_i
 
@@ -186,6 +188,8 @@ class TopKUniform(Task):
         logits = logits.float()
         tokens, p = batch.inputs["tokens"], batch.target
         logq = torch.log_softmax(logits, dim=-1)  # [batch, V]
+        if torch.isnan(logq).any():  # NaN or +inf logits: no number, never a perfect one (NaN fails every >=)
+            return {m: math.nan for m in self.metric_directions}
         q = logq.exp()
         q_s = q.gather(-1, tokens)  # [batch, k]
         mass = q_s.sum(-1)
@@ -211,6 +215,53 @@ class TopKUniform(Task):
             denom = (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
             out[name] = ((a * b).sum(-1) / denom).mean().item()
         return out
+
+    EXTRA_TOKENS = (1, 2, 5)  # finding 6: sets of k + j tokens (the uniform target only: "spread uniformly")
+    uniform_target = True
+    EXTRA_SAMPLES = 2048  # samples per set size for finding 6
+
+    @torch.no_grad()
+    def behaviour(self, model: Any, batch: Batch, *, generator: torch.Generator) -> dict[str, float]:
+        """Descriptive numbers for the post's findings 4 and 6 (recorded, never ranked); docs/science.md §6.
+
+        Finding 4, from the held-out `batch`: the top-k mass of each sample split into two clusters
+        (exact 1-D two-means): `mass_split_r2` (1: two points), `mass_low_share` (samples in the low
+        cluster), `mass_low_mean`, `mass_high_mean`, and how the low cluster lines up with false
+        positives: `low_with_fp` and `high_with_fp` (share of each cluster's samples with at least one).
+        Finding 6, from fresh sets of k + j tokens (j in EXTRA_TOKENS, weights as usual): `extra{j}_mass`
+        (probability on the k + j given tokens) and `extra{j}_evenness` (min over max of their
+        probabilities, averaged over samples: 1 is uniform over them), on EXTRA_SAMPLES fresh sets each.
+        """
+        k = self.config.k
+        q = torch.softmax(model(**batch.inputs).float(), dim=-1)
+        mass = q.gather(-1, batch.inputs["tokens"]).sum(-1).double()
+        fp = self.top_tier(torch.log(q.clamp_min(1e-45)), batch).sum(-1) > k  # [batch]: any false positive
+        out: dict[str, float] = {}
+        if bool((mass == mass[0]).all()):
+            out.update(mass_split_r2=float("nan"), mass_low_share=0.0)
+        else:
+            split = two_means(mass)
+            low = mass <= split.threshold
+            out.update(mass_split_r2=split.r2, mass_low_share=low.double().mean().item(), mass_low_mean=split.low_mean,
+                       mass_high_mean=split.high_mean,
+                       low_with_fp=fp[low].double().mean().item() if low.any() else float("nan"),
+                       high_with_fp=fp[~low].double().mean().item() if (~low).any() else float("nan"))
+        for j in self.EXTRA_TOKENS if self.uniform_target else ():
+            if k + j > self.config.V:
+                continue
+            more = self._sets(self.EXTRA_SAMPLES, k + j, generator, batch.target.device)
+            q = torch.softmax(model(**more.inputs).float(), dim=-1).gather(-1, more.inputs["tokens"])
+            out[f"extra{j}_mass"] = q.sum(-1).mean().item()
+            out[f"extra{j}_evenness"] = (q.min(-1).values / q.max(-1).values.clamp_min(1e-30)).mean().item()
+        return out
+
+    def _sets(self, n: int, size: int, generator: torch.Generator, device: torch.device | str) -> Batch:
+        """n sets of `size` distinct tokens with the task's weights (any size; target uniform over the set)."""
+        c = self.config
+        u = torch.rand(n, 2 * size, generator=generator, dtype=torch.float64).to(device)
+        tokens = floyd_sample(u[:, :size], c.V)
+        weights = (c.w_lo + (c.w_hi - c.w_lo) * u[:, size:]).float()
+        return Batch({"tokens": tokens, "weights": weights}, torch.full_like(weights, 1.0 / size))
 
     def _within_set_reference(self, batch: Batch) -> tuple[str, Tensor]:
         """Uniform task: correlate log q_i with the input weight w_i within each sample.
@@ -240,6 +291,7 @@ class TopKConditional(TopKUniform):
 
     Config = TopKConditionalConfig
     version = 1
+    uniform_target = False  # finding 6 is about the uniform target
     # target_corr: within-sample correlation of log q with the target's log p; 1 is perfect (k > 1 only).
     metric_directions = {**METRICS, "target_corr": "higher"}  # type: ignore[dict-item]
 

@@ -108,6 +108,7 @@ class MLP(HookedRootModule, Model):
     Config = MLPConfig
     families = ("topk",)
     width_fields = ("d_model", "d_mlp")
+    weight_groups = {"W_E": ("embed.W_E",), "W_in": ("blocks.0.mlp.W_in",), "W_out": ("blocks.0.mlp.W_out",), "W_U": ("unembed.W_U",)}
 
     def __init__(self, config: MLPConfig, task: Task | None = None, *, n_inputs: int | None = None,
                  n_outputs: int | None = None, generator: torch.Generator | None = None):

@@ -76,6 +76,8 @@ class Transformer(nn.Module, Model):
     Config = TransformerConfig
     families = ("topk",)
     width_fields = ("d_model", "d_mlp")
+    weight_groups = {"W_E": ("embed.weight",), "W_in": ("blocks.0.mlp.in.weight",), "W_out": ("blocks.0.mlp.out.weight",),
+                     "W_U": ("unembed.weight",)}
 
     def __init__(self, config: TransformerConfig, task: Task | None = None, *, n_inputs: int | None = None,
                  n_outputs: int | None = None, generator: torch.Generator | None = None):

@@ -1,7 +1,8 @@
 """The second seed's claims (TICKETS.md, "Claims a suite can test"), tested on ticket records.
 
 Each claim has a check fixed in advance (below, and in docs/science.md §7.6), computed
-from the records alone, paired over seeds with t intervals (`stats.paired_diff_ci`, 95%),
+from the records alone, paired over seeds with t intervals (`compare`: `stats.paired_diff_ci`,
+95%, with the sign test beside it),
 and reported as "reproduced", "partly reproduced", "not reproduced" or "not tested" (the
 records it needs are missing), with the numbers. The tickets board shows the result,
 and the integration tests assert whatever it measured.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from sparsebench.records import TicketRecord
-from sparsebench.stats import PairedDiff, mean_ci, paired_diff_ci
+from sparsebench.stats import mean_ci, paired_diff_ci, sign_test_p
 
 ORACLE = "final-magnitude"  # the dense-final magnitude mask (IMP-style oracle)
 STATIC = "feature-static"  # the feature-space detector claims 3 follows (fixed in advance: the prototype's best)
@@ -37,12 +38,40 @@ class Claim:
     numbers: dict[str, Any] = field(default_factory=dict)  # everything the summary rests on
 
 
-def _fmt(d: PairedDiff, digits: int = 3) -> str:
+@dataclass(frozen=True)
+class Paired:
+    """a - b paired over seeds (pair i = the same seed): the mean difference and its 95% t interval."""
+
+    mean: float  # mean of a - b over the complete pairs (NaN without any)
+    lo: float  # the interval (NaN for fewer than two pairs)
+    hi: float
+    n: int  # complete pairs (a pair with a missing value is dropped)
+    wins: int  # pairs with a > b
+    losses: int  # pairs with a < b
+    sign_p: float  # two-sided exact sign test (ties left out)
+
+    @property
+    def verdict(self) -> str:
+        """"a" if the interval lies above 0, "b" if below, "tie" otherwise (fewer than two pairs included)."""
+        return "a" if self.lo > 0 else "b" if self.hi < 0 else "tie"
+
+
+def compare(a: list[Any], b: list[Any]) -> Paired:
+    """Paired comparison of equal-length per-seed values (None and NaN: that pair is dropped)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths (got {len(a)} and {len(b)})")
+    pairs = [(x, y) for x, y in zip(map(_nan, a), map(_nan, b)) if not (math.isnan(x) or math.isnan(y))]
+    mean, lo, hi = paired_diff_ci([x for x, _ in pairs], [y for _, y in pairs])
+    wins, losses = sum(x > y for x, y in pairs), sum(x < y for x, y in pairs)
+    return Paired(mean, lo, hi, len(pairs), wins, losses, sign_test_p(wins, losses))
+
+
+def _fmt(d: Paired, digits: int = 3) -> str:
     ci = "n/a" if math.isnan(d.lo) else f"[{d.lo:+.{digits}f}, {d.hi:+.{digits}f}]"
     return f"{d.mean:+.{digits}f} {ci} (n={d.n}, {d.wins}-{d.losses})"
 
 
-def _pd(d: PairedDiff) -> dict[str, Any]:
+def _pd(d: Paired) -> dict[str, Any]:
     return {"mean": d.mean, "lo": d.lo, "hi": d.hi, "n": d.n, "wins": d.wins, "losses": d.losses, "sign_p": d.sign_p}
 
 
@@ -74,10 +103,10 @@ class Table:
         return min(full, key=lambda g: (-size[g], g[0], g[2])) if full else None
 
 
-def paired(a: dict[int, TicketRecord], b: dict[int, TicketRecord], key: str, where: str = "metrics") -> PairedDiff:
+def paired(a: dict[int, TicketRecord], b: dict[int, TicketRecord], key: str, where: str = "metrics") -> Paired:
     """a - b over the seeds both have, for metric `key` (where: "metrics" or "tickets")."""
     seeds = sorted(set(a) & set(b))
-    return paired_diff_ci([getattr(a[s], where).get(key) for s in seeds], [getattr(b[s], where).get(key) for s in seeds])
+    return compare([getattr(a[s], where).get(key) for s in seeds], [getattr(b[s], where).get(key) for s in seeds])
 
 
 def _nan(x: Any) -> float:
@@ -102,8 +131,8 @@ def claim1(t: Table, main: tuple[int, float, int] | None) -> Claim:
         for det in t.detectors(w, s, e, init, ("feature", "weight", "control", "reference")):
             recs = t.get(w, s, e, init, det)
             seeds = sorted(recs)
-            d = paired_diff_ci([_nan(recs[x].tickets.get("family_recall")) for x in seeds],
-                               [_nan(recs[x].tickets.get("same_site_recall")) for x in seeds])
+            d = compare([recs[x].tickets.get("family_recall") for x in seeds],
+                        [recs[x].tickets.get("same_site_recall") for x in seeds])
             rows[f"{det}/{init}"] = d
     above = [k for k, d in rows.items() if d.lo > 0]
     c.numbers = {"main": list(main), "groups": {k: _pd(d) for k, d in rows.items()}, "above": len(above)}
@@ -127,7 +156,7 @@ def claim2(t: Table, main: tuple[int, float, int] | None) -> Claim:
     if not feats or not weights:
         return c
     mean = lambda det, key, where: mean_ci([_nan(getattr(r, where).get(key))  # noqa: E731
-                                            for r in t.get(w, s, e, "rewind-0", det).values()]).mean
+                                            for r in t.get(w, s, e, "rewind-0", det).values()])[0]
     out: dict[str, Any] = {"main": list(main)}
     verdicts = {}
     for key, where in (("exact_codes", "tickets"), ("bal_acc", "metrics")):
@@ -173,7 +202,7 @@ def claim3(t: Table, main: tuple[int, float, int] | None) -> Claim:
         return (t.get(w, s, e, "rewind-0", STATIC)[seed].metrics["bal_acc"]  # type: ignore[operator]
                 - t.get(w, s, e, "rewind-0", MAGNITUDE)[seed].metrics["bal_acc"])
 
-    closing = paired_diff_ci([gap(early, x) for x in seeds], [gap(late, x) for x in seeds])
+    closing = compare([gap(early, x) for x in seeds], [gap(late, x) for x in seeds])
     competitive = gaps[early].hi >= 0 if not math.isnan(gaps[early].hi) else False
     catches_up = closing.lo > 0
     c.numbers = {"steps": steps, "gap": {str(e): _pd(d) for e, d in gaps.items()}, "closing": _pd(closing)}
@@ -195,7 +224,7 @@ def claim4(t: Table, main: tuple[int, float, int] | None) -> Claim:
 
     def edges(init: str) -> tuple[str, dict[int, float]]:
         ranked = t.detectors(w, s, e, init, ("feature", "weight", "control"))
-        best = max(ranked, key=lambda d: mean_ci([r.metrics["bal_acc"] for r in t.get(w, s, e, init, d).values()]).mean)
+        best = max(ranked, key=lambda d: mean_ci([_nan(r.metrics["bal_acc"]) for r in t.get(w, s, e, init, d).values()])[0])
         o, b = t.get(w, s, e, init, ORACLE), t.get(w, s, e, init, best)
         return best, {x: _nan(o[x].metrics["bal_acc"]) - _nan(b[x].metrics["bal_acc"]) for x in sorted(set(o) & set(b))}
 
@@ -210,7 +239,7 @@ def claim4(t: Table, main: tuple[int, float, int] | None) -> Claim:
         best, ed = edges(init)
         seeds = sorted(set(ed) & set(fresh))
         strong = mean_diff(ed)
-        loses = paired_diff_ci([ed[x] for x in seeds], [fresh[x] for x in seeds])
+        loses = compare([ed[x] for x in seeds], [fresh[x] for x in seeds])
         out[init] = {"best": best, "edge": _pd(strong), "edge_minus_fresh": _pd(loses)}
         ok_strong.append(strong.lo > 0)
         ok_loses.append(loses.lo > 0)
@@ -223,10 +252,10 @@ def claim4(t: Table, main: tuple[int, float, int] | None) -> Claim:
     return c
 
 
-def mean_diff(values: dict[int, float]) -> PairedDiff:
+def mean_diff(values: dict[int, float]) -> Paired:
     """A one-sample 'paired' difference against 0 (values per seed)."""
     v = [values[k] for k in sorted(values)]
-    return paired_diff_ci(v, [0.0] * len(v))
+    return compare(v, [0.0] * len(v))
 
 
 def claim5(t: Table, main: tuple[int, float, int] | None) -> Claim:
@@ -257,7 +286,7 @@ def claim5(t: Table, main: tuple[int, float, int] | None) -> Claim:
 
     near, far = split(lambda r: r[2] <= 1)
     light, heavy = split(lambda r: r[3] <= median)
-    by_distance, by_load = paired_diff_ci(near, far), paired_diff_ci(light, heavy)
+    by_distance, by_load = compare(near, far), compare(light, heavy)
     rate = {dist: [r[4] for r in pooled if r[2] == dist] for dist in range(5)}
     c.numbers = {"sites": len(pooled), "load_median": median, "distance": _pd(by_distance), "load": _pd(by_load),
                  "survival_by_d0": {str(k): [sum(v) / len(v), len(v)] for k, v in rate.items() if v}}
@@ -281,8 +310,8 @@ def claim6(t: Table, main: tuple[int, float, int] | None) -> Claim:
     a, b = next(iter(wide.values())), next(iter(dense.values()))
     acc, bce = paired(a, b, "bal_acc"), paired(b, a, "bce")
     c.numbers = {"bal_acc": _pd(acc), "bce_dense_minus_random": _pd(bce),
-                 "random32": mean_ci([r.metrics["bal_acc"] for r in a.values()]).mean,
-                 "dense16": mean_ci([r.metrics["bal_acc"] for r in b.values()]).mean}
+                 "random32": mean_ci([_nan(r.metrics["bal_acc"]) for r in a.values()])[0],
+                 "dense16": mean_ci([_nan(r.metrics["bal_acc"]) for r in b.values()])[0]}
     c.status = "reproduced" if acc.lo > 0 else "not reproduced"
     c.summary = (f"balanced accuracy random 32×16 @ 50% {c.numbers['random32']:.5f} vs dense 16×16 "
                  f"{c.numbers['dense16']:.5f}: difference {_fmt(acc, 5)}; BCE dense - random {_fmt(bce)}")

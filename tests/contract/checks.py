@@ -192,6 +192,34 @@ def tasks_for_any_model() -> list[Task]:
     return out
 
 
+def check_control(name: str) -> None:
+    """A control gives a wrong explanation, or says why not, for every mechanism's fit on its construction; a
+    control that is wrong about everything (not `partial`) must differ from the fit on some capability."""
+    from sparsebench.explain import NO_BATCH, _same
+
+    control = registry.controls.get(name)()
+    assert isinstance(getattr(control, "description", None), str) and control.description
+    made = 0
+    for mech_name in registry.mechanisms.names():
+        mech = make_mechanism(mech_name)
+        for task, model in constructions(mech_name):
+            fitted = mech.fit(model, task, generator=g(2))
+            result = control.make(fitted, model, task, refit=lambda m: mech.fit(m, task, generator=g(2)),
+                                  generator=g(3))
+            if isinstance(result, NotApplicable):
+                assert result.reason and "\n" not in result.reason
+                continue
+            made += 1
+            assert isinstance(result, Fitted)
+            batch = task.sample(32, generator=g(4))
+            names = ("hidden_active", "predict_logits", "predict_candidates", "ideal_activation", "token_code")
+            differs = [n for n in names if hasattr(fitted, n) and hasattr(result, n) and not _same(
+                getattr(fitted, n)() if n in NO_BATCH else getattr(fitted, n)(batch),
+                getattr(result, n)() if n in NO_BATCH else getattr(result, n)(batch))]
+            assert differs or control.partial, f"control {name} of {mech_name} is the fit itself: it tests nothing"
+    assert made, f"control {name} applies to no registered mechanism's fit on any construction"
+
+
 def check_detector(name: str) -> None:
     """A detector names its kind and families, and scores the right space with the right shape, deterministically,
     on a small dense run of every registered task it understands (a model that reads it, at init and perturbed)."""

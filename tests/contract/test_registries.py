@@ -12,7 +12,7 @@ from sparsebench import registry
 from sparsebench.build import make_task
 from sparsebench.errors import ConfigError
 
-from .checks import check_detector, check_mechanism, check_model, check_null, check_probe, check_task
+from .checks import check_control, check_detector, check_mechanism, check_model, check_null, check_probe, check_task
 
 
 @pytest.mark.parametrize("name", registry.tasks.names())
@@ -44,6 +44,11 @@ def test_probe_scores_something_and_says_why_not_otherwise(name):
 @pytest.mark.parametrize("name", registry.baselines.names())
 def test_null_is_a_new_and_different_model(name):
     check_null(name)
+
+
+@pytest.mark.parametrize("name", registry.controls.names())
+def test_control_is_a_wrong_explanation(name):
+    check_control(name)
 
 
 @pytest.mark.parametrize("name", registry.detectors.names())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -53,25 +52,28 @@ def test_every_record_is_complete(tiny_results):
     assert all({"fp_rate", "kl_limit"} <= set(r["theory"]) for r in bloom_solutions)
 
 
-def test_every_probe_score_sits_next_to_its_nulls(tiny_results):
+def test_every_probe_score_sits_next_to_its_controls_and_nulls(tiny_results):
     explanations = [r for r in records(tiny_results).values() if r["kind"] == "explanation"]
     assert sorted({r["mechanism"]["name"] for r in explanations}) == ["bloom", "jl", "softmax-bottleneck"]
     for r in explanations:
         assert r["mechanism"]["oracle"] == (r["mechanism"]["name"] == "softmax-bottleneck")
-        assert set(r["nulls"]) == {"untrained", "shuffled"}
+        assert set(r["nulls"]) == {"untrained", "shuffled"} and r["subject"] == "trained"
+        assert {"answer-only", "random-code", "permuted-units", "resampled", "reinit-W_U"} <= set(r["controls"])
         for name, probe in r["probes"].items():
             if probe["status"] == "not_applicable":
                 assert probe["reason"] and not probe["scores"]
                 continue
-            assert probe["main"] in probe["scores"]
+            assert probe["main"] in probe["scores"] and probe["chunks"] == 4
+            assert probe["ranked"] == (name not in ("bimodality", "mask-agreement"))
+            main = probe["scores"][probe["main"]]
+            seen = set(main["controls"]) | set(probe["control_notes"])
+            assert seen == set(r["controls"]), name  # every control has a number or a note saying why not
             for score in probe["scores"].values():
-                assert isinstance(score["value"], float)
-                assert isinstance(score["nulls"]["untrained"], (float, type(None)))
-                if name in ("bimodality", "hidden-code", "patch"):  # relabel-invariant: shuffled is no null
-                    assert score["nulls"]["shuffled"] is None and "shuffled" in probe["null_notes"]
-    for r in explanations:  # the causal probe carries its own null wherever it applies
-        if r["probes"]["patch"]["status"] == "ok":
-            assert isinstance(r["probes"]["patch"]["scores"]["loss_recovered"]["own_nulls"]["resampled"], float)
+                assert isinstance(score["value"], float) and len(score["ci"]) == 2
+                if name in ("bimodality", "hidden-code", "patch", "prediction"):  # relabel-invariant
+                    assert "shuffled" not in score["nulls"] and "shuffled" in probe["null_notes"]
+                if score["controls"] or score["nulls"]:
+                    assert isinstance(score["margin"], float) and score["rival"]
     bloom = next(r for r in explanations if r["mechanism"]["name"] == "bloom")
     from sparsebench import registry
 
@@ -103,13 +105,9 @@ def test_rerun_skips_force_redoes_and_an_interrupted_run_resumes(tiny_results, t
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from sparsebench.cli import main
+    from hostile import run_main  # restores the signal handlers and warning format main() sets
 
-    monkeypatch.setattr(sys, "argv", ["sparsebench", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
+    return run_main(list(args), monkeypatch, capsys)
 
 
 TINY_FLAGS = ["--seeds", "0", "--widths", "16", "--set", "task.V=100", "--set", "task.k=3", "--set", "train.steps=20",

@@ -44,8 +44,8 @@ def test_construction_fitted_back_is_explained_perfectly(task, mechanism):
 def test_bloom_on_an_untrained_model_scores_far_below_its_construction(task):
     untrained = make_model("mlp1", {"d_model": 32, "d_mlp": 32}, task, generator=torch.Generator().manual_seed(0))
     got = scores("bloom", untrained, task)
-    # Measured on this setup: bimodality 0.62 (a Gaussian gives 2/pi), mask agreement 0.32,
-    # hidden-code F1 0.73, candidates F1 0.26: all far from the construction's 1.
-    assert got["bimodality"] < 0.7 and got["mask-agreement"] < 0.5 and got["candidates"] < 0.5
-    assert got["hidden-code"] < 0.85
+    # Measured on this setup: bimodality 0.62 (a Gaussian gives 2/pi), mask agreement 0.32, hidden-code MCC
+    # 0.18, false-positive MCC about 0.01: far from the construction's 1.
+    assert got["bimodality"] < 0.7 and got["mask-agreement"] < 0.5 and got["candidates"] < 0.2
+    assert got["hidden-code"] < 0.4
     assert got["patch"] is None  # ablating its hidden layer costs an untrained model nothing: n/a

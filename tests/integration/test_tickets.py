@@ -149,7 +149,7 @@ def test_a_plugin_detector_is_ranked_with_the_built_ins(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.detectors._load(), "last-row", registry.Entry("last-row", LastRow, "test", "0"))
     suite = suite_from_dict({**_tiny_dict(), "detectors": ["last-row", "magnitude", "final-magnitude"], "cells": [{}]})
     run_tickets(suite, tmp_path, RunContext.create("cpu", progress=False))
-    board = build_boards([tmp_path])["tickets"]["board"]
+    board = build_boards([tmp_path])["tickets"]
     mine = board[board["detector"] == "last-row"]
     assert len(mine) == 3 and mine["rank"].notna().all(), "a plugin's detector is ranked like a built-in"
     assert board[board["detector"] == "final-magnitude"]["rank"].isna().all(), "a reference is never ranked"

@@ -188,7 +188,7 @@ def test_the_construction_computes_and_codes_every_clause(task, width):
     s = fit.summary()
     assert s["covered"] == 16 and s["exact_codes"] == 16 and s["units_coded"] == 16
     batch = task.sample(1024, generator=g(2))
-    assert HiddenCode().score(model, fit, task, batch) == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert HiddenCode().score(model, fit, task, batch) == {"mcc": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
     patch = Patch().score(model, fit, task, batch)
     assert patch["loss_recovered"] == pytest.approx(1.0, abs=1e-6) and patch["kl_to_clean"] < 1e-6
     assert CodeCount().score(model, fit, task, batch)["covered"] == 1.0
@@ -210,7 +210,7 @@ def test_controls_keep_the_statistics_and_break_the_content(task):
     rand = fit.random_code(g(3))
     assert isinstance(rand, FeatureChannelFit) and rand.exact.sum() == fit.exact.sum()
     batch = task.sample(1024, generator=g(2))
-    assert HiddenCode().score(model, wrong, task, batch)["f1"] < 0.5
+    assert HiddenCode().score(model, wrong, task, batch)["mcc"] < 0.5
     assert Patch().score(model, wrong, task, batch)["loss_recovered"] < 0.5
     with pytest.raises(ValueError, match="permutation"):
         fit.permuted_units(torch.zeros(16, dtype=torch.long))

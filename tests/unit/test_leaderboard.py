@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -17,10 +18,11 @@ import pytest
 
 from sparsebench import records
 from sparsebench.errors import UserError
-from sparsebench.leaderboard import boards, frames, render, synthetic
+from sparsebench.leaderboard import boards, explanations, frames, render, synthetic, validity
 from sparsebench.leaderboard.build import build_boards
 from sparsebench.records import (CheckpointInfo, ExplanationRecord, MechanismInfo, ModelInfo, ProbeResult,
                                  RecordWarning, Score, SolutionRecord, Solver, TaskInfo, record_id, to_json)
+from sparsebench.stats import mean_ci
 
 TASK = TaskInfo(**synthetic.TASK)
 DIRS = {frames._task_cols(synthetic.solution_records(widths=(16,), seeds=(0,))[0])["task_key"]:
@@ -61,11 +63,6 @@ def exp_rec(mech, seed, probes, model_cfg=None, oracle=False, nulls=None):
         nulls=nulls or {}, probes=probes, provenance=synthetic.PROVENANCE)
 
 
-def ok(main, value, nulls, direction="higher", extra=None, own=None):
-    scores = {main: Score(value=value, direction=direction, nulls=nulls, own_nulls=own or {}), **(extra or {})}
-    return ProbeResult(status="ok", main=main, scores=scores)
-
-
 NA = ProbeResult(status="not_applicable", reason="predicts no hidden code")
 
 
@@ -92,7 +89,7 @@ def test_load_skips_bad_files_with_a_warning_naming_each(tmp_path):
         assert sum(name in m for m in msgs) == 1, (name, msgs)
     assert len(msgs) == 5
     assert any("schema_version 99" in m for m in msgs)
-    assert len(recs) == len(good) + 2  # 2 mechanisms x 1 seed
+    assert len(recs) == len(good) + len(synthetic.explanation_records(seeds=(0,)))
 
 
 def test_load_merges_folders_and_counts_a_copied_record_once(tmp_path):
@@ -161,103 +158,127 @@ def test_same_seed_twice_keeps_newest_with_warning():
 
 # ---------------------------------------------------------------------------- explanations board
 
-def _exp_board():
+def scored(value, margin, direction="higher", controls=None, nulls=None, margin_ci=None, rival=None):
+    return Score(value=value, direction=direction, controls=controls or {}, nulls=nulls or {}, margin=margin,
+                 margin_ci=margin_ci, rival=rival)
+
+
+def probe(main, score, ranked=True, extra=None):
+    return ProbeResult(status="ok", ranked=ranked, main=main, scores={main: score, **(extra or {})})
+
+
+def _exp_board(valid=None):
+    """bloom explains (margins well above 0), jl fails one probe, noise is at its controls; jl has no hidden code."""
     recs = []
-    for seed, (f1, n1, n2) in enumerate([(0.9, 0.4, 0.5), (0.8, 0.3, 0.6), (1.0, 0.5, 0.4)]):
+    for seed, (v, m) in enumerate([(0.9, 0.5), (0.8, 0.45), (1.0, 0.55)]):
         recs.append(exp_rec("bloom", seed, {
-            "hidden-code": ok("f1", f1, {"untrained": n1, "shuffled": n2},
-                              extra={"recall": Score(value=0.7, direction="higher")}),
-            "patch": ok("kl", 0.2, {"untrained": 1.0}, direction="lower")}))
-        recs.append(exp_rec("jl", seed, {"hidden-code": NA, "patch": ok("kl", 0.5, {"untrained": 1.0},
-                                                                        direction="lower")}))
-        recs.append(exp_rec("noise", seed, {"hidden-code": ok("f1", 0.95, {"untrained": 0.9}),
-                                            "patch": ok("kl", 0.1, {"untrained": 0.15}, direction="lower")}))
-    return boards.explanations_board(exp_frame(recs))
+            "hidden-code": probe("mcc", scored(v, m, controls={"random-code": v - m}),
+                                 extra={"recall": Score(value=0.7, direction="higher")}),
+            "patch": probe("loss_recovered", scored(1.0, 0.8 + 0.01 * seed, controls={"resampled": 0.2})),
+            "bimodality": probe("r2", scored(0.97, 0.0), ranked=False)}))
+        recs.append(exp_rec("jl", seed, {"hidden-code": NA,
+                                         "patch": probe("loss_recovered", scored(0.4, -0.1 - 0.01 * seed)),
+                                         "bimodality": NA}))
+        recs.append(exp_rec("noise", seed, {
+            "hidden-code": probe("mcc", scored(0.05 * (-1) ** seed, 0.02 * (-1) ** seed)),
+            "patch": probe("loss_recovered", scored(0.2 + 0.05 * (-1) ** seed, 0.01 * (-1) ** seed)),
+            "bimodality": NA}))
+        recs.append(exp_rec("oracle", seed, {"patch": probe("loss_recovered", scored(1.0, 0.9))}, oracle=True))
+    frame = exp_frame(recs)
+    return explanations.build(frame, valid or {})
 
 
-def test_explanations_aggregate_over_seeds_beside_nulls():
-    b = _exp_board()
-    r = b[(b.mechanism == "bloom") & (b.probe == "hidden-code") & (b.score == "f1")].iloc[0]
-    assert r.value_mean == pytest.approx(0.9) and r.value_std == pytest.approx(0.1) and r.n == 3
-    assert r.null_untrained_mean == pytest.approx(0.4) and r.null_shuffled_mean == pytest.approx(0.5)
-    # margin per seed vs the strongest null: 0.9-0.5, 0.8-0.6, 1.0-0.5
-    assert r.margin_mean == pytest.approx(np.mean([0.4, 0.2, 0.5]))
-    assert r.is_main and not b[(b.mechanism == "bloom") & (b.score == "recall")].iloc[0].is_main
-    p = b[(b.mechanism == "bloom") & (b.probe == "patch")].iloc[0]
-    assert p.margin_mean == pytest.approx(0.8)  # lower is better: null 1.0 - value 0.2
+def test_explanations_aggregate_over_seeds_with_intervals():
+    b = _exp_board()["explanations"]
+    r = b[(b.mechanism == "bloom") & (b.probe == "hidden-code") & (b.score == "mcc")].iloc[0]
+    assert r.value_mean == pytest.approx(0.9) and r.n == 3
+    m, lo, hi = mean_ci([0.5, 0.45, 0.55])
+    assert (r.margin_mean, r.margin_lo, r.margin_hi) == pytest.approx((m, lo, hi))
+    assert r.outcome == "explains" and r.counted and r["control_random-code_mean"] == pytest.approx(0.4)
+    noise = b[(b.mechanism == "noise") & (b.probe == "patch") & b.is_main].iloc[0]
+    assert noise.outcome == "undecided"  # its margin's interval contains 0
+    jl = b[(b.mechanism == "jl") & (b.probe == "patch") & b.is_main].iloc[0]
+    assert jl.outcome == "fails"
+    diag = b[(b.mechanism == "bloom") & (b.probe == "bimodality")].iloc[0]
+    assert not diag.ranked and not diag.counted
 
 
 def test_not_applicable_is_never_a_number():
-    b = _exp_board()
+    b = _exp_board()["explanations"]
     na = b[(b.mechanism == "jl") & (b.probe == "hidden-code")]
     assert len(na) == 1
     r = na.iloc[0]
-    assert r.status == "n/a" and r.n == 0 and "hidden code" in r.reason
-    assert math.isnan(r.value_mean) and math.isnan(r.margin_mean) and math.isnan(r.null_untrained_mean)
-    assert math.isnan(r.probe_rank)
-    tables = render.explanation_tables(b, boards.explanation_ranking(b))
+    assert r.status == "n/a" and r.n == 0 and "hidden code" in r.reason and r.outcome == "n/a"
+    assert math.isnan(r.get("value_mean", math.nan)) and math.isnan(r.get("margin_mean", math.nan))
+    tables = render.explanation_tables(_exp_board() | {"validity": None})
     md = render.to_markdown(tables)
     line = next(ln for ln in md.splitlines() if ln.startswith("| jl | hidden-code"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[4:8] == ["n/a"] * 4  # value, two nulls, margin
-    assert not any(re.fullmatch(r"-?\d+(\.\d+)?(e[-+]?\d+)?( ± .*)?", c) for c in cells[4:8])
+    assert cells[4:6] == ["n/a", "n/a"]  # value, margin
+    assert not any(re.fullmatch(r"-?\d+(\.\d+)?(e[-+]?\d+)?( \[.*)?", c) for c in cells[4:6])
 
 
-def test_an_oracle_is_shown_but_never_best_or_ranked():
-    recs = [sol_rec("bloom", 16, 0, 1.0), sol_rec("softmax-bottleneck", 16, 0, 0.1, oracle=True)]
-    b = boards.solutions_board(sol_frame(recs), DIRS)
-    assert "oracle" not in boards.metric_columns(sol_frame(recs), DIRS)
-    oracle = b[b.solver == "softmax-bottleneck"].iloc[0]
-    assert oracle.label.endswith("(oracle)") and not oracle.kl_best  # lower KL, yet not "best"
-    assert b[b.solver == "bloom"].iloc[0].kl_best
-    exps = [exp_rec("bloom", 0, {"hidden-code": ok("f1", 0.9, {"untrained": 0.3})}),
-            exp_rec("softmax-bottleneck", 0, {"hidden-code": ok("f1", 0.99, {"untrained": 0.1})}, oracle=True)]
-    rk = boards.explanation_ranking(boards.explanations_board(exp_frame(exps)))
-    got = {r.mechanism: r.rank for r in rk.itertuples()}
-    assert got["bloom"] == 1 and math.isnan(got["softmax-bottleneck"])
-
-
-def test_a_probes_own_null_is_shown_but_not_used_for_the_margin():
-    rec = exp_rec("bloom", 0, {"patch": ok("loss_recovered", 1.0, {"untrained": None}, own={"resampled": -3.0}),
-                               "hidden-code": ok("f1", 0.9, {"untrained": 0.3})}, nulls={"untrained": "initial"})
-    b = boards.explanations_board(exp_frame([rec]))
-    patch = b[(b.probe == "patch") & b.is_main].iloc[0]
-    assert patch.own_resampled_mean == pytest.approx(-3.0) and math.isnan(patch.margin_mean)
-    hc = b[(b.probe == "hidden-code") & b.is_main].iloc[0]
-    assert hc.margin_mean == pytest.approx(0.6)
-
-
-def test_ranking_rule():
+def test_verdicts_and_the_copeland_ranking():
     b = _exp_board()
-    # per probe, by main score: f1 bloom 0.9 < noise 0.95 -> noise first; kl (lower better) noise .1 < bloom .2 < jl .5
-    pr = {(r.mechanism, r.probe): r.probe_rank for r in b[b.is_main].itertuples()}
-    assert pr[("noise", "hidden-code")] == 1 and pr[("bloom", "hidden-code")] == 2
-    assert (pr[("noise", "patch")], pr[("bloom", "patch")], pr[("jl", "patch")]) == (1, 2, 3)
-    rk = boards.explanation_ranking(b)
-    got = {r.mechanism: (r.rank, r.overall_margin, r.applicable, r.probes) for r in rk.itertuples()}
-    # overall: mean margin over applicable probes. bloom (0.3667 + 0.8)/2, jl 0.5/1, noise (0.05 + 0.05)/2
-    assert got["bloom"][1] == pytest.approx((np.mean([0.4, 0.2, 0.5]) + 0.8) / 2)
-    assert got["jl"][1:] == (pytest.approx(0.5), 1, 2)
-    assert got["noise"][1] == pytest.approx(0.05)
-    assert [got[m][0] for m in ("bloom", "jl", "noise")] == [1, 2, 3]
+    rk = b["ranking"].set_index("mechanism")
+    assert rk.loc["bloom", "verdict"] == "explains" and rk.loc["jl", "verdict"] == "no"
+    assert rk.loc["noise", "verdict"] == "no"
+    # bloom beats jl and noise on patch (paired intervals above 0); jl and noise have only patch in common:
+    # noise's values 0.25/0.15/0.25 against jl's 0.4: jl wins that pair.
+    pw = b["pairwise"]
+    bj = pw[(pw.a == "bloom") & (pw.b == "jl")].iloc[0]
+    assert bj.winner == "a" and bj["diff"] == pytest.approx(0.6)
+    assert (rk.loc["bloom", "won"], rk.loc["bloom", "lost"]) == (2, 0)
+    assert rk.loc["bloom", "rank"] == 1 and rk.loc["jl", "rank"] == 2 and rk.loc["noise", "rank"] == 3
+    assert rk.loc["oracle", "oracle"] and math.isnan(rk.loc["oracle", "rank"])  # shown, never ranked
 
 
-def test_unranked_without_applicable_probes():
-    recs = [exp_rec("bloom", 0, {"p": ok("f1", 0.9, {"untrained": 0.1})}), exp_rec("none", 0, {"p": NA})]
-    b = boards.explanations_board(exp_frame(recs))
-    rk = boards.explanation_ranking(b).set_index("mechanism")
-    assert rk.loc["bloom", "rank"] == 1 and math.isnan(rk.loc["none", "rank"]) and rk.loc["none", "applicable"] == 0
+def test_equal_records_are_ties_not_wins():
+    recs = [exp_rec(m, seed, {"p": probe("s", scored(0.5 + 0.01 * seed, 0.1 + 0.01 * seed))})
+            for m in ("a", "b") for seed in range(3)]
+    b = explanations.build(exp_frame(recs), {})
+    assert set(b["pairwise"].winner) == {"tie"}
+    assert list(b["ranking"]["rank"]) == [1.0, 1.0]
+
+
+def test_a_probe_invalid_on_constructions_is_not_counted():
+    b = _exp_board(valid={"hidden-code": False, "patch": True})
+    rk = b["ranking"].set_index("mechanism")
+    assert "hidden-code" not in rk.loc["bloom", "outcomes"] and "patch: explains" in rk.loc["bloom", "outcomes"]
+    hc = b["explanations"]
+    assert not hc[(hc.probe == "hidden-code") & (hc.mechanism == "bloom") & hc.is_main].iloc[0].counted
+    assert rk.loc["bloom", "unvalidated"] == ""
+    assert _exp_board()["ranking"].set_index("mechanism").loc["bloom", "unvalidated"] == "hidden-code, patch"
+
+
+def test_validity_auroc_is_computed_from_construction_records():
+    def built(mech, truth, seed, value, controls):
+        rid = record_id({"m": mech, "t": truth, "s": seed})
+        return ExplanationRecord(
+            schema_version=2, kind="explanation", id=rid, task=TASK, width=32, seed=seed, eval=synthetic.EVAL,
+            subject="construction", truth=truth, model=ModelInfo(name="mlp1", config={}, width_fields=[]),
+            train=None, checkpoint=None, mechanism=MechanismInfo(name=mech, config={}),
+            probes={"good": probe("s", scored(value, 0.1, controls=controls)),
+                    "blind": probe("s", scored(0.5, 0.0, controls={"c": 0.5}))},
+            provenance=synthetic.PROVENANCE)
+
+    recs = [built("bloom", "bloom", 0, 0.9, {"c": 0.1}), built("jl", "bloom", 0, 0.3, {"c": 0.95}),
+            built("jl", "jl", 0, 0.8, {"c": 0.2}), built("bloom", "jl", 0, 0.1, {})]
+    v = validity.validity_board(exp_frame(recs)).set_index("probe")
+    # On bloom's construction the right score 0.9 meets wrong 0.3, 0.1 (controls) and 0.95 (jl's control): 2 of 3;
+    # on jl's, 0.8 meets 0.1, 0.2: 2 of 2. AUROC = 4/5.
+    assert v.loc["good", "pairs"] == 5 and v.loc["good", "auroc"] == pytest.approx(0.8) and not v.loc["good", "valid"]
+    assert v.loc["blind", "auroc"] == pytest.approx(0.5)  # ties count half: it cannot tell right from wrong
+    own = validity.own_construction(exp_frame(recs)).set_index(["truth", "probe"])
+    assert own.loc[("bloom", "good"), "beats_all"] and not own.loc[("bloom", "blind"), "beats_all"]
 
 
 # ---------------------------------------------------------------------------- renderers
 
 def _all_boards():
-    recs = pairs(synthetic.demo_records(evil=True))
-    directions = frames.metric_directions(recs)
-    sol = boards.solutions_board(frames.solutions_frame(recs), directions)
-    exp = boards.explanations_board(frames.explanations_frame(recs))
-    return {"records": recs, "directions": directions, "solutions": sol, "best": boards.best_at_width(sol),
-            "explanations": exp, "ranking": boards.explanation_ranking(exp), "not_applicable": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic.write_records(tmp, synthetic.demo_records(evil=True))
+        return build_boards([Path(tmp)])
 
 
 def _parse_markdown(md: str) -> list[list[list[str]]]:
@@ -305,9 +326,9 @@ def test_csv_parses_back_to_the_numbers():
 
     b = _all_boards()
     sol = b["solutions"]
-    text = render.to_csv(sol, b["explanations"], b["ranking"])
+    text = render.to_csv(b)
     df = pd.read_csv(io.StringIO(text))
-    assert set(df.board) == {"solutions", "explanations", "ranking"}
+    assert {"solutions", "explanations", "ranking", "validity"} <= set(df.board)
     s = df[df.board == "solutions"].reset_index(drop=True)
     assert len(s) == len(sol)
     np.testing.assert_allclose(s.kl_mean.to_numpy(), sol.kl_mean.to_numpy(), rtol=1e-12)
@@ -338,7 +359,7 @@ def test_unknown_format_is_one_line_user_error(tmp_path):
     from sparsebench.cli import leaderboard
 
     with pytest.raises(UserError, match="unknown --format 'pdf'"):
-        leaderboard([tmp_path], format="pdf", out=None)
+        leaderboard([tmp_path], format="pdf", out=None, min_auroc=0.9)
 
 
 def test_cli_writes_each_format_atomically(tmp_path, capsys):
@@ -346,10 +367,10 @@ def test_cli_writes_each_format_atomically(tmp_path, capsys):
 
     synthetic.write_records(tmp_path / "results", synthetic.demo_records(evil=False))
     for fmt, name in (("markdown", "b.md"), ("csv", "b.csv"), ("html", "b.html"), ("terminal", "b.txt")):
-        leaderboard([tmp_path / "results"], format=fmt, out=tmp_path / name)
+        leaderboard([tmp_path / "results"], format=fmt, out=tmp_path / name, min_auroc=0.9)
         assert (tmp_path / name).stat().st_size > 100
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
-    leaderboard([tmp_path / "results"], format="markdown", out=None)
+    leaderboard([tmp_path / "results"], format="markdown", out=None, min_auroc=0.9)
     assert "| width | solver |" in capsys.readouterr().out
 
 
@@ -381,5 +402,5 @@ def test_scaling_figure_draws_with_hostile_names():
 def test_copy_of_records_not_mutated():
     recs = synthetic.explanation_records(seeds=(0,))
     before = copy.deepcopy(recs)
-    boards.explanations_board(exp_frame(recs))
+    explanations.build(exp_frame(recs), {})
     assert recs == before

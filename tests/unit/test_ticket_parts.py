@@ -3,15 +3,14 @@ the ticket record, the tickets board and the claims."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from sparsebench import registry
 from sparsebench.build import make_model, make_task
 from sparsebench.context import RunContext
-from sparsebench.stats import mean_ci, paired_diff_ci, sign_test_p, t_cdf, t_ppf
+from sparsebench.stats import paired_diff_ci, sign_test_p
+from sparsebench.tickets.claims import compare
 from sparsebench.tickets.detectors import DetectionInput, average_ranks, make_detector
 from sparsebench.tickets.masks import budget, clause_directions, jaccard, top_mask, translate
 from sparsebench.tickets.retrain import Instance, evaluate_stacked, stack, train_stacked
@@ -29,26 +28,19 @@ def task():
 
 # ---- stats ----------------------------------------------------------------------------------------
 
-def test_t_quantiles_match_tables():
-    for df, q975 in ((1, 12.7062047), (2, 4.3026527), (4, 2.7764451), (9, 2.2621572), (30, 2.0422725)):
-        assert t_ppf(0.975, df) == pytest.approx(q975, abs=1e-6)
-    assert t_ppf(0.05, 7) == pytest.approx(-1.8945786, abs=1e-6)
-    assert t_cdf(0.0, 3) == pytest.approx(0.5)
-
-
-def test_mean_ci_and_paired_differences():
-    ci = mean_ci([1, 2, 3, 4, 5, float("nan")])
-    assert (ci.mean, ci.n) == (3.0, 5) and ci.lo == pytest.approx(3 - 2.7764451 * math.sqrt(2.5) / math.sqrt(5))
-    one = mean_ci([2.0])
-    assert one.mean == 2.0 and math.isnan(one.lo) and math.isnan(mean_ci([]).mean)
-    d = paired_diff_ci([1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 1.4, 2.6, 3.5, 4.4])
-    assert d.verdict == "a" and d.wins == 5 and d.sign_p == pytest.approx(0.0625)
-    assert paired_diff_ci([1, 2, 3], [3, 2, 1]).verdict == "tie"
-    assert paired_diff_ci([1.0], [0.0]).verdict == "tie", "one pair has no interval: never a win"
-    assert paired_diff_ci([0, 0, 0], [1, 1.1, 0.9]).verdict == "b"
+def test_paired_comparisons_give_an_interval_a_sign_test_and_a_verdict():
+    d = compare([1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 1.4, 2.6, 3.5, 4.4])
+    assert (d.n, d.wins, d.losses) == (5, 5, 0) and d.sign_p == pytest.approx(0.0625) and d.verdict == "a"
+    assert (d.mean, d.lo, d.hi) == pytest.approx(paired_diff_ci([1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 1.4, 2.6, 3.5, 4.4]))
+    assert compare([1, 2, 3], [3, 2, 1]).verdict == "tie"
+    assert compare([1.0], [0.0]).verdict == "tie", "one pair has no interval: never a win"
+    assert compare([0, 0, 0], [1, 1.1, 0.9]).verdict == "b"
+    missing = compare([1.0, None, 3.0, float("nan")], [0.0, 1.0, 2.0, 1.0])
+    assert (missing.n, missing.wins) == (2, 2), "a pair with a missing value is dropped"
     assert sign_test_p(0, 0) == 1.0 and sign_test_p(10, 0) == pytest.approx(2 / 1024)
-    with pytest.raises(ValueError, match="pairs"):
-        paired_diff_ci([1, 2], [1])
+    assert sign_test_p(3, 3) == 1.0 and sign_test_p(1, 5) == pytest.approx(14 / 64)
+    with pytest.raises(ValueError, match="equal lengths"):
+        compare([1, 2], [1])
 
 
 # ---- masks ----------------------------------------------------------------------------------------

@@ -22,6 +22,15 @@ Fit (any model with TransformerLens views W_E, W_in: C1 = (W_E @ W_in[0])ᵀ): t
 table above, plus, on generator-drawn samples, a least-squares read-out per unit of
 its activation on "a clause coded on it holds" (for the causal probe) and per clause
 of the model's logit on "the clause holds" (for the predicted outputs).
+
+What the explanation claims, and which probe tests it (docs/science.md §7): unit h is
+active exactly when a clause coded on it holds (`hidden-code`); the clauses the model
+decides are carried by their coded units (`code-recall`); the activations it predicts
+can replace the model's (`patch`); its outputs (`prediction`: at the exact construction the
+outputs are the answer itself, so there it ties the answer-only control). Its wrong
+versions are the controls (`baselines/controls.py`): the same codes on permuted units, each
+clause's codes on random units, the refit to a model with re-initialised weights, and the
+answer alone.
 """
 
 from __future__ import annotations
@@ -115,6 +124,10 @@ class FeatureChannel(Mechanism):
     version = 1
     families = ("clauses",)
 
+    def why_not(self, model: Any) -> str | None:
+        missing = [a for a in ("W_E", "W_in") if not hasattr(model, a)]
+        return f"{type(model).__name__} has no {', '.join(missing)} for the fit to read" if missing else None
+
     def validate(self, task: Task, width: int) -> None:
         task_clauses(task)
         K = task.n_outputs
@@ -182,12 +195,13 @@ class FeatureChannelFit(Fitted):
       affine function of "a clause coded on h holds" (read off the fit batch); an uncoded unit is
       held at its mean.
     - `clause_codes` (for the `code-count` and `code-recall` probes): exact and near codes.
-    - Controls (wrong explanations with the same statistics): `permuted_units(perm)` moves every
-      unit's codes and read-out to unit perm[h]; `random_code(generator)` places the same number of
-      exact codes on uniformly random sites (read-outs refitted on the same fit batch).
+    - Controls (`api.Recodable`: wrong explanations with the same statistics): `permuted_units(perm)`
+      says unit h's codes live on unit perm[h]; `random_code(generator)` puts each clause's exact codes
+      on as many uniformly random units. Both refit the unit read-outs for the wrong codes on the same
+      fit batch (the best read-out a wrong code can have: the strongest version of the control).
     """
 
-    why_not = "feature-channel explains clause models only"
+    why_not = "feature-channel claims clause codes on hidden units (no token code, no candidate set)"
 
     def __init__(self, task: Task, codes: SiteCodes, rho: float, post: Tensor, logits: Tensor, target: Tensor,
                  exact: Tensor | None = None):
@@ -240,13 +254,12 @@ class FeatureChannelFit(Fitted):
         return self._with_exact(exact)
 
     def random_code(self, generator: torch.Generator) -> "FeatureChannelFit":
-        """As many exact codes as this fit has, on uniformly random sites (a same-density wrong code)."""
+        """Each clause's exact codes on as many uniformly random units: the same codes per clause (the same
+        clauses covered), random sites."""
         H, K = self.exact.shape
-        n = int(self.exact.sum())
-        pick = torch.randperm(H * K, generator=generator)[:n]
-        exact = torch.zeros(H * K, dtype=torch.bool)
-        exact[pick] = True
-        return self._with_exact(exact.view(H, K).to(self.exact.device))
+        counts = self.exact.sum(0).cpu()  # [K]: exact codes per clause
+        rank = torch.rand(H, K, generator=generator).argsort(0).argsort(0)  # [H, K]: a random order of units per clause
+        return self._with_exact((rank < counts).to(self.exact.device))
 
     def summary(self) -> dict[str, float | int | str]:
         exact, near = self.clause_codes()

@@ -251,6 +251,14 @@ class HasTokenCode(Protocol):
 
 
 @runtime_checkable
+class HasClauseCodes(Protocol):
+    """A clause-family explanation that names which hidden units carry which clauses (feature channels)."""
+
+    def clause_codes(self) -> tuple[Tensor, Tensor]:
+        """(exact [d_mlp, n_outputs] bool, near [d_mlp, n_outputs] bool): unit h carries clause c."""
+
+
+@runtime_checkable
 class Patchable(Protocol):
     """An idealised activation at one hook, for causal probes."""
 

@@ -21,8 +21,8 @@ Ranked probes (they test the explanation):
 Model diagnostics (shown, never ranked: they read the model, not the claim): `bimodality`,
 `mask-agreement`.
 
-`hidden-code` and `patch` also understand the clause family (`tasks/clauses.py`); its own
-probes, `code-count` and `code-recall`, are in `probes_clauses.py`.
+`hidden-code`, `prediction` and `patch` also understand the clause family (`tasks/clauses.py`);
+its own probes, `code-recall` (ranked) and `code-count` (a diagnostic), are in `probes_clauses.py`.
 
 Each probe declares the task families it understands, the hooks it reads, the capabilities of a
 fitted explanation it reads (`reads_fit`: a control that changes none of them is invisible to
@@ -98,6 +98,14 @@ def mcc(pred: Tensor, actual: Tensor, what: str) -> dict[str, float] | NotApplic
     return out
 
 
+def active_units(post: Tensor) -> Tensor:
+    """[batch, d_mlp] bool: which units of a post-ReLU activation ([batch, d_mlp]) are on. "On" is relative to
+    each unit's scale over the batch, so a unit idling at a tiny positive value (a bias that has not quite
+    reached 0) still counts as off."""
+    post = post.float()
+    return post > 1e-3 * post.amax(0, keepdim=True).clamp_min(1e-6)
+
+
 def model_hook_names(model: Any, batch: Batch) -> set[str]:
     """Every hook name the model answers (from its hook_dict, else from one cached forward)."""
     names = getattr(model, "hook_dict", None)
@@ -168,10 +176,7 @@ class HiddenCode(Probe):
             return cannot(fitted, "hidden code")
         with torch.no_grad():
             _, cache = model.run_with_cache(**batch.inputs, names_filter=list(self.reads))
-        post = last_position(cache[self.reads[0]]).float()  # [batch, d_mlp]
-        # "Active" relative to each unit's scale, so a unit idling at a tiny positive value
-        # (a bias that has not quite reached 0) still counts as off.
-        active = post > 1e-3 * post.amax(0, keepdim=True).clamp_min(1e-6)
+        active = active_units(last_position(cache[self.reads[0]]))
         return mcc(predicted.to(active.device), active, "active units")
 
 
@@ -213,15 +218,18 @@ class Candidates(Probe):
 class Prediction(Probe):
     """Behaviour: how much of the model's output distribution the explanation's own prediction explains.
 
-    kl = KL(model || prediction). Raw KL is not comparable across models (a near-uniform
-    untrained model is trivially close to a flat prediction), so the main score is
-    kl_explained = 1 - KL(model || prediction) / KL(model || uniform): the share of the
-    model's departure from uniform that the prediction accounts for. Its chance level is the
-    answer-only control's (naming the target already explains most of it). Left out (not
-    applicable) when the model is itself within 1e-3 nats of uniform.
+    kl = KL(model || prediction), between output distributions as the task defines them
+    (`Task.output_kl`: one softmax for the top-k family, K independent Bernoullis for clauses).
+    Raw KL is not comparable across models (a near-uniform untrained model is trivially close to
+    a flat prediction), so the main score is kl_explained = 1 - KL(model || prediction) /
+    KL(model || uniform), uniform = all-zero logits: the share of the model's departure from
+    uniform that the prediction accounts for. Its chance level is the answer-only control's
+    (naming the target already explains most of it). Left out (not applicable) when the model is
+    itself within 1e-3 nats of uniform.
     """
 
     level = "behaviour"
+    families = ("topk", "clauses")
     relabel_invariant = True  # the explanation is refitted to the relabelled model, which it then explains alike
     reads_fit = ("predict_logits",)
     main = "kl_explained"
@@ -232,11 +240,9 @@ class Prediction(Probe):
         if logits is None:
             return cannot(fitted, "outputs")
         with torch.no_grad():
-            m = torch.log_softmax(model(**batch.inputs).double(), -1)
-        f = torch.log_softmax(logits.double().to(m.device), -1)
-        p = m.exp()
-        kl = (p * (m - f)).sum(-1).mean().item()
-        kl_uniform = ((p * m).sum(-1) + math.log(m.shape[-1])).mean().item()
+            m = model(**batch.inputs)
+        kl = task.output_kl(m, logits.to(m.device)).mean().item()
+        kl_uniform = task.output_kl(m, torch.zeros_like(m)).mean().item()  # all-zero logits: the uniform output
         if kl_uniform <= 1e-3:
             return NotApplicable("the model's output is uniform to within 1e-3 nats: nothing to explain")
         return {"kl_explained": 1 - kl / kl_uniform, "kl": kl}

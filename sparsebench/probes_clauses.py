@@ -1,36 +1,38 @@
-"""Probes of the clause family (docs/science.md §7): how many clauses a fitted code covers, and whether
-the clauses the model computes are the ones its codes cover.
+"""Probes of the clause family (docs/science.md §7): do the hidden units a fitted code names carry the
+clauses the model decides, and how many codes does the model's feature space hold.
 
-Both ask the fitted explanation for `clause_codes()` (the `HasClauseCodes` capability, which the
-`feature-channel` fit offers) and record "not applicable" for any other explanation. Like every
-probe they are scored next to the null models (`untrained`, `shuffled`), whose codes are refitted.
+Both read the explanation's `clause_codes()` (`api.HasClauseCodes`, which the `feature-channel` fit
+offers) and are not applicable to any other explanation. Like every probe they are scored beside the
+control explanations and the null models (`sparsebench.explain`).
+
+- `code-recall` (behaviour, ranked): Matthews correlation, pooled over samples and clauses, of "a unit
+  coded for clause c is active" with "the model says clause c holds" (logit > 0). Chance-corrected: 0
+  for codes on units that do not carry the clause (permuted units, random sites, a re-initialised
+  W_in) and for no codes at all (an uncovered clause predicts "never"); 1 when every decision of the
+  model is carried by its coded units, as in the exact construction. `recall` is the share of the
+  model's "holds" decisions that a coded unit carries.
+- `code-count` (weights, a model diagnostic: shown, never ranked): how many codes the model's feature
+  space holds (clauses covered, exact and near codes). It reads the model, not a claim about it (a
+  control with the same codes on other units has the same counts); the untrained null gives the count
+  that chance leaves at initialisation.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
-from torch import Tensor
 
-from sparsebench.api import Batch, Fitted, Task
-from sparsebench.probes import NotApplicable, Probe, cannot
-
-COMPUTED_BAL_ACC = 0.95  # a model "computes" clause c when its per-clause balanced accuracy on the batch is at least this
-
-
-@runtime_checkable
-class HasClauseCodes(Protocol):
-    """Exact and near clause codes on the hidden units."""
-
-    def clause_codes(self) -> tuple[Tensor, Tensor]:
-        """(exact [H, K] bool, near [H, K] bool)."""
+from sparsebench.api import Batch, Fitted, HasClauseCodes, NotApplicable, Task, last_position
+from sparsebench.probes import Probe, active_units, cannot, mcc
 
 
 class CodeCount(Probe):
-    """Weights: how many clauses the fitted code covers (a clause is covered by at least one exact code)."""
+    """Diagnostic: clauses covered (share with at least one exact code), exact and near codes."""
 
     level = "weights"
+    ranked = False
+    reads_fit = ("clause_codes",)
     main = "covered"
     families = ("clauses",)
     directions = {"covered": "higher", "exact_codes": "higher", "near_codes": "higher"}
@@ -38,46 +40,27 @@ class CodeCount(Probe):
     def score(self, model: Any, fitted: Fitted, task: Task, batch: Batch) -> dict[str, float] | NotApplicable:
         if not isinstance(fitted, HasClauseCodes):
             return cannot(fitted, "clause codes")
-        exact, near = fitted.clause_codes()
+        exact, near = fitted.clause_codes()  # [H, K] bool each
         return {"covered": exact.any(0).float().mean().item(), "exact_codes": float(exact.sum()),
                 "near_codes": float(near.sum())}
 
 
-def per_clause_balanced_accuracy(logits: Tensor, target: Tensor) -> Tensor:
-    """[K]: (TPR + TNR) / 2 of each clause over the batch (a class absent from the batch drops out)."""
-    y, pred = target.bool(), logits > 0
-    pos, neg = y.sum(0).float(), (~y).sum(0).float()
-    tpr = (pred & y).sum(0) / pos.clamp_min(1)
-    tnr = (~pred & ~y).sum(0) / neg.clamp_min(1)
-    return torch.where((pos > 0) & (neg > 0), (tpr + tnr) / 2, torch.where(pos > 0, tpr, tnr))
-
-
 class CodeRecall(Probe):
-    """Behaviour: of the task's clauses, the share that the model computes *and* the code covers.
-
-    recall = |computed ∩ covered| / K (the main score: 1 when every clause is computed through an exact
-    code; an untrained model computes none and scores 0); precision = |computed ∩ covered| / |covered|
-    (how many coded clauses the model really computes); f1 of the two. "Computed" = per-clause balanced
-    accuracy >= COMPUTED_BAL_ACC on the probe batch.
-    """
+    """Behaviour: are the model's clause decisions carried by the units coded for them (MCC, chance-corrected)?"""
 
     level = "behaviour"
-    main = "recall"
+    reads = ("blocks.0.mlp.hook_post",)
+    reads_fit = ("clause_codes",)
+    main = "mcc"
     families = ("clauses",)
-    directions = {"recall": "higher", "precision": "higher", "f1": "higher"}
+    directions = {"mcc": "higher", "precision": "higher", "recall": "higher", "f1": "higher"}
 
     def score(self, model: Any, fitted: Fitted, task: Task, batch: Batch) -> dict[str, float] | NotApplicable:
         if not isinstance(fitted, HasClauseCodes):
             return cannot(fitted, "clause codes")
-        exact, _ = fitted.clause_codes()
+        exact, _ = fitted.clause_codes()  # [H, K] bool
         with torch.no_grad():
-            computed = per_clause_balanced_accuracy(model(**batch.inputs).float(), batch.target) >= COMPUTED_BAL_ACC
-        covered = exact.any(0).to(computed.device)
-        both = (computed & covered).sum().item()
-        recall = both / covered.numel()
-        out = {"recall": recall}
-        if covered.any():
-            precision = both / covered.sum().item()
-            out["precision"] = precision
-            out["f1"] = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-        return out
+            logits, cache = model.run_with_cache(**batch.inputs, names_filter=list(self.reads))
+        active = active_units(last_position(cache[self.reads[0]]))  # [batch, H]
+        carried = (active.float() @ exact.to(active.device).float()) > 0  # [batch, K]: a coded unit of c is on
+        return mcc(carried, last_position(logits).float() > 0, "clauses decided to hold")

@@ -42,6 +42,10 @@ from sparsebench.api import Model, Task
 from sparsebench.config import check
 
 
+# State-dict names of the paper's matrices (what the ticket pipeline reads and writes in snapshots and masks).
+C0_KEY, W1_KEY, MASK_KEY, W2_KEY = "embed.C0", "blocks.0.mlp.W1", "blocks.0.mlp.mask", "unembed.W2"
+
+
 @dataclass(frozen=True)
 class MLP2Config:
     d_hidden: int = 16  # H: hidden ReLU units (the width) [paper: 16, and 32 for the expansion]
@@ -135,6 +139,9 @@ class MLP2(HookedRootModule, Model):
     families = ("clauses",)
     width_fields = ("d_hidden",)
     n_layers = 1
+    # What the model-randomisation controls re-initialise (`baselines/controls.py`). W_U is the identity (the
+    # block writes straight into the K logits): there is no W_U weight to re-initialise.
+    weight_groups = {"W_E": (C0_KEY,), "W_in": (W1_KEY,), "W_out": (W2_KEY,)}
 
     def __init__(self, config: MLP2Config, task: Task | None = None, *, n_inputs: int | None = None,
                  n_outputs: int | None = None, generator: torch.Generator | None = None):
@@ -239,7 +246,7 @@ class StackedMLP2(nn.Module):
             for name, param in template.named_parameters():
                 out.params[name.replace(".", "__")] = nn.Parameter(
                     torch.stack([s[name].to(param.dtype) for s in states]), requires_grad=param.requires_grad)
-            out.mask = torch.stack([s["blocks.0.mlp.mask"].to(template.mask.dtype) for s in states])
+            out.mask = torch.stack([s[MASK_KEY].to(template.mask.dtype) for s in states])
         return out
 
     def p(self, name: str) -> Tensor:
@@ -247,11 +254,11 @@ class StackedMLP2(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [inst, batch, n] -> logits [inst, batch, K]."""
-        C0 = self.p("embed.C0")  # [inst, d, n]
+        C0 = self.p(C0_KEY)  # [inst, d, n]
         z = torch.bmm(x.to(C0.dtype), C0.transpose(1, 2))  # [inst, batch, d]
-        W1 = self.p("blocks.0.mlp.W1") * self.mask  # [inst, H, d]
+        W1 = self.p(W1_KEY) * self.mask  # [inst, H, d]
         h = F.relu(torch.baddbmm(self.p("blocks.0.mlp.b1").unsqueeze(1), z, W1.transpose(1, 2)))  # [inst, batch, H]
-        return torch.baddbmm(self.p("unembed.b2").unsqueeze(1), h, self.p("unembed.W2").transpose(1, 2))
+        return torch.baddbmm(self.p("unembed.b2").unsqueeze(1), h, self.p(W2_KEY).transpose(1, 2))
 
     def unstack(self, template: MLP2) -> list[MLP2]:
         """Split into N `MLP2`s shaped like `template` (whose weights are overwritten in copies)."""

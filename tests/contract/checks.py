@@ -212,7 +212,8 @@ def check_control(name: str) -> None:
             made += 1
             assert isinstance(result, Fitted)
             batch = task.sample(32, generator=g(4))
-            names = ("hidden_active", "predict_logits", "predict_candidates", "ideal_activation", "token_code")
+            names = ("hidden_active", "predict_logits", "predict_candidates", "ideal_activation", "token_code",
+                     "clause_codes")
             differs = [n for n in names if hasattr(fitted, n) and hasattr(result, n) and not _same(
                 getattr(fitted, n)() if n in NO_BATCH else getattr(fitted, n)(batch),
                 getattr(result, n)() if n in NO_BATCH else getattr(result, n)(batch))]

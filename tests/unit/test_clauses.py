@@ -7,12 +7,13 @@ import copy
 import pytest
 import torch
 
+from sparsebench.baselines.controls import AnswerOnly, ClauseAnswerOnlyFit
 from sparsebench.baselines.nulls import Shuffled, Untrained
 from sparsebench.build import make_mechanism, make_model, make_task
 from sparsebench.errors import ConfigError
 from sparsebench.mechanisms.feature_channel import FeatureChannelFit, site_codes
 from sparsebench.models.mlp2 import MLP2, hadamard
-from sparsebench.probes import HiddenCode, Patch
+from sparsebench.probes import HiddenCode, Patch, Prediction
 from sparsebench.probes_clauses import CodeCount, CodeRecall
 from sparsebench.tasks.clauses import parse_template, template_counts
 from sparsebench.training import TrainConfig, init_models, make_optimizer
@@ -188,11 +189,14 @@ def test_the_construction_computes_and_codes_every_clause(task, width):
     s = fit.summary()
     assert s["covered"] == 16 and s["exact_codes"] == 16 and s["units_coded"] == 16
     batch = task.sample(1024, generator=g(2))
-    assert HiddenCode().score(model, fit, task, batch) == {"mcc": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    perfect = {"mcc": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert HiddenCode().score(model, fit, task, batch) == perfect
+    assert CodeRecall().score(model, fit, task, batch) == perfect
     patch = Patch().score(model, fit, task, batch)
     assert patch["loss_recovered"] == pytest.approx(1.0, abs=1e-6) and patch["kl_to_clean"] < 1e-6
-    assert CodeCount().score(model, fit, task, batch)["covered"] == 1.0
-    assert CodeRecall().score(model, fit, task, batch) == {"recall": 1.0, "precision": 1.0, "f1": 1.0}
+    assert Prediction().score(model, fit, task, batch)["kl_explained"] == pytest.approx(1.0, abs=1e-6)
+    count = CodeCount().score(model, fit, task, batch)
+    assert (count["covered"], count["exact_codes"]) == (1.0, 16.0) and count["near_codes"] >= 16
 
 
 def test_the_construction_needs_one_unit_per_clause(task):
@@ -208,12 +212,35 @@ def test_controls_keep_the_statistics_and_break_the_content(task):
     wrong = fit.permuted_units(perm)
     assert torch.equal(wrong.exact[perm], fit.exact) and wrong.exact.sum() == fit.exact.sum()
     rand = fit.random_code(g(3))
-    assert isinstance(rand, FeatureChannelFit) and rand.exact.sum() == fit.exact.sum()
+    assert isinstance(rand, FeatureChannelFit) and torch.equal(rand.exact.sum(0), fit.exact.sum(0))
+    assert not torch.equal(rand.exact, fit.exact) and not torch.equal(rand.exact, fit.random_code(g(4)).exact)
     batch = task.sample(1024, generator=g(2))
-    assert HiddenCode().score(model, wrong, task, batch)["mcc"] < 0.5
-    assert Patch().score(model, wrong, task, batch)["loss_recovered"] < 0.5
+    for control in (wrong, rand):  # the right statistics on the wrong units: chance level
+        assert abs(HiddenCode().score(model, control, task, batch)["mcc"]) < 0.3
+        assert abs(CodeRecall().score(model, control, task, batch)["mcc"]) < 0.3
+        assert Patch().score(model, control, task, batch)["loss_recovered"] < 0.5
     with pytest.raises(ValueError, match="permutation"):
         fit.permuted_units(torch.zeros(16, dtype=torch.long))
+
+
+def test_answer_only_for_clauses_is_the_best_prediction_from_the_target_alone(task):
+    model = make_model("mlp2", {}, task, generator=g(0))
+    fit = AnswerOnly().make(None, model, task, refit=None, generator=g(5))
+    batch = task.sample(AnswerOnly.fit_samples, generator=g(5))  # the control's own fit batch
+    with torch.no_grad():
+        out = model(**batch.inputs)
+
+    def kl(on, off):
+        return task.output_kl(out, ClauseAnswerOnlyFit(on, off).predict_logits(batch)).mean().item()
+
+    best = kl(fit.on, fit.off)
+    step = torch.zeros(16, dtype=torch.float64)
+    step[3] = 0.1
+    for d in (step, -step):  # any other value of a clause's "holds" or "does not hold" logit is worse
+        assert kl(fit.on + d, fit.off) > best and kl(fit.on, fit.off + d) > best
+    other = type(batch)(batch.inputs, 1 - batch.target)
+    assert not torch.equal(fit.predict_logits(other), fit.predict_logits(batch)), "it reads the target..."
+    assert not hasattr(fit, "hidden_active") and not hasattr(fit, "clause_codes"), "...and nothing else"
 
 
 def test_probes_say_not_applicable_for_an_explanation_without_clause_codes(task):
@@ -225,4 +252,5 @@ def test_probes_say_not_applicable_for_an_explanation_without_clause_codes(task)
     assert CodeCount().score(model, NoCodes(), task, batch).reason == "x has no clause codes"
     assert CodeRecall().score(model, NoCodes(), task, batch).reason == "x has no clause codes"
     fit = make_mechanism("feature-channel").fit(copy.deepcopy(model), task, generator=g(1))
-    assert CodeRecall().score(model, fit, task, batch)["recall"] == 0.0  # an untrained model computes no clause
+    assert fit.summary()["exact_codes"] > 0, "chance leaves some exact codes at initialisation"
+    assert CodeRecall().score(model, fit, task, batch)["mcc"] < 0.1, "...which carry none of its decisions"

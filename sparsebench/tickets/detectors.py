@@ -41,9 +41,9 @@ from sparsebench import registry
 from sparsebench.api import Batch, Configurable, Task
 from sparsebench.config import check
 from sparsebench.mechanisms.feature_channel import SiteCodes, site_codes
+from sparsebench.models.mlp2 import C0_KEY, W1_KEY, W2_KEY
 from sparsebench.tickets.masks import top_mask
 
-W1_KEY, C0_KEY, W2_KEY = "blocks.0.mlp.W1", "embed.C0", "unembed.W2"  # mlp2 state-dict names
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ whether one process or several ran them.
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,23 +28,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparsebench import limits
 from sparsebench.api import EVAL_SEED, applies
 from sparsebench.build import make_model, make_task, model_class
 from sparsebench.checkpoints import RunSpec
 from sparsebench.config import to_dict
 from sparsebench.context import RunContext
-from sparsebench.errors import UserError
-from sparsebench.io import write_json
+from sparsebench.errors import ConfigError, UserError
+from sparsebench.io import ensure_writable, write_json
 from sparsebench.mechanisms.feature_channel import SiteCodes, site_codes
 from sparsebench.records import (DetectorInfo, EvalInfo, ModelInfo, TicketRecord, record_id, to_json)
 from sparsebench.tickets.config import TicketSuite
 from sparsebench.tickets.dense import DenseRun, dense_runs
-from sparsebench.tickets.detectors import C0_KEY, W1_KEY, DetectionInput, Detector, make_detector
+from sparsebench.models.mlp2 import C0_KEY, MASK_KEY, W1_KEY
+from sparsebench.tickets.detectors import DetectionInput, Detector, make_detector
 from sparsebench.tickets.masks import budget, jaccard, top_mask, translate
 from sparsebench.tickets.retrain import Instance, evaluate_stacked, feature_codes, stack, train_stacked
 from sparsebench.training import seed_generator
 
-MASK_KEY = "blocks.0.mlp.mask"
 KINDS = ("feature", "weight", "control", "reference")  # a detector's kind (references: shown, never ranked)
 MAX_STACK = 512  # instances per stacked model (bounds memory; each chunk trains on the same data)
 # Ticket metrics, in display order, with their directions (recorded with every record).
@@ -92,6 +94,7 @@ class TicketPlan:
             if det.kind not in KINDS:
                 raise UserError(f"detector {name!r} has kind {det.kind!r}; a detector's kind is one of "
                                 f"{', '.join(KINDS)}")
+        limits.check_samples(self.task, {"eval_samples": (suite.eval_samples, TicketSuite.eval_samples)}, "tickets")
         self.cells = [suite.cell(c) for c in suite.cells]
         default_width = cls.width_of(to_dict(cls.make_config(suite.model_config, "model")))
         self.cell_widths = [c.width or default_width for c in self.cells]
@@ -100,6 +103,10 @@ class TicketPlan:
             if w not in self.specs:
                 cfg = {**suite.model_config, self.width_field: w}
                 self.specs[w] = RunSpec.create(suite.task, suite.task_config, suite.model, cfg, suite.train)
+                try:  # the retraining stacks up to MAX_STACK instances: its batches must fit too
+                    limits.check_run(self.task, cls, self.specs[w].model_config, suite.retrain, instances=MAX_STACK)
+                except ConfigError as e:
+                    raise ConfigError("retrain" if e.where == "train" else e.where, e.field, e.detail) from None
                 model = make_model(suite.model, self.specs[w].model_config, self.task)
                 missing = [k for k in (W1_KEY, MASK_KEY, C0_KEY) if k not in model.state_dict()]
                 if missing:
@@ -174,6 +181,8 @@ def _run_tickets(suite: TicketSuite, out: Path, ctx: RunContext, force: bool) ->
     ids = {v: plan.record_id(v) for v in variants}
     existing = set() if force else {p.stem for p in (out / "ticket").glob("*.json")} if out.exists() else set()
     todo = [v for v in variants if ids[v] not in existing]
+    if todo:  # before any work: a results folder that cannot be written is one line now, not after the training
+        ensure_writable(out, "the results folder", hint="--out")
     # One job per width and share of the seeds (one share per worker: the seeds of a share train stacked).
     job_ctx = ctx.single() if ctx.workers > 1 else ctx
     calls = []
@@ -182,10 +191,12 @@ def _run_tickets(suite: TicketSuite, out: Path, ctx: RunContext, force: bool) ->
         for share in _shares(seeds, ctx.workers) if seeds else []:
             calls.append((plan, w, share, [v for v in todo if v.width == w and v.seed in share], job_ctx))
     written = 0
-    for records in ctx.accel.map_jobs(run_job, calls, plan.registry_names(), desc="tickets"):
-        for rel, data in records:
-            write_json(out / rel, data)
-            written += 1
+    # closing: an exception here (Ctrl-C while writing) stops the worker processes now, not at exit
+    with closing(ctx.accel.map_jobs(run_job, calls, plan.registry_names(), desc="tickets")) as results:
+        for records in results:
+            for rel, data in records:
+                write_json(out / rel, data)
+                written += 1
     return {"written": written, "skipped": len(variants) - len(todo), "variants": len(variants)}
 
 
@@ -260,7 +271,12 @@ def _run_seeds(plan: TicketPlan, width: int, seeds: list[int], todo: list[Varian
         chunk = inst_list[lo: lo + MAX_STACK]
         module = stack(task, spec.model, spec.model_config, chunk)
         init_codes.append(feature_codes(module, task, suite.rho, suite.near).distance)
-        train_stacked(module, task, suite.retrain, [i.seed for i in chunk], ctx, label=f"retrain H={width}")
+        losses = train_stacked(module, task, suite.retrain, [i.seed for i in chunk], ctx, label=f"retrain H={width}")
+        finite = torch.stack([torch.isfinite(p.detach()).flatten(1).all(1) for p in module.params.values()]).all(0)
+        bad = int((~(finite & torch.isfinite(losses))).sum())  # a diverged ticket must never reach a board
+        if bad:
+            raise UserError(f"retraining diverged: {bad} of {len(chunk)} tickets at width {width} ended with a "
+                            f"non-finite loss or weights (retrain.lr={suite.retrain.lr:g}); lower retrain.lr")
         module = module.cpu()
         metrics.append(evaluate_stacked(module, task, held))
         final_codes.append(feature_codes(module, task, suite.rho, suite.near).distance)

@@ -28,13 +28,11 @@ from tqdm.auto import tqdm
 from sparsebench.api import Batch, Task
 from sparsebench.build import make_model
 from sparsebench.mechanisms.feature_channel import SiteCodes, site_codes
-from sparsebench.models.mlp2 import StackedMLP2
+from sparsebench.models.mlp2 import C0_KEY, MASK_KEY, W1_KEY, StackedMLP2
 from sparsebench.training import AutogradStep, TrainConfig, lr_factor, seed_generator
 
 if TYPE_CHECKING:
     from sparsebench.context import RunContext
-
-W1_KEY, MASK_KEY = "blocks.0.mlp.W1", "blocks.0.mlp.mask"
 
 
 @dataclass
@@ -111,5 +109,5 @@ def _slice(module: StackedMLP2, idx: slice) -> StackedMLP2:
 
 def feature_codes(module: StackedMLP2, task: Task, rho: float, near: int) -> SiteCodes:
     """The site table of every instance: C1 = (W1 ⊙ M) C0 -> distances [inst, H, K]."""
-    C1 = (module.p(W1_KEY) * module.mask) @ module.p("embed.C0")  # [inst, H, n]
+    C1 = (module.p(W1_KEY) * module.mask) @ module.p(C0_KEY)  # [inst, H, n]
     return site_codes(C1, task.variables, task.signs, rho, near)  # type: ignore[attr-defined]

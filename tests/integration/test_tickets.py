@@ -137,13 +137,14 @@ def test_a_plugin_detector_is_ranked_with_the_built_ins(tmp_path, monkeypatch):
     import torch
 
     from sparsebench.leaderboard.build import build_boards
+    from sparsebench.models.mlp2 import W1_KEY
     from sparsebench.tickets.detectors import Detector, Scores
 
     class LastRow(Detector):  # keeps the coordinates of the last rows first
         kind = "weight"
 
         def scores(self, inp):
-            W1 = inp.at_step["blocks.0.mlp.W1"]
+            W1 = inp.at_step[W1_KEY]
             return Scores("weights", torch.arange(W1.numel(), dtype=torch.float32).view_as(W1))
 
     monkeypatch.setitem(registry.detectors._load(), "last-row", registry.Entry("last-row", LastRow, "test", "0"))
@@ -153,6 +154,42 @@ def test_a_plugin_detector_is_ranked_with_the_built_ins(tmp_path, monkeypatch):
     mine = board[board["detector"] == "last-row"]
     assert len(mine) == 3 and mine["rank"].notna().all(), "a plugin's detector is ranked like a built-in"
     assert board[board["detector"] == "final-magnitude"]["rank"].isna().all(), "a reference is never ranked"
+
+
+def test_a_damaged_snapshot_entry_is_moved_aside_and_retrained(tmp_path):
+    from sparsebench.checkpoints import CacheWarning
+
+    suite = suite_from_dict({**_tiny_dict(), "seeds": [0], "detectors": ["magnitude"], "cells": [{}]})
+    ctx = RunContext.create("cpu", progress=False, cache=tmp_path / "cache")
+    run_tickets(suite, tmp_path / "a", ctx)
+    (entry,) = (tmp_path / "cache" / "tickets").iterdir()
+    weights = entry / "snapshots.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # cut short, as by a full disk
+    with pytest.warns(CacheWarning, match="damaged cache entry .*snapshots.safetensors cannot be read"):
+        run_tickets(suite, tmp_path / "b", ctx)
+    assert [p.name for p in (tmp_path / "cache" / "tickets").iterdir() if p.name.startswith(".damaged-")]
+    a, b = ({r.id: r.metrics for r in tickets_in(tmp_path / name)} for name in "ab")
+    assert a == b and len(a) == 3, "retrained into the same run"
+
+
+@pytest.mark.parametrize("where", ["dense", "retrain"])
+def test_a_run_that_diverges_is_an_error_and_is_never_cached(tmp_path, monkeypatch, where):
+    import math
+
+    from sparsebench.errors import UserError
+    from sparsebench.tickets import dense, pipeline
+
+    if where == "dense":
+        real = dense.optimise
+        monkeypatch.setattr(dense, "optimise", lambda *a, **k: ([math.nan] * len(a[3]), real(*a, **k)[1]))
+    else:
+        real = pipeline.train_stacked
+        monkeypatch.setattr(pipeline, "train_stacked", lambda *a, **k: real(*a, **k) * math.nan)
+    suite = suite_from_dict({**_tiny_dict(), "seeds": [0], "detectors": ["magnitude"], "cells": [{}]})
+    with pytest.raises(UserError, match=f"{'training' if where == 'dense' else 'retraining'} diverged"):
+        run_tickets(suite, tmp_path / "res", RunContext.create("cpu", progress=False, cache=tmp_path / "cache"))
+    assert not list((tmp_path / "res").glob("ticket/*.json"))
+    assert (where == "retrain") == any((tmp_path / "cache" / "tickets").glob("*")), "a diverged run is not cached"
 
 
 def _tiny_dict():

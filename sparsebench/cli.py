@@ -43,7 +43,7 @@ def _context(device: str, cache: Optional[Path], progress: bool, workers: int = 
 
 @app.command("list")
 def list_cmd() -> None:
-    """Print every registered task, model, mechanism, probe and baseline, and where it came from."""
+    """Print every registered entry (tasks, models, mechanisms, probes, nulls, controls, detectors) and its source."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text

@@ -28,6 +28,10 @@ optimiser are not counted, so the figure is a lower bound on the work done):
     forward per sample = 2 * (n_layers * 2 * d * m + d * V)
     training step      = 3 * forward * batch * instances   (backward = 2 x forward)
 
+`--regime tickets` (and the default, `all`) adds the ticket pipeline's stacked sparse
+retraining of 4 and 16 masks against one mask at a time (`bench_tickets.py`), timed
+interleaved in the same run.
+
 The plain loop is what a blog post would write: an `nn.Module` (Embedding, two
 Linear layers, Linear unembedding), AdamW with default settings, the full
 log-softmax and `F.kl_div` against a dense [batch, V] target, one model at a time.
@@ -57,6 +61,9 @@ REGIMES: dict[str, dict[str, int]] = {
     "default": dict(V=2000, k=5, d=64, m=64, batch=1024, steps=32, min_steps=2),
 }
 INSTANCES = (1, 4, 16)
+# --regime: one mlp1 regime, both, the tickets part (stacked sparse retraining: bench_tickets.py), or all three.
+REGIME_CHOICES = ("small", "default", "both", "tickets", "all")
+TICKET_STEPS = 100  # steps per mask in the tickets part (--steps overrides)
 
 
 def trainer_steps(regime: dict[str, int], n_steps: int, n: int) -> int:
@@ -234,13 +241,13 @@ class ProcessRunner:
                 p.join()
 
 
-def run_bench(repeats: int = 5, steps: int | None = None, regime: str = "both", processes: int = 0,
+def run_bench(repeats: int = 5, steps: int | None = None, regime: str = "all", processes: int = 0,
               json_path: Path | None = None) -> dict[str, Any]:
     """Run the benchmark (see the module docstring), print its tables, and return (and save) the figures."""
     import torch
 
-    if regime not in ("small", "default", "both"):
-        raise UserError(f"--regime must be small, default or both (got {regime!r})")
+    if regime not in REGIME_CHOICES:
+        raise UserError(f"--regime must be one of {', '.join(REGIME_CHOICES)} (got {regime!r})")
     if repeats < 1:
         raise UserError(f"--repeats must be at least 1 (got {repeats})")
     if steps is not None and steps < 1:
@@ -274,7 +281,7 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
     from sparsebench.build import make_task
     from sparsebench.io import write_json
 
-    names = ["small", "default"] if regime == "both" else [regime]
+    names = {"both": ["small", "default"], "all": ["small", "default"], "tickets": []}.get(regime, [regime])
     has_native, why_not = native.available()
     native_precisions = [p for p in ("fp32", "bf16") if has_native and native.available(bf16=p == "bf16")[0]]
     report: dict[str, Any] = {"cores": cores, "processes": procs, "torch": torch.__version__,
@@ -344,6 +351,10 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
             "median": med, "raw": rows,
             "step_parts": {"instances": share, "processes": workers, "waves": waves,
                            "loss_flops": parts.loss_flops(), **summarise(part_runs), "raw": part_runs}}
+    if regime in ("tickets", "all"):
+        from sparsebench.accel.bench_tickets import bench_tickets
+
+        report["tickets"] = bench_tickets(repeats, steps or TICKET_STEPS)
     _print(report)
     if json_path is not None:
         write_json(json_path, report)
@@ -370,8 +381,14 @@ def _print(report: dict[str, Any]) -> None:
                           f"{100 * m['of_matmul']:.0f}%")
         console.print(table)
         console.print(_parts_table(reg))
-    if report["native"] is not True:
+    if "tickets" in report:
+        from sparsebench.accel.bench_tickets import table
+
+        console.print(table(report["tickets"]))
+    if report["native"] is not True and report["regimes"]:
         console.print(f"native rows left out: {report['native']}", markup=False)  # a compiler's message
+    if not report["regimes"]:
+        return
     console.print("x plain: against the faster plain loop of the same repeat. % matmul: of the fp32 matmul on "
                   "as many cores as the row uses (rows without 'procs' or 'threads' use 1). FLOPs: 3 x forward "
                   "matmul FLOPs, forward = 2 (2 d m + d V) per sample. Medians of per-repeat values, all timed "

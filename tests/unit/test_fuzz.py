@@ -67,7 +67,7 @@ def test_record_parser_only_ever_refuses_with_a_value_error():
     pairs = [(f"{r.id}-{i}.json", r) for i, r in enumerate(accepted)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", records.RecordWarning)  # mutated ids repeat: "more than one record"
-        b = build.boards_of(pairs)
+        b = build.boards_from(pairs)
     tables = render.board_tables(b)
     for text in (render.to_terminal(tables), render.to_markdown(tables), render.to_html(tables),
                  render.to_csv(b)):

@@ -35,10 +35,9 @@ def hostile_boards(tmp_path_factory):
     sols = [r.model_copy(update={"metrics": {**r.metrics, "weight_leak": -0.5}}) for r in sols]  # negative numbers
     exps = [_rename(r, names[i % len(names)]) for i, r in enumerate(exps)]
     folder = tmp_path_factory.mktemp("hostile")
-    pairs = [(folder / f"{r.id}.json", r) for r in sols + exps]
-    from sparsebench.leaderboard import build
+    from sparsebench.leaderboard.build import boards_from
 
-    return build.boards_of(pairs)
+    return boards_from([(folder / f"{r.id}.json", r) for r in sols + exps])  # names no file would pass
 
 
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")

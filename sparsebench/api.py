@@ -124,9 +124,9 @@ class Task(Configurable, ABC):
 
         The probes compare outputs through it. Default: the logits are one softmax distribution; a task
         whose outputs are something else (e.g. independent Bernoullis, one per label) overrides it."""
-        from sparsebench.stats import kl_logits
-
-        return kl_logits(p_logits, q_logits)
+        lp = torch.log_softmax(p_logits.double(), dim=-1)
+        lq = torch.log_softmax(q_logits.double(), dim=-1)
+        return (lp.exp() * (lp - lq)).sum(-1)
 
     def behaviour(self, model: Any, batch: Batch, *, generator: torch.Generator) -> dict[str, float]:
         """Descriptive numbers about a model's behaviour on the held-out `batch` (and fresh samples drawn with

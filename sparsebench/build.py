@@ -1,4 +1,4 @@
-"""Make tasks, models and mechanisms by their registered name: the one path the CLI and library share."""
+"""Make tasks, models, mechanisms and ticket detectors by their registered name: the one path the CLI and library share."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def make_mechanism(name: str, config: dict[str, Any] | None = None) -> Any:
     mech = cls(cls.make_config(config or {}, "mechanism"))
     mech.name = name
     return mech
+
+
+def make_detector(name: str, config: dict[str, Any] | None = None) -> Any:
+    """Detector `name` with its config validated (errors name the field)."""
+    cls = registry.detectors.get(name)
+    det = cls(cls.make_config(config or {}, f"detector {name}"))
+    det.name = name
+    return det
 
 
 def make_model_config(name: str, config: dict[str, Any] | None = None) -> Any:

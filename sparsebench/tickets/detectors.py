@@ -37,7 +37,6 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from sparsebench import registry
 from sparsebench.api import Batch, Configurable, Task
 from sparsebench.config import check
 from sparsebench.mechanisms.feature_channel import SiteCodes, site_codes
@@ -100,14 +99,6 @@ class Detector(Configurable, ABC):
     @abstractmethod
     def scores(self, inp: DetectionInput) -> Scores:
         ...
-
-
-def make_detector(name: str, config: dict[str, Any] | None = None) -> Detector:
-    """Detector `name` with its config validated (errors name the field)."""
-    cls = registry.detectors.get(name)
-    det = cls(cls.make_config(config or {}, f"detector {name}"))
-    det.name = name
-    return det
 
 
 # ----- feature space -----------------------------------------------------------------------------

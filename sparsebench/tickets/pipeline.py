@@ -30,7 +30,7 @@ from torch import Tensor
 
 from sparsebench import limits
 from sparsebench.api import EVAL_SEED, applies
-from sparsebench.build import make_model, make_task, model_class
+from sparsebench.build import make_detector, make_model, make_task, model_class
 from sparsebench.checkpoints import RunSpec
 from sparsebench.config import to_dict
 from sparsebench.context import RunContext
@@ -41,7 +41,7 @@ from sparsebench.records import (DetectorInfo, EvalInfo, ModelInfo, TicketRecord
 from sparsebench.tickets.config import TicketSuite
 from sparsebench.tickets.dense import DenseRun, dense_runs
 from sparsebench.models.mlp2 import C0_KEY, MASK_KEY, W1_KEY
-from sparsebench.tickets.detectors import DetectionInput, Detector, make_detector
+from sparsebench.tickets.detectors import DetectionInput, Detector
 from sparsebench.tickets.masks import budget, jaccard, top_mask, translate
 from sparsebench.tickets.retrain import Instance, evaluate_stacked, feature_codes, stack, train_stacked
 from sparsebench.training import seed_generator

@@ -224,7 +224,8 @@ def check_control(name: str) -> None:
 def check_detector(name: str) -> None:
     """A detector names its kind and families, and scores the right space with the right shape, deterministically,
     on a small dense run of every registered task it understands (a model that reads it, at init and perturbed)."""
-    from sparsebench.tickets.detectors import DetectionInput, make_detector
+    from sparsebench.build import make_detector
+    from sparsebench.tickets.detectors import DetectionInput
     from sparsebench.tickets.masks import budget, top_mask
     from sparsebench.training import seed_generator
 

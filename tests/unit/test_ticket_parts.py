@@ -11,7 +11,8 @@ from sparsebench.build import make_model, make_task
 from sparsebench.context import RunContext
 from sparsebench.stats import paired_diff_ci, sign_test_p
 from sparsebench.tickets.claims import compare
-from sparsebench.tickets.detectors import DetectionInput, average_ranks, make_detector
+from sparsebench.build import make_detector
+from sparsebench.tickets.detectors import DetectionInput, average_ranks
 from sparsebench.tickets.masks import budget, clause_directions, jaccard, top_mask, translate
 from sparsebench.tickets.retrain import Instance, evaluate_stacked, stack, train_stacked
 from sparsebench.training import TrainConfig, init_models, seed_generator, train

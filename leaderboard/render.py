@@ -304,7 +304,9 @@ def to_terminal(tables: list[Table], width: int | None = None) -> str:
 
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), record=True, width=width or 200, force_terminal=False, highlight=False)
+    # force_jupyter=False: inside a notebook rich would otherwise display the tables instead of returning them.
+    console = Console(file=io.StringIO(), record=True, width=width or 200, force_terminal=False, force_jupyter=False,
+                      highlight=False)
     print_tables(console, tables)
     return console.export_text(styles=False)
 

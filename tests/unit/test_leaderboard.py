@@ -9,6 +9,8 @@ import io
 import json
 import math
 import re
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -355,6 +357,16 @@ def test_terminal_renders_every_table():
     assert "n/a" in text and "★" in text
 
 
+def test_terminal_text_is_returned_not_displayed_inside_a_notebook(monkeypatch, capsys):
+    import rich.console
+
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)  # what rich sees in a Jupyter kernel
+    tables = render.board_tables(_all_boards())
+    text = render.to_terminal(tables, width=250)
+    assert tables[0].title[:40] in text
+    assert capsys.readouterr().out == ""
+
+
 def test_unknown_format_is_one_line_user_error(tmp_path):
     from sparsebench.cli import leaderboard
 
@@ -397,6 +409,16 @@ def test_scaling_figure_draws_with_hostile_names():
     fig = figures.scaling_figure(b, b.task_key.iloc[0])
     png = figures.to_png(fig)
     assert png[:4] == b"\x89PNG"
+
+
+def test_figures_leave_the_matplotlib_backend_alone():
+    """A notebook's inline backend must survive importing the figures and drawing one (no pyplot, no use())."""
+    code = ("import matplotlib; matplotlib.use('svg'); import sys; import numpy as np; "
+            "from sparsebench.leaderboard import figures; "
+            "figures.to_png(figures.topk_mass_figure(np.random.rand(100), 5)); "
+            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["svg", "False"]
 
 
 def test_copy_of_records_not_mutated():

@@ -2,7 +2,7 @@
 
 `build_boards` loads typed records from folders and computes both boards;
 `render_leaderboard` turns them into terminal text, Markdown, CSV or one HTML
-page; `scaling_pngs` draws the scaling figures embedded in the HTML page.
+page; `scaling_images` draws the scaling figures embedded in the HTML page.
 """
 
 from __future__ import annotations
@@ -35,17 +35,19 @@ def build_boards(results: list[Path], min_auroc: float = validity.MIN_AUROC) -> 
             "not_applicable": frames.not_applicable(recs)}
 
 
-def scaling_pngs(sol: Any) -> list[tuple[str, bytes]]:
-    """(caption, PNG) per task: KL and false-positive rate against width with fits."""
+def scaling_images(sol: Any) -> list[render.Image]:
+    """Per task: KL and false-positive rate against width with fits, as PNGs for the HTML page."""
     if sol is None or sol.empty:
         return []
     out = []
     for tk, g in sol.groupby("task_key", sort=False):
         fig = figures.scaling_figure(sol, tk)
         if fig is not None:
-            out.append((f"{g['task_label'].iloc[0]}: KL and false-positive rate against width (mean ± std over "
-                        f"seeds) with exponential (dashed) and power-law (dotted) fits; ★ marks the better R² "
-                        f"(of log y).", figures.to_png(fig)))
+            label = g["task_label"].iloc[0]
+            out.append(render.Image(
+                f"{label}: KL and false-positive rate against width (mean ± std over seeds) with exponential "
+                f"(dashed) and power-law (dotted) fits; ★ marks the better R² (of log y).", figures.to_png(fig),
+                facets={"task": (label,)}))
     return out
 
 
@@ -64,5 +66,5 @@ def render_leaderboard(results: list[Path], format: str, b: dict[str, Any] | Non
         n = len(b["records"])
         intro = (f"{n} record(s) from {', '.join(map(str, results))}. Spread = sample std over seeds (n = seeds). "
                  f"Ranking rule: see docs/leaderboard.md.")
-        return render.to_html(tables, scaling_pngs(b["solutions"]), intro=intro)
+        return render.to_html(tables, scaling_images(b["solutions"]), intro=intro)
     return render.to_terminal(tables)

@@ -340,7 +340,7 @@ def test_csv_parses_back_to_the_numbers():
 
 
 def test_html_escapes_every_record_string():
-    page = render.to_html(render.board_tables(_all_boards()), [("cap <b>x</b>", b"\x89PNG")])
+    page = render.to_html(render.board_tables(_all_boards()), [render.Image("cap <b>x</b>", b"\x89PNG")])
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("<script>") == 1  # only the sorter

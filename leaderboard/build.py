@@ -36,11 +36,13 @@ def build_boards(results: list[Path], min_auroc: float = validity.MIN_AUROC) -> 
 
 
 def scaling_images(sol: Any) -> list[render.Image]:
-    """Per task: KL and false-positive rate against width with fits, as PNGs for the HTML page."""
+    """Per task: KL and false-positive rate against width with fits, as PNGs for the HTML page, the task with the
+    widest sweep first."""
     if sol is None or sol.empty:
         return []
     out = []
-    for tk, g in sol.groupby("task_key", sort=False):
+    for tk in sol.groupby("task_key", sort=False).size().sort_values(ascending=False, kind="stable").index:
+        g = sol[sol["task_key"] == tk]
         fig = figures.scaling_figure(sol, tk)
         if fig is not None:
             label = g["task_label"].iloc[0]

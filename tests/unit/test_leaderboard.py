@@ -421,6 +421,15 @@ def test_figures_leave_the_matplotlib_backend_alone():
     assert out.stdout.split() == ["svg", "False"]
 
 
+def test_the_page_opens_on_the_widest_sweep():
+    from sparsebench.leaderboard.build import scaling_images
+
+    recs = synthetic.solution_records(widths=(8, 16, 24), seeds=(0,), task={**synthetic.TASK, "name": "narrow"}) + \
+        synthetic.solution_records(seeds=(0,))
+    b = boards.solutions_board(sol_frame(recs), frames.metric_directions(pairs(recs)))
+    assert [i.facets["task"][0].split("(")[0] for i in scaling_images(b)] == ["topk-uniform", "narrow"]
+
+
 def test_copy_of_records_not_mutated():
     recs = synthetic.explanation_records(seeds=(0,))
     before = copy.deepcopy(recs)

@@ -4,7 +4,7 @@
 explanations, probe validity, findings, and the tickets board of `leaderboard/tickets.py`
 when there are ticket records); `tables` makes the display tables of all of them;
 `render_leaderboard` turns them into terminal text, Markdown, CSV or one HTML page;
-`scaling_pngs` draws the scaling figures embedded in the HTML page.
+`scaling_images` draws the scaling figures embedded in the HTML page.
 """
 
 from __future__ import annotations
@@ -47,17 +47,21 @@ def tables(b: dict[str, Any]) -> list[render.Table]:
     return render.board_tables(b) + tickets.ticket_tables(b)
 
 
-def scaling_pngs(sol: Any) -> list[tuple[str, bytes]]:
-    """(caption, PNG) per task: KL and false-positive rate against width with fits."""
+def scaling_images(sol: Any) -> list[render.Image]:
+    """Per task: KL and false-positive rate against width with fits, as PNGs for the HTML page, the task with the
+    widest sweep first."""
     if sol is None or sol.empty:
         return []
     out = []
-    for tk, g in sol.groupby("task_key", sort=False):
+    for tk in sol.groupby("task_key", sort=False).size().sort_values(ascending=False, kind="stable").index:
+        g = sol[sol["task_key"] == tk]
         fig = figures.scaling_figure(sol, tk)
         if fig is not None:
-            out.append((f"{g['task_label'].iloc[0]}: KL and false-positive rate against width (mean ± std over "
-                        f"seeds) with exponential (dashed) and power-law (dotted) fits; ★ marks the better R² "
-                        f"(of log y).", figures.to_png(fig)))
+            label = g["task_label"].iloc[0]
+            out.append(render.Image(
+                f"{label}: KL and false-positive rate against width (mean ± std over seeds) with exponential "
+                f"(dashed) and power-law (dotted) fits; ★ marks the better R² (of log y).", figures.to_png(fig),
+                facets={"task": (label,)}))
     return out
 
 
@@ -76,5 +80,5 @@ def render_leaderboard(results: list[Path], format: str, b: dict[str, Any] | Non
         n = len(b["records"])
         intro = (f"{n} record(s) from {', '.join(map(str, results))}. Spread = sample std over seeds (n = seeds); "
                  f"intervals are 95% t intervals. Ranking rules: see docs/leaderboard.md.")
-        return render.to_html(shown, scaling_pngs(b["solutions"]) + tickets.figures(b), intro=intro)
+        return render.to_html(shown, scaling_images(b["solutions"]) + tickets.figures(b), intro=intro)
     return render.to_terminal(shown)

@@ -1,4 +1,4 @@
-"""Publication figures (matplotlib, Agg backend): scaling curves from records, and one trained model's anatomy.
+"""Publication figures (matplotlib): scaling curves from records, and one trained model's anatomy.
 
 Scaling (`scaling_figure`): a metric (KL, false-positive rate) against width for
 every solver of a task, mean ± std over seeds, with two fits per series drawn
@@ -18,6 +18,10 @@ fitted hash (diverging colormap centred at 0), the histogram of its entries
 (bimodality), the histogram of top-k mass over held-out samples (log counts: the
 false-positive cluster), and the output probability of non-members against the
 number of their hash bits missing from the union U (the logit tiers).
+
+Figures are plain `matplotlib.figure.Figure` objects, never pyplot's: nothing here chooses a backend or keeps
+figures open, so importing this module leaves a notebook's inline plots (or any other backend) as they were.
+A notebook shows a returned figure as a cell's value, or with `display(fig)`.
 """
 
 from __future__ import annotations
@@ -26,10 +30,8 @@ import io
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 METRIC_AXIS = {
     "kl": "KL(p* ‖ q)  [nats]",
@@ -60,7 +62,6 @@ def safe_text(s: Any, limit: int = LABEL_CHARS) -> str:
 def to_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -94,7 +95,7 @@ def fit_scaling(widths, values) -> dict[str, Any] | None:
 
 
 def series_colors(labels) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     return {lab: cmap(i % 10) for i, lab in enumerate(sorted(set(labels)))}
 
 
@@ -110,8 +111,9 @@ def scaling_figure(board, task_key: str, metrics=("kl", "fp_rate"), title: str |
     if g.empty or not metrics:
         return None
     colors = series_colors(g["label"])
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(5.2 * len(metrics), 4.0))
+        axes = fig.subplots(1, len(metrics), squeeze=False)
         for ax, m in zip(axes[0], metrics):
             dropped_total = 0
             for label, s in g.groupby("label", sort=True):
@@ -165,8 +167,9 @@ def hash_matrix_figure(M: np.ndarray, code: np.ndarray, sign: int | None = None,
 
     order = sort_tokens_by_code(code)
     lim = float(np.nanmax(np.abs(M))) or 1.0
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(6.0, 5.0))
+        ax = fig.subplots()
         im = ax.imshow(M[order], aspect="auto", cmap="RdBu_r", interpolation="nearest",
                        norm=TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim))
         ax.set_xlabel("hidden unit j")
@@ -181,8 +184,9 @@ def hash_matrix_figure(M: np.ndarray, code: np.ndarray, sign: int | None = None,
 def entries_histogram_figure(M: np.ndarray, code: np.ndarray, title: str = ""):
     """Histogram of E @ W_in entries, split by the fitted hash (bimodality)."""
     M, code = np.asarray(M), np.asarray(code, dtype=bool)
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(5.5, 3.8))
+        ax = fig.subplots()
         bins = np.linspace(M.min(), M.max(), 120)
         ax.hist(M[~code], bins=bins, color="tab:gray", alpha=0.8, label=f"not in hash ({(~code).sum()} entries)")
         ax.hist(M[code], bins=bins, color="tab:red", alpha=0.8, label=f"in hash H(t) ({code.sum()} entries)")
@@ -198,8 +202,9 @@ def entries_histogram_figure(M: np.ndarray, code: np.ndarray, title: str = ""):
 def topk_mass_figure(mass: np.ndarray, k: int, title: str = ""):
     """Histogram of the top-k mass Σ_{i∈S} q_i over held-out samples, log counts."""
     mass = np.asarray(mass, dtype=float)
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(5.5, 3.8))
+        ax = fig.subplots()
         ax.hist(mass, bins=np.linspace(0, 1, 101), color="tab:blue")
         ax.set_yscale("log")
         ax.set_xlabel(f"top-k mass  Σ_(i∈S) q_i   (k = {k})")
@@ -220,8 +225,9 @@ def tiers_figure(q_members: np.ndarray, q_by_miss: dict[int, np.ndarray], title:
     names = ["members\n(t ∈ S)"] + [f"{L}" for L in levels]
     floor = 1e-12
     data = [np.clip(d, floor, 1.0) if len(d) else np.array([np.nan]) for d in data]
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(6.5, 4.0))
+        ax = fig.subplots()
         ax.boxplot(data, showfliers=False, whis=(5, 95), widths=0.6)
         ax.set_xticks(range(1, len(names) + 1), names)
         means = [np.nanmean(d) for d in data]

@@ -10,9 +10,14 @@ seeds beside; one seed shows no ± (a spread of one seed does not exist). The
 best value at a width is marked ★ (terminal, HTML: also bold; Markdown: bold).
 Not-applicable probes show "n/a", never a number.
 
-HTML: everything inline (CSS, a small vanilla-JS table sorter, figures as base64
-PNG), no network access, and every string that came from a record goes through
-`html.escape` (task, solver, mechanism and probe names are plugin-defined).
+HTML: one page that opens on the scaling figures (the post's headline), then one
+section per board, each with a short "how to read this" (`GUIDES`); every table
+scrolls inside its own box and sorts by a click on a header; a bar of filters
+(task, model, mechanism) hides the rows and figures of other ones, read from each
+row's facets (`Table.add_row`). Everything is inline (CSS, a small vanilla-JS
+sorter and filter, figures as base64 PNG), nothing is fetched, and every string
+that came from a record goes through `html.escape` (task, solver, mechanism and
+probe names are plugin-defined).
 
 Every format is safe on its own, whatever the records hold: control characters
 (ANSI/OSC escapes, carriage returns, bidirectional controls) become visible escapes
@@ -27,6 +32,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,13 +49,39 @@ class Cell:
     best: bool = False
 
 
+class Row(list):
+    """A table row (a list of Cells) with its facets: what the HTML page's filters match it by."""
+
+    def __init__(self, cells: list[Cell], facets: dict[str, tuple[str, ...]]):
+        super().__init__(cells)
+        self.facets = facets
+
+
+FACETS = ("task", "model", "mechanism")  # what the HTML page filters rows and figures by
+
+
 @dataclass
 class Table:
-    board: str  # "solutions" | "explanations"
+    board: str  # "solutions" | "explanations" | "validity" (or a page's own, e.g. "report")
     title: str
     columns: list[str]
     rows: list[list[Cell]] = field(default_factory=list)
     note: str = ""
+
+    def add_row(self, cells: list[Cell], **facets: str | tuple[str, ...]) -> None:
+        """Append a row; `facets` (task, model, mechanism: a name or several) say which filters it answers to.
+        A row without a facet is shown whatever that filter says."""
+        self.rows.append(Row(cells, {k: (v,) if isinstance(v, str) else tuple(v) for k, v in facets.items() if v}))
+
+
+@dataclass
+class Image:
+    """A figure embedded in the HTML page (PNG bytes), in the section of its board, with facets like a row's."""
+
+    caption: str
+    png: bytes
+    board: str = "scaling"
+    facets: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def fmt_num(x: float, digits: int = 4) -> str:
@@ -107,7 +139,8 @@ def solution_tables(board, best, directions: dict[str, dict[str, str]]) -> list[
                 row.append(Cell(txt + (" ★" if r[f"{m}_best"] else ""), _num(r[f"{m}_mean"]), bool(r[f"{m}_best"])))
             for c in theory:
                 row.append(Cell(fmt_num(r[c]), _num(r[c])))
-            t.rows.append(row)
+            trained = r["solver_type"] == "trained"
+            t.add_row(row, task=label, model=r["solver"] if trained else "", mechanism="" if trained else r["solver"])
         tables.append(t)
         bw = best[best["task_key"] == tk] if best is not None and not best.empty else None
         if bw is not None and not bw.empty:
@@ -116,9 +149,9 @@ def solution_tables(board, best, directions: dict[str, dict[str, str]]) -> list[
                        note="winner (mean over seeds) per metric")
             for width, gw in bw.groupby("width", sort=True):
                 by = {r["metric"]: r for _, r in gw.iterrows()}
-                t2.rows.append([Cell(str(width), width)] + [
+                t2.add_row([Cell(str(width), width)] + [
                     Cell(f"{by[m]['best']} ({fmt_num(by[m]['mean'], 3)})", by[m]["best"]) if m in by else Cell("")
-                    for m in ms])
+                    for m in ms], task=label)
             tables.append(t2)
     return tables
 
@@ -140,9 +173,9 @@ def findings_tables(f: Any) -> list[Table]:
                    f"{fmod.HIGH_HAS_NO_FP:g} of the rest); 5 compares fits over at least {fmod.MIN_WIDTHS} widths; "
                    f"6 holds where the evenness with k+1 tokens is at least {fmod.EVEN:g} (our reading of the post)")
     for _, r in f.iterrows():
-        t.rows.append([Cell(f"{r['finding']}: {FINDINGS[r['finding']]}", r["finding"]), Cell(r["task_label"]),
-                       Cell(r["solver"]), Cell(str(r["width"])), Cell(r["measure"]),
-                       Cell("yes" if r["holds"] else "no", r["holds"], bool(r["holds"]))])
+        t.add_row([Cell(f"{r['finding']}: {FINDINGS[r['finding']]}", r["finding"]), Cell(r["task_label"]),
+                   Cell(r["solver"]), Cell(str(r["width"])), Cell(r["measure"]),
+                   Cell("yes" if r["holds"] else "no", r["holds"], bool(r["holds"]))], task=r["task_label"])
     return [t]
 
 
@@ -184,6 +217,7 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
         for key, g in board.groupby(GROUP_KEYS, sort=False):
             first = g.iloc[0]
             title = f"{first['task_label']} · {first['group_label']} · width {first['width']}"
+            group = {"task": first["task_label"], "model": first["model"]}
             rk = ranking[(ranking[GROUP_KEYS] == list(key)).all(axis=1)] if ranking is not None else None
             if rk is not None and not rk.empty:
                 t = Table("explanations", f"Explanations ranking: {title}",
@@ -196,9 +230,10 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
                 for _, r in rk.iterrows():
                     rank = "oracle" if r["oracle"] else ("–" if math.isnan(r["rank"]) else str(int(r["rank"])))
                     extra = f" (unvalidated: {r['unvalidated']})" if r["unvalidated"] else ""
-                    t.rows.append([Cell(rank, _num(r["rank"])), Cell(r["mech_label"]), Cell(r["verdict"]),
-                                   Cell(r["outcomes"] + extra),
-                                   Cell(f"{r['won']} / {r['tied']} / {r['lost']}", r["copeland"])])
+                    t.add_row([Cell(rank, _num(r["rank"])), Cell(r["mech_label"]), Cell(r["verdict"]),
+                               Cell(r["outcomes"] + extra),
+                               Cell(f"{r['won']} / {r['tied']} / {r['lost']}", r["copeland"])],
+                              **group, mechanism=r["mechanism"])
                 tables.append(t)
             t = Table("explanations", f"Probe scores: {title}",
                       ["mechanism", "probe", "score", "seeds", "value [95% CI]", "margin [95% CI]", "strongest rival",
@@ -217,7 +252,7 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
                     note.append("unvalidated")
                 if not ok:
                     note.append(str(r["reason"]))
-                t.rows.append([
+                t.add_row([
                     Cell(r["mech_label"]), Cell(r["probe"] or "(all)"), Cell(score), Cell(str(r["n"]), r["n"]),
                     Cell(fmt_ci(r.get("value_mean"), r.get("value_lo"), r.get("value_hi")) if ok else "n/a",
                          _num(r.get("value_mean"))),
@@ -225,7 +260,8 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
                          _num(r.get("margin_mean")), ok and r["outcome"] == "explains" and r["is_main"]),
                     Cell(str(r.get("rival") or "") if ok else ""),
                     Cell(OUTCOME.get(r["outcome"], r["outcome"]) if r["is_main"] or not ok else ""),
-                    Cell(_rivals(r, rival_cols) if ok else ""), Cell("; ".join(note))])
+                    Cell(_rivals(r, rival_cols) if ok else ""), Cell("; ".join(note))],
+                    **group, mechanism=r["mechanism"])
             tables.append(t)
             pp = pairs[(pairs[GROUP_KEYS] == list(key)).all(axis=1)] if pairs is not None and not pairs.empty else None
             if pp is not None and not pp.empty:
@@ -234,12 +270,13 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
                                "interval excludes 0")
                 for _, r in pp.iterrows():
                     res = {"a": f"{r['a']} ≻ {r['b']}", "b": f"{r['b']} ≻ {r['a']}"}.get(r["winner"], "tie")
-                    t.rows.append([Cell(r["probe"]), Cell(r["a"]), Cell(r["b"]), Cell(str(r["n"]), r["n"]),
-                                   Cell(fmt_ci(r["diff"], r["lo"], r["hi"]), _num(r["diff"])), Cell(res)])
+                    t.add_row([Cell(r["probe"]), Cell(r["a"]), Cell(r["b"]), Cell(str(r["n"]), r["n"]),
+                               Cell(fmt_ci(r["diff"], r["lo"], r["hi"]), _num(r["diff"])), Cell(res)],
+                              **group, mechanism=(r["a"], r["b"]))
                 tables.append(t)
     valid = b.get("validity")
     if valid is not None and not valid.empty:
-        t = Table("explanations", "Probe validity (on exact constructions, where the mechanism is known)",
+        t = Table("validity", "Probe validity (on exact constructions, where the mechanism is known)",
                   ["probe", "ranked", "AUROC", "pairs", "constructions of", "status"],
                   note=f"AUROC: how often the right explanation of a construction scores better than a wrong one "
                        f"(another mechanism's fit or a control), ties half; a ranked probe below "
@@ -247,20 +284,21 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
         for _, r in valid.iterrows():
             status = ("diagnostic" if not r["ranked"] else "no construction records" if r["valid"] is None
                       else "valid" if r["valid"] else "INVALID: not counted")
-            t.rows.append([Cell(r["probe"]), Cell("yes" if r["ranked"] else "no"),
+            t.add_row([Cell(r["probe"]), Cell("yes" if r["ranked"] else "no"),
                            Cell(fmt_num(r["auroc"], 3), _num(r["auroc"])), Cell(str(r["pairs"]), r["pairs"]),
                            Cell(r["truths"]), Cell(status)])
         tables.append(t)
     own = b.get("own_construction")
     if own is not None and not own.empty:
-        t = Table("explanations", "Each mechanism on its own construction",
+        t = Table("validity", "Each mechanism on its own construction",
                   ["construction of", "probe", "seeds", "margin mean", "margin min", "strongest rival", "beats all"],
                   note="the right explanation's margin over every control and null; it must be above 0 on every seed")
         for _, r in own.iterrows():
             beats = "n/a (no rival)" if isinstance(r["beats_all"], float) else ("yes" if r["beats_all"] else "NO")
-            t.rows.append([Cell(r["truth"]), Cell(r["probe"] + ("" if r["ranked"] else " (diagnostic)")),
-                           Cell(str(r["seeds"]), r["seeds"]), Cell(fmt_num(r["margin_mean"]), _num(r["margin_mean"])),
-                           Cell(fmt_num(r["margin_min"]), _num(r["margin_min"])), Cell(r["rival"]), Cell(beats)])
+            t.add_row([Cell(r["truth"]), Cell(r["probe"] + ("" if r["ranked"] else " (diagnostic)")),
+                       Cell(str(r["seeds"]), r["seeds"]), Cell(fmt_num(r["margin_mean"]), _num(r["margin_mean"])),
+                       Cell(fmt_num(r["margin_min"]), _num(r["margin_min"])), Cell(r["rival"]), Cell(beats)],
+                      mechanism=r["truth"])
         tables.append(t)
     return tables
 
@@ -304,7 +342,9 @@ def to_terminal(tables: list[Table], width: int | None = None) -> str:
 
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), record=True, width=width or 200, force_terminal=False, highlight=False)
+    # force_jupyter=False: inside a notebook rich would otherwise display the tables instead of returning them.
+    console = Console(file=io.StringIO(), record=True, width=width or 200, force_terminal=False, force_jupyter=False,
+                      highlight=False)
     print_tables(console, tables)
     return console.export_text(styles=False)
 
@@ -375,19 +415,70 @@ def to_csv(b: dict[str, Any]) -> str:
     return frame.to_csv(index=False)
 
 
+# Each board's section on the HTML page, in page order: its heading and a short "how to read this".
+# The scaling figures come first: they are the post's headline.
+GUIDES = {
+    "scaling": ("Scaling: loss against width",
+                "Each point is one solver's mean over seeds at one width, on a log axis. Dashed: an exponential fit "
+                "(log y linear in width); dotted: a power law (log y linear in log width); the legend gives R² of "
+                "log y for both and stars the better. The post's claim: a Bloom filter's loss falls exponentially "
+                "with width, JL superposition's only polynomially, and trained networks follow the Bloom filter."),
+    "solutions": ("Solutions: every solver on the task's metrics",
+                  "One row per solver and width: trained models (mean ± sample std over seeds, n = seeds) and each "
+                  "mechanism's exact construction. ★ and bold: the best solver at that width for that metric "
+                  "(↓ lower is better, ↑ higher, →0 nearest 0). (theory) columns are closed-form predictions. "
+                  "An oracle is given the answer: shown, never starred."),
+    "explanations": ("Explanations: which mechanism explains the trained models",
+                     "Each mechanism is fitted to each trained model and every probe scores it beside its rivals: "
+                     "control explanations (wrong explanations made from the fit: the answer alone, random codes, "
+                     "permuted units, resampled inputs, refits to models with one weight re-initialised) and null "
+                     "models (the mechanism refitted to an untrained or shuffled network). The margin is the score "
+                     "minus the strongest rival, turned so that + is better, with a 95% interval over seeds: a "
+                     "mechanism explains the model on a probe only when the whole interval is above 0; a margin near "
+                     "0 means a wrong explanation does as well. Trust the ranked probes that the probe validity board "
+                     "below found valid; diagnostics (bimodality, mask-agreement) describe the model, not the claim, "
+                     "and never count; \"unvalidated\" means no construction records were there to check the probe. "
+                     "Rank: pairs of mechanisms won minus lost on paired intervals over seeds (one seed decides "
+                     "nothing)."),
+    "validity": ("Probe validity: which probes to trust",
+                 "On an exact construction the mechanism is known, so a probe can be checked: AUROC is how often the "
+                 "right explanation of a construction scores better than a wrong one (another mechanism's fit, or a "
+                 "control), ties half; 0.5 is chance. A ranked probe below the threshold is marked INVALID and left "
+                 "out of every ranking. The second table checks that each mechanism beats every rival on its own "
+                 "construction, on every seed."),
+    "tickets": ("Tickets: which detector finds the lottery ticket",
+                "The second seed (docs/science.md §7): each detector picks a sparse W1 mask from a dense mlp2 run at "
+                "a detection step, the mask is retrained (rewound to θ0, to θe, or fresh), and the sparse network is "
+                "scored. Mean with a 95% t interval over seeds; detectors are ranked per (task, sparsity, step, init "
+                "mode); references (the dense-final magnitude oracle, OBS, the dense net) are shown, never ranked; a "
+                "paired comparison wins only when its interval excludes 0. The claims table says which of the "
+                "paper's claims these records reproduce."),
+}
+
 _CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:1400px;color:#222;
- padding:0 1em}
-h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;max-width:1400px;color:#222;
+ padding:0 1em 2em}
+h1{font-size:1.6em;margin:.6em 0 .2em}h2{font-size:1.3em;margin:1.6em 0 .3em;border-bottom:2px solid #ddd}
+h3{font-size:1.05em;margin:1.2em 0 .2em}
+nav{position:sticky;top:0;z-index:3;background:#fff;border-bottom:1px solid #ddd;padding:.4em 0;font-size:.9em}
+nav a{margin-right:1em}nav label{margin-left:1em}nav select{max-width:22em}
+.guide{background:#f6f8fa;border-left:4px solid #8ab;padding:.5em .8em;margin:.4em 0 .8em;font-size:.9em;
+ max-width:70em;line-height:1.4}
+.scroll{overflow:auto;max-height:75vh;max-width:100%;border:1px solid #ddd;margin:.3em 0 1em}
+table{border-collapse:collapse;font-size:.88em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;white-space:nowrap}
-td.text,th.text{text-align:left}th{background:#f3f3f3;cursor:pointer;user-select:none}
+td.text,th.text{text-align:left}td.wrap{white-space:normal;min-width:18em;max-width:34em}
+th{background:#f3f3f3;cursor:pointer;user-select:none;position:sticky;top:0;z-index:1}
 th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
 td.best{font-weight:bold;background:#e8f6e8}td.na{color:#999}
-p.note{color:#555;font-size:.85em;margin:.2em 0}figure{display:inline-block;margin:1em}
-figure img{max-width:680px;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:680px}
+p.note{color:#555;font-size:.85em;margin:.2em 0}p.count{color:#777;font-size:.8em;margin:.1em 0}
+figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
+figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:900px}
+[hidden]{display:none!important}
 """
 
+# Sorting (click a header: numbers numerically, n/a last) and filtering (rows and figures whose facets do not
+# include the chosen task, model or mechanism are hidden; a table or figure with nothing left to show too).
 _JS = """
 (function(){
  function key(td){var s=td.getAttribute('data-sort');if(s===null)s=td.textContent;
@@ -405,49 +496,99 @@ _JS = """
     var e1=k1.v==='n/a'||k1.v==='',e2=k2.v==='n/a'||k2.v==='';if(e1!==e2)return e1?1:-1;
     var c=cmp(k1,k2);return asc?c:-c;});
    rows.forEach(function(r){body.appendChild(r);});});});});
+ var selects=document.querySelectorAll('select[data-facet]');
+ function shown(el){var f=el.getAttribute('data-facets');if(!f)return true;f=JSON.parse(f);
+  for(var i=0;i<selects.length;i++){var name=selects[i].getAttribute('data-facet'),v=selects[i].value;
+   if(v!==''&&f[name]&&f[name].indexOf(v)<0)return false;}return true;}
+ function apply(){
+  document.querySelectorAll('[data-facets]').forEach(function(el){el.hidden=!shown(el);});
+  document.querySelectorAll('div.board-table').forEach(function(div){
+   var rows=div.querySelectorAll('tbody tr'),n=0;
+   rows.forEach(function(r){if(!r.hidden)n++;});
+   div.hidden=rows.length>0&&n===0;
+   var c=div.querySelector('p.count');if(c)c.textContent=n<rows.length?('showing '+n+' of '+rows.length+' rows'):'';});}
+ selects.forEach(function(s){s.addEventListener('change',apply);});
+ apply();
 })();
 """
 
 
-def to_html(tables: list[Table], figures: list[tuple[str, bytes]] | None = None,
-            title: str = "sparsebench leaderboard", intro: str = "") -> str:
-    """One self-contained page. `figures`: (caption, PNG bytes) pairs, embedded as base64."""
+WRAP_CHARS = 40  # a cell longer than this wraps (lists of rivals, notes); shorter ones stay on one line
+
+
+def _facet_attr(facets: dict[str, tuple[str, ...]]) -> str:
+    """The facets as a data attribute (JSON, HTML-escaped) for the page's filters; "" when there are none."""
+    if not facets:
+        return ""
+    return f' data-facets="{html.escape(json.dumps({k: [visible(x) for x in v] for k, v in facets.items()}))}"'
+
+
+def to_html(tables: list[Table], images: list[Image] | None = None, title: str = "sparsebench leaderboard",
+            intro: str = "") -> str:
+    """One self-contained page: a section per board (the order of GUIDES, then any other), each opening on its
+    "how to read this", its figures (base64 PNG) and tables (each scrolling inside its box, sortable), under a
+    bar of filters by task, model and mechanism (only the facets the rows and figures have)."""
     def e(text: Any) -> str:
         return html.escape(visible(text))
 
+    images = images or []
+    boards = list(GUIDES) + [b for b in dict.fromkeys([t.board for t in tables] + [i.board for i in images])
+                             if b not in GUIDES]
+    boards = [b for b in boards if any(t.board == b for t in tables) or any(i.board == b for i in images)]
+    values: dict[str, set[str]] = {f: set() for f in FACETS}
+    for facets in [getattr(r, "facets", {}) for t in tables for r in t.rows] + [i.facets for i in images]:
+        for f in FACETS:
+            values[f].update(facets.get(f, ()))
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
     if intro:
         parts.append(f'<p class="note">{e(intro)}</p>')
-    if not tables and not figures:
+    links = "".join(f'<a href="#{e(b)}">{e(GUIDES[b][0].split(":")[0] if b in GUIDES else b)}</a>'
+                    for b in boards) if len(boards) > 1 else ""
+    filters = "".join(
+        f'<label>{f} <select data-facet="{f}"><option value="">all</option>'
+        + "".join(f'<option value="{e(v)}">{e(v)}</option>' for v in sorted(values[f])) + "</select></label>"
+        for f in FACETS if values[f])
+    if links or filters:
+        parts.append(f"<nav>{links}{filters}</nav>")
+    if not tables and not images:
         parts.append("<p>No records.</p>")
-    for i, t in enumerate(tables):
-        parts.append(f'<h2 id="t{i}">{e(t.title)}</h2>')
-        if t.note:
-            parts.append(f'<p class="note">{e(t.note)} · click a column header to sort</p>')
-        parts.append(f'<table class="sortable" data-board="{e(t.board)}"><thead><tr>')
-        for j, c in enumerate(t.columns):
-            cls = "text" if t.rows and t.rows[0][j].sort is None else ""
-            parts.append(f'<th class="{cls}" title="sort by {e(c)}">{e(c)}</th>')
-        parts.append("</tr></thead><tbody>")
-        for row in t.rows:
-            parts.append("<tr>")
-            for c in row:
-                classes = ["best"] if c.best else []
-                if c.sort is None:
-                    classes.append("text")
-                if c.text == "n/a":
-                    classes.append("na")
-                ds = "" if c.sort is None else f' data-sort="{e(str(c.sort))}"'
-                parts.append(f'<td class="{" ".join(classes)}"{ds}>{e(c.text)}</td>')
-            parts.append("</tr>")
-        parts.append("</tbody></table>")
-    if figures:
-        parts.append("<h2>Figures</h2>")
-        for caption, png in figures:
-            b64 = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure><img alt="{e(caption)}" src="data:image/png;base64,{b64}">'
-                         f"<figcaption>{e(caption)}</figcaption></figure>")
+    n = 0
+    for board in boards:
+        heading, guide = GUIDES.get(board, ("", ""))
+        parts.append(f'<section id="{e(board)}">' + (f"<h2>{e(heading)}</h2>" if heading else ""))
+        if guide:
+            parts.append(f'<div class="guide"><b>How to read this.</b> {e(guide)}</div>')
+        for img in (i for i in images if i.board == board):
+            b64 = base64.b64encode(img.png).decode("ascii")
+            parts.append(f'<figure{_facet_attr(img.facets)}><img alt="{e(img.caption)}" '
+                         f'src="data:image/png;base64,{b64}"><figcaption>{e(img.caption)}</figcaption></figure>')
+        for t in (t for t in tables if t.board == board):
+            parts.append(f'<div class="board-table"><h3 id="t{n}">{e(t.title)}</h3>')
+            n += 1
+            if t.note:
+                parts.append(f'<p class="note">{e(t.note)} · click a column header to sort</p>')
+            parts.append('<p class="count"></p>')
+            parts.append(f'<div class="scroll"><table class="sortable" data-board="{e(t.board)}"><thead><tr>')
+            for j, c in enumerate(t.columns):
+                cls = "text" if t.rows and t.rows[0][j].sort is None else ""
+                parts.append(f'<th class="{cls}" title="sort by {e(c)}">{e(c)}</th>')
+            parts.append("</tr></thead><tbody>")
+            for row in t.rows:
+                parts.append(f"<tr{_facet_attr(getattr(row, 'facets', {}))}>")
+                for c in row:
+                    classes = ["best"] if c.best else []
+                    if c.sort is None:
+                        classes.append("text")
+                    if len(c.text) > WRAP_CHARS:
+                        classes.append("wrap")
+                    if c.text == "n/a":
+                        classes.append("na")
+                    ds = "" if c.sort is None else f' data-sort="{e(str(c.sort))}"'
+                    parts.append(f'<td class="{" ".join(classes)}"{ds}>{e(c.text)}</td>')
+                parts.append("</tr>")
+            parts.append("</tbody></table></div></div>")
+        parts.append("</section>")
     parts.append(f"<script>{_JS}</script></body></html>")
     return "\n".join(parts)

@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from sparsebench.io import canonical_json
-from sparsebench.leaderboard.render import Cell, Table, fmt_num
+from sparsebench.leaderboard.render import Cell, Image, Table, fmt_num
 from sparsebench.records import RecordWarning, TicketRecord
 from sparsebench.stats import mean_ci
 from sparsebench.tickets.claims import compare, evaluate_claims
@@ -235,14 +235,16 @@ def _num(x: Any) -> float | None:
 # ---------------------------------------------------------------------------- figures
 
 
-def figures(b: dict[str, Any]) -> list[tuple[str, bytes]]:
-    """(caption, PNG) of the boards `b`: per (task, model, width, sparsity, step) family against same-site
+def figures(b: dict[str, Any]) -> list[Image]:
+    """The tickets board's figures (in its section of the HTML page): per (task, model, width, sparsity, step) family against same-site
     recall, and per (task, model, width, sparsity, init mode) with several steps, accuracy and exact codes
     against the step."""
     board = b.get("tickets")
     if board is None:
         return []
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     from sparsebench.leaderboard.figures import STYLE, safe_text, to_png
 
@@ -253,8 +255,9 @@ def figures(b: dict[str, Any]) -> list[tuple[str, bytes]]:
         label = f"{first['task']} · {first['model']} H={first['width']} · sparsity {first['sparsity']:g}"
         for step, gs in g.groupby("step", sort=True):
             inits = [i for i in INIT_ORDER if i in set(gs["init_mode"])]
-            with plt.rc_context(STYLE):
-                fig, axes = plt.subplots(1, len(inits), figsize=(4.4 * len(inits), 4.3), squeeze=False)
+            with matplotlib.rc_context(STYLE):
+                fig = Figure(figsize=(4.4 * len(inits), 4.3))
+                axes = fig.subplots(1, len(inits), squeeze=False)
                 for ax, init in zip(axes[0], inits):
                     for _, r in gs[gs["init_mode"] == init].iterrows():
                         c = colors.get(r["kind"], "k")
@@ -269,17 +272,18 @@ def figures(b: dict[str, Any]) -> list[tuple[str, bytes]]:
                     ax.set_xlabel("same-site recall")
                     ax.set_title(init)
                 axes[0][0].set_ylabel("family recall")
-                handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=k) for k, c in colors.items()]
+                handles = [Line2D([], [], color=c, marker="o", ls="", label=k) for k, c in colors.items()]
                 axes[0][-1].legend(handles=handles, loc="lower right")
                 fig.suptitle(safe_text(f"{label} · step {step}"))
-                out.append((f"{label} · step {step}: family recall against same-site recall per detector and init "
-                            f"mode (mean ± 95% CI over seeds; colour = detector kind); above the diagonal = the "
-                            f"clause is recovered on another row", to_png(fig)))
+                out.append(Image(f"{label} · step {step}: family recall against same-site recall per detector and "
+                                 f"init mode (mean ± 95% CI over seeds; colour = detector kind); above the diagonal = "
+                                 f"the clause is recovered on another row", to_png(fig), board="tickets"))
         for init, gi in g.groupby("init_mode", sort=False):
             if gi["step"].nunique() < 2:
                 continue
-            with plt.rc_context(STYLE):
-                fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+            with matplotlib.rc_context(STYLE):
+                fig = Figure(figsize=(10, 4))
+                axes = fig.subplots(1, 2)
                 for det, gd in gi.groupby("detector", sort=True):
                     if gd["step"].nunique() < 2:
                         continue
@@ -294,8 +298,8 @@ def figures(b: dict[str, Any]) -> list[tuple[str, bytes]]:
                     ax.set_ylabel(LABELS[m])
                 axes[1].legend(fontsize=7, ncol=2)
                 fig.suptitle(safe_text(f"{label} · {init}"))
-                out.append((f"{label} · {init}: sparse balanced accuracy and exact codes against the detection step "
-                            f"per detector (mean ± 95% CI over seeds)", to_png(fig)))
+                out.append(Image(f"{label} · {init}: sparse balanced accuracy and exact codes against the detection "
+                                 f"step per detector (mean ± 95% CI over seeds)", to_png(fig), board="tickets"))
     return out
 
 

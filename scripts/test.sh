@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test ray
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  . scripts/quietly.sh
+  quietly "installing chromium (apt-get)" bash -c 'apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium'
 fi
 exec .venv/bin/python -m pytest "$@"

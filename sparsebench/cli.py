@@ -1,4 +1,5 @@
-"""The `sparsebench` command line: list, train, evaluate, tickets, leaderboard, validate, report, bench.
+"""The `sparsebench` command line: list, train, evaluate, tickets, leaderboard, export, validate, report,
+bench.
 
 Each command is a thin wrapper: it parses its settings (`sparsebench.settings`: a TOML
 file, flags, `--set section.field=value`), makes one `RunContext` (device, cache, workers,
@@ -253,6 +254,35 @@ def leaderboard(
         return
     _write_out(out, text, "--out")
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+def export(
+    results: list[Path] = typer.Argument(..., help="Result folders (searched recursively for *.json) or files; "
+                                         "several merge."),
+    out: Path = typer.Option(..., "--out", "-o", help="The Parquet file to write (atomically)."),
+) -> None:
+    """Write every record as one tidy Parquet table, one row per score (columns: docs/export.md)."""
+    from sparsebench.io import atomic_path
+    from sparsebench.leaderboard.frames import scores_frame
+    from sparsebench.records import RecordWarning, load
+
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name")
+    warnings.simplefilter("always", RecordWarning)
+    try:
+        recs = load(results)
+    except FileNotFoundError as e:
+        raise UserError(f"results path not found: {e.args[0]}") from None
+    if not recs:
+        raise UserError(f"no records under {', '.join(map(str, results))}")
+    table = scores_frame(recs)
+    try:
+        with atomic_path(out) as tmp:
+            table.to_parquet(tmp, index=False)
+    except OSError as e:
+        raise UserError(f"cannot write --out {out}: {e.strerror or e}") from None
+    typer.echo(f"wrote {out}: {len(table)} row(s) from {len(recs)} record(s)")
 
 
 @app.command()

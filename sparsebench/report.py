@@ -23,7 +23,7 @@ from sparsebench.context import RunContext
 from sparsebench.errors import UserError
 from sparsebench.io import atomic_path, write_text
 from sparsebench.leaderboard import figures, render
-from sparsebench.leaderboard.build import build_boards, scaling_pngs
+from sparsebench.leaderboard.build import build_boards, scaling_images
 from sparsebench.mechanisms.bloom import misses, union
 from sparsebench.records import RecordWarning
 
@@ -79,8 +79,8 @@ def make_report(spec: RunSpec, seed: int, ctx: RunContext, out: Path, *, html: b
     pngs = [(name, cap, figures.to_png(fig)) for name, cap, fig in figs]
     if results:
         warnings.simplefilter("always", RecordWarning)
-        for i, (cap, png) in enumerate(scaling_pngs(build_boards(list(results))["solutions"])):
-            pngs.append((f"scaling_{i}.png", cap, png))
+        for i, img in enumerate(scaling_images(build_boards(list(results))["solutions"])):
+            pngs.append((f"scaling_{i}.png", img.caption, img.png))
     info = {"task": {"name": spec.task, "config": spec.task_config}, "model": {"name": spec.model,
             "config": spec.model_config}, "train": to_dict(spec.train), "seed": seed,
             "checkpoint": {"key": ck.key, "sha256": ck.sha256}, "bloom_fit": summary,
@@ -96,7 +96,8 @@ def make_report(spec: RunSpec, seed: int, ctx: RunContext, out: Path, *, html: b
                                                                      else str(v), v if isinstance(v, (int, float))
                                                                      else None)]
                                   for kk, v in {**summary, **a["metrics"]}.items()])
-            page = render.to_html([table], [(cap, png) for _, cap, png in pngs], title=f"sparsebench report: {who}")
+            page = render.to_html([table], [render.Image(cap, png, board="report") for _, cap, png in pngs],
+                                  title=f"sparsebench report: {who}")
             write_text(tmp / "report.html", page)
     return (f"wrote {len(pngs)} figure(s){' and report.html' if html else ''} to {out}/ "
             f"(hash sign {summary.get('sign')}, mean hash size {summary.get('h_mean', float('nan')):.2f}, "

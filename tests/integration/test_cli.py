@@ -22,7 +22,8 @@ def cli(*args: str, cache: Path, cwd: Path | None = None, timeout: int = 300) ->
                           cwd=cwd, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", ["", "list", "train", "evaluate", "tickets", "leaderboard", "validate", "report",
+@pytest.mark.parametrize("command", ["", "list", "train", "evaluate", "tickets", "leaderboard", "export", "validate",
+                                     "report",
                                      "bench"])
 def test_help_on_every_command(command, tmp_path):
     r = cli(*([command] if command else []), "--help", cache=tmp_path)

@@ -9,6 +9,8 @@ import io
 import json
 import math
 import re
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -338,7 +340,7 @@ def test_csv_parses_back_to_the_numbers():
 
 
 def test_html_escapes_every_record_string():
-    page = render.to_html(render.board_tables(_all_boards()), [("cap <b>x</b>", b"\x89PNG")])
+    page = render.to_html(render.board_tables(_all_boards()), [render.Image("cap <b>x</b>", b"\x89PNG")])
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("<script>") == 1  # only the sorter
@@ -353,6 +355,16 @@ def test_terminal_renders_every_table():
     for t in tables:
         assert t.title[:40] in text
     assert "n/a" in text and "★" in text
+
+
+def test_terminal_text_is_returned_not_displayed_inside_a_notebook(monkeypatch, capsys):
+    import rich.console
+
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)  # what rich sees in a Jupyter kernel
+    tables = render.board_tables(_all_boards())
+    text = render.to_terminal(tables, width=250)
+    assert tables[0].title[:40] in text
+    assert capsys.readouterr().out == ""
 
 
 def test_unknown_format_is_one_line_user_error(tmp_path):
@@ -397,6 +409,25 @@ def test_scaling_figure_draws_with_hostile_names():
     fig = figures.scaling_figure(b, b.task_key.iloc[0])
     png = figures.to_png(fig)
     assert png[:4] == b"\x89PNG"
+
+
+def test_figures_leave_the_matplotlib_backend_alone():
+    """A notebook's inline backend must survive importing the figures and drawing one (no pyplot, no use())."""
+    code = ("import matplotlib; matplotlib.use('svg'); import sys; import numpy as np; "
+            "from sparsebench.leaderboard import figures; "
+            "figures.to_png(figures.topk_mass_figure(np.random.rand(100), 5)); "
+            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["svg", "False"]
+
+
+def test_the_page_opens_on_the_widest_sweep():
+    from sparsebench.leaderboard.build import scaling_images
+
+    recs = synthetic.solution_records(widths=(8, 16, 24), seeds=(0,), task={**synthetic.TASK, "name": "narrow"}) + \
+        synthetic.solution_records(seeds=(0,))
+    b = boards.solutions_board(sol_frame(recs), frames.metric_directions(pairs(recs)))
+    assert [i.facets["task"][0].split("(")[0] for i in scaling_images(b)] == ["topk-uniform", "narrow"]
 
 
 def test_copy_of_records_not_mutated():

@@ -8,13 +8,19 @@ every seed (each seed scored on its own probe batch):
   the mechanism refitted to null models; `sparsebench.explain`), turned by the score's direction
   so + is better; mean and 95% t-interval over seeds (one seed: the interval over that seed's
   probe-batch chunks, from the record);
-* on a probe, a mechanism *explains* the model when the margin's interval lies above 0, *fails*
-  when it lies below, and is *undecided* otherwise.
+* bar: the level at which the probe's claim is met (`sufficient`, recorded with the score; our
+  reading, `Probe.sufficient`), e.g. loss recovered 0.8; a record without one has no bar;
+* on a probe, a mechanism *explains* the model when the margin's interval lies above 0 and the
+  value's interval reaches the bar (lies at or above it, turned by the direction); it is
+  *insufficient* when the margin's interval lies above 0 but the value's does not reach the bar
+  (it beats its rivals, but not by enough to explain anything: a linear readout that recovers
+  43% of the loss beats its own degraded copies), *fails* when the margin's interval lies below
+  0, and is *undecided* otherwise.
 
 Only ranked probes count (diagnostics are shown apart), and only those the probe validity board
 found valid (`validity.py`; a probe without construction records to judge it is counted and
 marked "unvalidated"). The verdict of a mechanism: "explains" if it explains on every counted
-probe that applies to it, "partly" if on some, "no" if on none.
+probe that applies to it, "partly" if on some, "no" if on none (insufficient is not explaining).
 
 Ranking (non-oracle mechanisms): two mechanisms are compared on the counted probes that apply
 to both. On a probe, A beats B when the paired t-interval over seeds of the difference of their
@@ -44,10 +50,27 @@ def _interval(values: list[float], chunk_ci: tuple[float, float] | None) -> tupl
     return m, lo, hi
 
 
-def _status(lo: float, hi: float) -> str:
+def reaches(lo: float, hi: float, bar: float, direction: str) -> bool:
+    """Whether the whole interval [lo, hi] lies at or beyond `bar`, turned by the direction (NaN: no)."""
+    if math.isnan(lo) or math.isnan(hi):
+        return False
+    # 1e-9: a mean's rounding (seeds all at the bar give an interval a few ulps across it) is not a miss
+    return min(good(lo, direction), good(hi, direction)) >= good(bar, direction) - 1e-9
+
+
+def _status(lo: float, hi: float, sufficient: bool = True) -> str:
+    """A probe's outcome from the margin's interval [lo, hi] and whether the value's interval reaches the bar."""
     if math.isnan(lo):
         return "undecided"
-    return "explains" if lo > 0 else ("fails" if hi < 0 else "undecided")
+    if lo > 0:
+        return "explains" if sufficient else "insufficient"
+    return "fails" if hi < 0 else "undecided"
+
+
+def _bar(bars: pd.Series, direction: str) -> float:
+    """The bar of a group of records: the strictest one recorded (NaN: none)."""
+    given = [float(b) for b in bars if not math.isnan(b)]
+    return max(given, key=lambda b: good(b, direction)) if given else math.nan
 
 
 def explanations_board(exp: pd.DataFrame, valid: dict[str, bool | None] | None = None) -> pd.DataFrame:
@@ -55,7 +78,8 @@ def explanations_board(exp: pd.DataFrame, valid: dict[str, bool | None] | None =
 
     Columns: GROUP_KEYS, task_label, group_label, mech_label, width, mechanism, mechanism_config, oracle,
     probe, score, is_main, ranked, valid (True/False/None), counted, direction, status ("ok" or "n/a"),
-    reason, n, value_mean/lo/hi, margin_mean/lo/hi, rival, outcome (explains/fails/undecided),
+    reason, n, value_mean/lo/hi, sufficient (the bar; NaN: none), margin_mean/lo/hi, rival,
+    outcome (explains/insufficient/fails/undecided),
     `control_<c>_mean`, `null_<n>_mean`, notes.
     """
     if exp.empty:
@@ -86,11 +110,14 @@ def explanations_board(exp: pd.DataFrame, valid: dict[str, bool | None] | None =
             margins = [float(m) for m in s["margin"] if not math.isnan(m)]
             mm, mlo, mhi = _interval(margins, None if len(s) != 1 or math.isnan(single["margin_lo"]) else
                                      (single["margin_lo"], single["margin_hi"]))
-            rows.append({**base, "score": score, "is_main": bool(single["is_main"]), "direction": single["direction"],
+            direction = single["direction"]
+            bar = _bar(s["sufficient"], direction) if "sufficient" in s.columns else math.nan
+            enough = math.isnan(bar) or reaches(vlo, vhi, bar, direction)
+            rows.append({**base, "score": score, "is_main": bool(single["is_main"]), "direction": direction,
                          "status": "ok", "reason": "", "n": len(values), "value_mean": v, "value_lo": vlo,
-                         "value_hi": vhi, "margin_mean": mm, "margin_lo": mlo, "margin_hi": mhi,
+                         "value_hi": vhi, "sufficient": bar, "margin_mean": mm, "margin_lo": mlo, "margin_hi": mhi,
                          "rival": s["rival"].mode().iloc[0] if s["rival"].astype(bool).any() else "",
-                         "outcome": _status(mlo, mhi) if margins else "undecided",
+                         "outcome": _status(mlo, mhi, enough) if margins else "undecided",
                          "notes": single.get("notes", ""),
                          **{f"{c}_mean": float(s[c].mean()) if s[c].notna().any() else math.nan for c in rival_cols}})
     board = pd.DataFrame(rows)

@@ -9,9 +9,10 @@ Three frames come out:
 * `explanations_frame`: one row per (record, probe, score), with the value and
   its interval over the probe batch's chunks, the direction, whether it is the
   probe's main score and whether the probe is ranked, the margin over the
-  strongest rival (and which), one `control_<name>` column per control
-  explanation, one `null_<name>` column per null model and one `own_<name>`
-  column per probe-own reference; `subject` says whether the model was trained
+  strongest rival (and which), the probe's bar for the score (`sufficient`;
+  NaN: none), one `control_<name>` column per control explanation, one
+  `null_<name>` column per null model and one `own_<name>` column per
+  probe-own reference; `subject` says whether the model was trained
   or a construction (then `truth` names its mechanism). A not-applicable probe
   or mechanism is one row with `status="not_applicable"`, its reason, and no value.
 * `scores_frame`: every record as tidy rows, one per number (metrics, theory, behaviour, probe scores), with
@@ -139,7 +140,7 @@ def explanations_frame(records: list[tuple[Any, Any]]):
                 row = {**base, "probe": probe, "status": "ok", "reason": "", "notes": notes, "score": sname,
                        "is_main": sname == main, "ranked": pr.ranked, "value": _num(sc.value), "value_lo": lo,
                        "value_hi": hi, "direction": sc.direction, "margin": _num(sc.margin), "margin_lo": mlo,
-                       "margin_hi": mhi, "rival": sc.rival or ""}
+                       "margin_hi": mhi, "rival": sc.rival or "", "sufficient": _num(sc.sufficient)}
                 row.update({f"control_{n}": _num(v) for n, v in sc.controls.items()})
                 row.update({f"null_{n}": _num(v) for n, v in sc.nulls.items()})
                 row.update({f"own_{n}": _num(v) for n, v in sc.own_nulls.items()})

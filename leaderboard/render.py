@@ -188,7 +188,17 @@ def fmt_ci(mean: float, lo: float, hi: float) -> str:
     return f"{fmt_num(mean)} [{fmt_num(lo, 3)}, {fmt_num(hi, 3)}]"
 
 
-OUTCOME = {"explains": "✓ explains", "fails": "✗ fails", "undecided": "? undecided", "n/a": "n/a"}
+OUTCOME = {"explains": "✓ explains", "insufficient": "~ insufficient", "fails": "✗ fails",
+           "undecided": "? undecided", "n/a": "n/a"}
+BAR = {"higher": "≥ {}", "lower": "≤ {}", "zero": "|·| ≤ {}"}  # a probe's bar, shown beside its outcome
+
+
+def _bar(r: Any) -> str:
+    """' (bar ≥ 0.8)': the level at which the probe's claim is met, or '' when the record has none."""
+    bar = r.get("sufficient")
+    if bar is None or (isinstance(bar, float) and math.isnan(bar)):
+        return ""
+    return f" (bar {BAR.get(r.get('direction'), '{}').format(fmt_num(bar, 3))})"
 
 
 def _rivals(r: Any, cols: list[str]) -> str:
@@ -221,12 +231,16 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
             rk = ranking[(ranking[GROUP_KEYS] == list(key)).all(axis=1)] if ranking is not None else None
             if rk is not None and not rk.empty:
                 t = Table("explanations", f"Explanations ranking: {title}",
-                          ["rank", "mechanism", "verdict", "per probe (margin interval over every control and null)",
+                          ["rank", "mechanism", "verdict",
+                           "per probe (margin over every control and null; value against the bar)",
                            "pairs won / tied / lost"],
-                          note="verdict: explains on every counted probe (margin's 95% interval above 0), partly, "
-                               "or no; rank: pairs of mechanisms won minus lost, a pair won on more of the common "
-                               "probes by a paired interval over seeds (equal ranks are ties); oracles are given "
-                               "the answer: shown, never ranked")
+                          note="on a probe: explains = beats every control and null (margin's 95% interval above "
+                               "0) and reaches the probe's bar (the value's 95% interval at or above the level at "
+                               "which its claim is met: our reading, e.g. loss recovered 0.8); insufficient = "
+                               "beats every rival but does not reach the bar; verdict: explains on every counted "
+                               "probe, partly (on some), or no; rank: pairs of mechanisms won minus lost, a pair won "
+                               "on more of the common probes by a paired interval over seeds (equal ranks are "
+                               "ties); oracles are given the answer: shown, never ranked")
                 for _, r in rk.iterrows():
                     rank = "oracle" if r["oracle"] else ("–" if math.isnan(r["rank"]) else str(int(r["rank"])))
                     extra = f" (unvalidated: {r['unvalidated']})" if r["unvalidated"] else ""
@@ -239,8 +253,9 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
                       ["mechanism", "probe", "score", "seeds", "value [95% CI]", "margin [95% CI]", "strongest rival",
                        "outcome", "rivals (controls and nulls, strongest first)", "note"],
                       note="ranked probes first, then model diagnostics (never ranked); * = the probe's main score; "
-                           "margin = value minus the strongest rival of each seed, + is better; intervals over "
-                           "seeds (one seed: over its probe-batch chunks)")
+                           "margin = value minus the strongest rival of each seed, + is better; bar = the level at "
+                           "which the probe's claim is met (our reading; the value's interval must reach it, the "
+                           "margin's must lie above 0); intervals over seeds (one seed: over its probe-batch chunks)")
             for _, r in g.iterrows():
                 ok = r["status"] == "ok"
                 arrow = ARROWS.get(r["direction"], "") if ok else ""
@@ -259,7 +274,8 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
                     Cell(fmt_ci(r.get("margin_mean"), r.get("margin_lo"), r.get("margin_hi")) if ok else "n/a",
                          _num(r.get("margin_mean")), ok and r["outcome"] == "explains" and r["is_main"]),
                     Cell(str(r.get("rival") or "") if ok else ""),
-                    Cell(OUTCOME.get(r["outcome"], r["outcome"]) if r["is_main"] or not ok else ""),
+                    Cell(OUTCOME.get(r["outcome"], r["outcome"]) + (_bar(r) if ok else "") if r["is_main"] or not ok
+                         else ""),
                     Cell(_rivals(r, rival_cols) if ok else ""), Cell("; ".join(note))],
                     **group, mechanism=r["mechanism"])
             tables.append(t)
@@ -434,8 +450,10 @@ GUIDES = {
                      "permuted units, resampled inputs, refits to models with one weight re-initialised) and null "
                      "models (the mechanism refitted to an untrained or shuffled network). The margin is the score "
                      "minus the strongest rival, turned so that + is better, with a 95% interval over seeds: a "
-                     "mechanism explains the model on a probe only when the whole interval is above 0; a margin near "
-                     "0 means a wrong explanation does as well. Trust the ranked probes that the probe validity board "
+                     "mechanism explains the model on a probe only when the whole interval is above 0 and the score's "
+                     "own interval reaches the probe's bar (0.8 by default, our reading: e.g. at least 80% of the "
+                     "loss recovered); beating the rivals below the bar is \"insufficient\". A margin near 0 means "
+                     "a wrong explanation does as well. Verdict: explains (every counted probe), partly (some), no. Trust the ranked probes that the probe validity board "
                      "below found valid; diagnostics (bimodality, mask-agreement) describe the model, not the claim, "
                      "and never count; \"unvalidated\" means no construction records were there to check the probe. "
                      "Rank: pairs of mechanisms won minus lost on paired intervals over seeds (one seed decides "

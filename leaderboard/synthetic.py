@@ -81,7 +81,7 @@ def _probe(main: str, value: float, margin: float, rival: str, level: str, ranke
            nulls: dict[str, float] | None = None) -> ProbeResult:
     score = Score(value=value, ci=(value - 0.01, value + 0.01), direction=direction,  # type: ignore[arg-type]
                   controls=controls or {}, nulls=nulls or {}, margin=margin, margin_ci=(margin - 0.02, margin + 0.02),
-                  rival=rival)
+                  rival=rival, sufficient=0.8 if ranked else None)  # the built-in probes' bar
     return ProbeResult(status="ok", level=level, ranked=ranked, main=main, chunks=4,  # type: ignore[arg-type]
                        scores={main: score})
 

@@ -248,10 +248,14 @@ def probe_seed(seed: int) -> int:
 
 
 def make_probe(name: str, config: dict[str, Any] | None) -> Any:
+    """Probe `name` with the suite's options for it (`probe_config.<name>`); a bad option is one error naming it."""
     cls = registry.probes.get(name)
     if config and getattr(cls, "Config", None) is None:
         raise UserError(f"invalid suite config: probe_config: probe {name!r} takes no options")
-    probe = cls(from_dict(cls.Config, config or {}, "probe") if getattr(cls, "Config", None) else None)
+    try:
+        probe = cls(from_dict(cls.Config, config or {}, "probe") if getattr(cls, "Config", None) else None)
+    except ConfigError as e:
+        raise ConfigError("suite", f"probe_config.{name}.{e.field}", e.detail) from None
     probe.name = name
     return probe
 

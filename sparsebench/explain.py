@@ -156,6 +156,7 @@ def score_probe(probe: Probe, model: Any, fitted: Fitted, rivals: Rivals, task: 
         if not any(isinstance(r, dict) for r in results):
             (control_notes if kind == "control" else null_notes)[name] = _reason(results)
     scores = {}
+    bars = probe.bars()
     for key, direction in probe.directions.items():
         vals = _values(own, key)
         if all(math.isnan(v) for v in vals):
@@ -177,7 +178,8 @@ def score_probe(probe: Probe, model: Any, fitted: Fitted, rivals: Rivals, task: 
                                       if kind == "control" and n in means},
                             nulls={n: means[n] for n, (kind, _) in rival_results.items() if kind == "null" and n in means},
                             own_nulls=own_refs, margin=margin, margin_ci=margin_ci,
-                            rival=max(means, key=lambda n: good(means[n], direction)) if means else None)
+                            rival=max(means, key=lambda n: good(means[n], direction)) if means else None,
+                            sufficient=bars.get(key))
     return ProbeResult(status="ok", level=probe.level, ranked=probe.ranked, reads=list(probe.reads),
                        config=to_dict(probe.config) if probe.config is not None else {}, main=probe.main,
                        chunks=len(chunks), scores=scores, null_notes=null_notes, control_notes=control_notes)

@@ -4,7 +4,9 @@ A probe is evidence only if a *wrong* explanation of the same model scores low. 
 ranked probe scores what the explanation claims, chance-corrected where a claim can be met by
 chance, and is read next to control explanations (`baselines/controls.py`: answer-only, random
 code, permuted units, model randomisation) and null models (`baselines/nulls.py`): an
-explanation counts on a probe only by its margin over the strongest of them.
+explanation counts on a probe only by its margin over the strongest of them. Beating one's rivals
+is not enough: each ranked probe also states the level at which its claim is met (`sufficient`),
+and the explanations board counts the probe as explained only when the score reaches it.
 
 Ranked probes (they test the explanation):
 - `hidden-code` (activations): Matthews correlation of "unit active" with the explanation's
@@ -26,16 +28,20 @@ its own probes, `code-recall` (ranked) and `code-count` (a diagnostic), are in `
 
 Each probe declares the task families it understands, the hooks it reads, the capabilities of a
 fitted explanation it reads (`reads_fit`: a control that changes none of them is invisible to
-it), its scores and their directions. `score` returns the scores, or `NotApplicable` with a
-one-line reason; it never makes up a number. Probes read activations at the readout position,
-so the same probe works on `mlp1` ([batch, d]) and on a transformer ([batch, pos, d]).
+it), its scores and their directions, and the bar of its main score (`sufficient`; a config
+field, `ProbeConfig.sufficient`, recorded with every score). `score` returns the scores, or
+`NotApplicable` with a one-line reason; it never makes up a number. Probes read activations at
+the readout position, so the same probe works on `mlp1` ([batch, d]) and on a transformer
+([batch, pos, d]).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import reprlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -44,9 +50,22 @@ from torch import Tensor
 from sparsebench.api import (Batch, Direction, Fitted, HasTokenCode, NotApplicable, Patchable, PredictsCandidates,
                              PredictsHidden, PredictsOutputs, Task, last_position)
 from sparsebench.config import check
+from sparsebench.errors import ConfigError
 
 MIN_ABLATION_GAP = 0.01  # nats: loss recovered is defined only if ablation costs at least this much
 OWN_NULL = "@"  # a score key "name@ref" is the probe's own reference for score `name` (recorded as own_nulls)
+SIGNED = (-1.0, 1.0)  # the values a Matthews correlation or a clipped share of an effect can take
+SHARE = (0.0, 1.0)  # ... a precision, recall or F1
+NATS = (0.0, math.inf)  # ... a KL divergence
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Options every ranked probe takes (a probe with more options subclasses it, e.g. `PatchConfig`)."""
+
+    # {score: level}: the bar of each named score (`Probe.sufficient`), overriding the probe's own; the probe's
+    # other bars stay. Once the probe is made it holds every bar in force, and is recorded so.
+    sufficient: dict[str, float] = field(default_factory=dict)
 
 
 class Probe(ABC):
@@ -64,10 +83,41 @@ class Probe(ABC):
     # within-model loss ratios), never the correspondence between input and output tokens.
     relabel_invariant: ClassVar[bool] = False
     Config: ClassVar[type | None] = None  # a frozen dataclass of options, recorded with every result
+    # {score: level} at which the probe's claim is met: the absolute bar beside the relative margin. On the
+    # explanations board a probe's outcome is "explains" only if the score's 95% interval reaches it (turned by
+    # the direction) as well as beating every rival (docs/science.md §5.3). The levels are our reading, each
+    # with its reason beside it; a suite overrides them (`probe_config = {patch = {sufficient = {...}}}`).
+    # Ranked probes set one for their main score; diagnostics have none.
+    sufficient: ClassVar[dict[str, float]] = {}
+    bounds: ClassVar[dict[str, tuple[float, float]]] = {}  # the values a score can take (a bar outside is refused)
     name: str = ""
 
     def __init__(self, config: Any = None):
-        self.config = config if config is not None else (self.Config() if self.Config else None)
+        config = config if config is not None else (self.Config() if self.Config else None)
+        if isinstance(config, ProbeConfig):
+            config = dataclasses.replace(config, sufficient={**self.sufficient, **self._bars(config.sufficient)})
+        self.config = config
+
+    def _bars(self, given: Any) -> dict[str, float]:
+        """`given` ({score: level}) checked: known scores, finite numbers within the score's bounds."""
+        if not isinstance(given, dict):
+            raise ConfigError("probe", "sufficient", f"must be a table {{score = level}} (got {reprlib.repr(given)})")
+        for score, level in given.items():
+            shown = reprlib.repr(score).strip("'\"")  # a user's key, quoted back short
+            where = f"sufficient.{shown}"
+            check("probe", score in self.directions, where,
+                  f"unknown score (this probe's scores: {', '.join(self.directions)})")
+            check("probe", isinstance(level, (int, float)) and not isinstance(level, bool), where,
+                  f"must be a number (got {reprlib.repr(level)})")
+            check("probe", math.isfinite(level), where, f"must be a finite number (got {level})")
+            lo, hi = self.bounds.get(score, (-math.inf, math.inf))
+            check("probe", lo <= level <= hi, where, f"out of range: {score} lies in [{lo:g}, {hi:g}] (got {level:g})")
+        return {score: float(level) for score, level in given.items()}
+
+    def bars(self) -> dict[str, float]:
+        """{score: level} in force: the config's (the probe's own, overridden), else the probe's own."""
+        configured = getattr(self.config, "sufficient", None)
+        return dict(configured) if isinstance(configured, dict) else dict(self.sufficient)
 
     @abstractmethod
     def score(self, model: Any, fitted: Fitted, task: Task, batch: Batch) -> dict[str, float] | NotApplicable:
@@ -169,6 +219,11 @@ class HiddenCode(Probe):
     reads_fit = ("hidden_active",)
     main = "mcc"
     directions = {"mcc": "higher", "precision": "higher", "recall": "higher", "f1": "higher"}
+    bounds = {"mcc": SIGNED, "precision": SHARE, "recall": SHARE, "f1": SHARE}
+    # Our reading: the claim "unit j is active exactly when the explanation says" is met at MCC 0.8 (0 is chance,
+    # 1 every unit exactly as said), the level we ask of a fraction of an effect, so one standard holds throughout.
+    sufficient = {"mcc": 0.8}
+    Config = ProbeConfig
 
     def score(self, model, fitted, task, batch):
         predicted = fitted.hidden_active(batch) if isinstance(fitted, PredictsHidden) else None
@@ -193,6 +248,16 @@ class Candidates(Probe):
     reads_fit = ("predict_candidates", "predict_logits")
     main = "fp_mcc"
     directions = {"fp_mcc": "higher", "fp_precision": "higher", "fp_recall": "higher", "tier_f1": "higher"}
+    bounds = {"fp_mcc": SIGNED, "fp_precision": SHARE, "fp_recall": SHARE, "tier_f1": SHARE}
+    # Our reading: 0.8, as for every MCC of a code. False positives are rare (0.2% to 5% of non-members for a
+    # trained mlp1 at widths 64 to 32), and for a rare event the MCC is close to sqrt(precision * recall) (true
+    # negatives dominate; in the default suite's records the two agree to 0.01 at widths >= 32), so fp_mcc 0.8
+    # asks that about 80% of the model's false positives are predicted and about 80% of the predicted ones are
+    # the model's: the same "80% of the effect" as the fraction-of-effect probes. Rarity is no reason for a lower
+    # level: the MCC is chance-corrected (0 for "none" or a random guess), and the small counts widen the
+    # interval, which must itself reach the level.
+    sufficient = {"fp_mcc": 0.8}
+    Config = ProbeConfig
 
     def score(self, model, fitted, task, batch):
         if isinstance(fitted, PredictsCandidates):
@@ -234,6 +299,10 @@ class Prediction(Probe):
     reads_fit = ("predict_logits",)
     main = "kl_explained"
     directions = {"kl_explained": "higher", "kl": "lower"}
+    bounds = {"kl_explained": (-math.inf, 1.0), "kl": NATS}
+    # Our reading: the explanation accounts for at least 80% of the model's departure from uniform.
+    sufficient = {"kl_explained": 0.8}
+    Config = ProbeConfig
 
     def score(self, model, fitted, task, batch):
         logits = fitted.predict_logits(batch) if isinstance(fitted, PredictsOutputs) else None
@@ -249,7 +318,7 @@ class Prediction(Probe):
 
 
 @dataclass(frozen=True)
-class PatchConfig:
+class PatchConfig(ProbeConfig):
     reference: Literal["mean", "zero", "resample"] = "mean"  # the ablation that defines "nothing recovered"
 
     def __post_init__(self) -> None:
@@ -282,6 +351,9 @@ class Patch(Probe):
     reads_fit = ("ideal_activation",)
     main = "loss_recovered"
     directions = {"loss_recovered": "higher", "loss_recovered_raw": "higher", "kl_to_clean": "lower"}
+    bounds = {"loss_recovered": SIGNED, "kl_to_clean": NATS}  # loss_recovered is clipped to [-1, 1]
+    # Our reading: the explanation's activation recovers at least 80% of the loss the ablation costs.
+    sufficient = {"loss_recovered": 0.8}
     Config = PatchConfig
     reads = ()  # the hook comes from the explanation (Patchable.ideal_activation)
 

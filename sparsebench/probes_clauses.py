@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from sparsebench.api import Batch, Fitted, HasClauseCodes, NotApplicable, Task, last_position
-from sparsebench.probes import Probe, active_units, cannot, mcc
+from sparsebench.probes import SHARE, SIGNED, Probe, ProbeConfig, active_units, cannot, mcc
 
 
 class CodeCount(Probe):
@@ -54,6 +54,10 @@ class CodeRecall(Probe):
     main = "mcc"
     families = ("clauses",)
     directions = {"mcc": "higher", "precision": "higher", "recall": "higher", "f1": "higher"}
+    bounds = {"mcc": SIGNED, "precision": SHARE, "recall": SHARE, "f1": SHARE}
+    # Our reading, as for every MCC of a code (`HiddenCode`): the decisions are carried by the coded units at 0.8.
+    sufficient = {"mcc": 0.8}
+    Config = ProbeConfig
 
     def score(self, model: Any, fitted: Fitted, task: Task, batch: Batch) -> dict[str, float] | NotApplicable:
         if not isinstance(fitted, HasClauseCodes):

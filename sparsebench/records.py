@@ -198,6 +198,10 @@ class Score(_Strict):
     margin: Number = None  # value minus the strongest control or null, turned by the direction (+ is better)
     margin_ci: Interval = None  # t-interval of the per-chunk margins
     rival: Name | None = None  # which control or null was the strongest (on the mean)
+    # The level at which the probe's claim is met (its bar: `Probe.sufficient`, as configured): the board's outcome
+    # is "explains" only if the value's interval reaches it (turned by the direction) as well as the margin's lying
+    # above 0. None: no bar (a diagnostic, a score without one, a record written before bars were recorded).
+    sufficient: Number = None
 
 
 class ProbeResult(_Strict):

@@ -3,9 +3,11 @@
 - On every mechanism's exact construction (its mechanism known), the right explanation beats every
   control and null on every ranked probe, and the probe validity board is computed from the
   records (recomputed here independently).
-- On the post's trained mlp1, Bloom explains the model on every ranked probe; deliberately wrong
-  explanations installed as plugins (the answer alone, random hashes, the right hashes on the wrong
-  hidden units) never explain it, and rank below it.
+- On the post's trained mlp1, Bloom explains the model on every ranked probe but `candidates`, where it
+  beats every rival but falls short of the bar; JL, a wrong explanation that beats its own degraded
+  copies, explains nothing once the value must reach the bar too; deliberately wrong explanations
+  installed as plugins (the answer alone, random hashes, the right hashes on the wrong hidden units)
+  never explain it, and rank below it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,21 @@ def test_each_mechanism_beats_every_control_and_null_on_its_own_construction(con
         assert r["beats_all"] is True, f"{r['truth']} on its own construction, {r['probe']}: margin {r['margin_min']}"
     # every mechanism is tested by at least three ranked probes on its own construction
     assert ranked.groupby("truth").size().min() >= 3
+
+
+def test_the_right_explanation_reaches_every_bar_on_its_own_construction(constructions):
+    """A bar the right explanation cannot reach on an exact construction would make every verdict 'no'."""
+    seen = set()
+    for path in constructions.glob("explanation/*.json"):
+        rec = json.loads(path.read_text())
+        if rec["status"] != "ok" or rec["mechanism"]["name"] != rec["truth"]:
+            continue
+        for name, pr in rec["probes"].items():
+            if pr["status"] == "ok" and pr["ranked"]:
+                s = pr["scores"][pr["main"]]
+                assert s["sufficient"] == 0.8 and s["ci"][0] >= s["sufficient"], (rec["truth"], name, s["ci"])
+                seen.add((rec["truth"], name))
+    assert {t for t, _ in seen} == {"bloom", "jl", "softmax-bottleneck"} and len(seen) >= 10
 
 
 def test_probe_validity_is_computed_from_the_records(constructions):
@@ -142,11 +159,34 @@ def _evaluate_wrong(tmp_path_factory, post_spec):
     return build_boards([out])
 
 
-def test_bloom_explains_the_trained_model_on_every_ranked_probe(wrong_board):
+def _main(board, mechanism):
+    return board[(board["mechanism"] == mechanism) & board["is_main"] & board["counted"]].set_index("probe")
+
+
+def test_bloom_explains_the_trained_model_on_every_ranked_probe_but_its_false_positives(wrong_board):
     rk = wrong_board["ranking"].set_index("mechanism")
-    assert rk.loc["bloom", "verdict"] == "explains", rk.loc["bloom", "outcomes"]
-    assert rk.loc["bloom", "outcomes"].count("explains") == 4  # candidates, hidden-code, patch, prediction
+    assert rk.loc["bloom", "verdict"] == "partly", rk.loc["bloom", "outcomes"]
+    assert rk.loc["bloom", "outcomes"] == ("candidates: insufficient, hidden-code: explains, patch: explains, "
+                                           "prediction: explains")
     assert rk.loc["bloom", "rank"] == 1 and rk.loc["bloom", "lost"] == 0
+    # Measured (3 seeds): fp_mcc 0.72 [0.67, 0.77], margin 0.68 over the shuffled null. Bloom predicts most of the
+    # net's false positives, but the net keeps out many of the non-members a Bloom filter would let in.
+    c = _main(wrong_board["explanations"], "bloom").loc["candidates"]
+    assert c["margin_lo"] > 0 and c["value_hi"] < c["sufficient"] == 0.8
+
+
+def test_jl_beats_its_rivals_but_explains_nothing(wrong_board):
+    """JL's readout of the embeddings is a wrong explanation of a net that computes a Bloom code in its MLP: it
+    beats its own degraded copies on patch and candidates, but recovers about a third of the loss."""
+    main = _main(wrong_board["explanations"], "jl")
+    # measured (3 seeds): loss recovered 0.35 [0.32, 0.38], margin 0.41 [0.38, 0.44] over reinit-W_E
+    for probe in ("patch", "candidates"):
+        r = main.loc[probe]
+        assert r["outcome"] == "insufficient" and r["margin_lo"] > 0 and r["value_hi"] < r["sufficient"], probe
+    assert main.loc["patch", "value_mean"] < 0.5 and main.loc["candidates", "value_mean"] < 0.3
+    rk = wrong_board["ranking"].set_index("mechanism")
+    assert rk.loc["jl", "verdict"] == "no", rk.loc["jl", "outcomes"]
+    assert "explains" not in rk.loc["jl", "outcomes"] and rk.loc["jl", "rank"] > rk.loc["bloom", "rank"]
 
 
 @pytest.mark.parametrize("wrong", ["answer-mech", "random-hashes"])
@@ -168,3 +208,4 @@ def test_the_right_hashes_on_the_wrong_units_explain_nothing_where_units_matter(
     assert main.loc["prediction", "outcome"] == "explains"
     rk = wrong_board["ranking"].set_index("mechanism")
     assert rk.loc["wrong-units", "verdict"] == "partly" and rk.loc["wrong-units", "rank"] > rk.loc["bloom", "rank"]
+

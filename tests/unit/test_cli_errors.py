@@ -115,6 +115,19 @@ def test_a_typo_in_a_suite_file_is_one_line(cli, tmp_path):
                                  "probe_chunks"]
 
 
+@pytest.mark.parametrize("bar,message", [
+    ("fp_mcc = nan", "probe_config.candidates.sufficient.fp_mcc: must be a finite number (got nan)"),
+    ("fp_mcc = 2", "probe_config.candidates.sufficient.fp_mcc: out of range: fp_mcc lies in [-1, 1] (got 2)"),
+    ("fp_mc = 0.5", "probe_config.candidates.sufficient.fp_mc: unknown score (this probe's scores: fp_mcc, "
+                    "fp_precision, fp_recall, tier_f1)"),
+])
+def test_a_bad_bar_in_a_suite_file_is_one_line_before_any_work(cli, tmp_path, bar, message):
+    (tmp_path / "s.toml").write_text(f"seeds = [0]\n[probe_config.candidates.sufficient]\n{bar}\n")
+    code, err, _ = cli("evaluate", "s.toml", "--no-progress")
+    assert (code, err) == (2, [f"error: invalid suite config: {message}"])
+    assert nothing_written(tmp_path)
+
+
 def test_output_paths_of_the_wrong_kind_are_one_line(cli, tmp_path):
     (tmp_path / "afile").write_text("x")
     (tmp_path / "afolder").mkdir()

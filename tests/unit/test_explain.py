@@ -102,7 +102,7 @@ def test_margin_turns_by_direction_and_picks_the_strongest_rival(task, built):
     kl = r.scores["kl_to_clean"]  # lower is better
     best = max(good(v, "lower") for v in kl.controls.values())
     assert kl.margin == pytest.approx(good(kl.value, "lower") - best, abs=1e-9)
-    assert r.config == {"reference": "mean"} and r.ranked
+    assert r.config == {"reference": "mean", "sufficient": {"loss_recovered": 0.8}} and r.ranked
 
 
 @pytest.mark.parametrize("reference", ["mean", "zero", "resample"])
@@ -145,3 +145,74 @@ def test_random_models_make_reinit_controls(task):
     other = seen["model"]
     assert not torch.equal(other.W_U, model.W_U) and torch.equal(other.W_E, model.W_E)
     assert torch.equal(other.W_in, model.W_in)
+
+
+# ----- the bar: the level at which a probe's claim is met ---------------------------------------------------
+
+def test_every_ranked_probe_states_a_bar_for_its_main_score_and_diagnostics_none():
+    from sparsebench import registry
+
+    for name in registry.probes.names():
+        cls = registry.probes.get(name)
+        if not cls.ranked:
+            assert cls.sufficient == {}, f"{name} is a diagnostic: it claims nothing, so it has no bar"
+            continue
+        assert cls.main in cls.sufficient, f"{name} states no bar for its main score {cls.main}"
+        for score, level in cls.sufficient.items():
+            lo, hi = cls.bounds.get(score, (-math.inf, math.inf))
+            assert score in cls.directions and lo < level <= hi, (name, score, level)
+
+
+def test_a_suite_overrides_the_bar_and_every_score_records_the_one_in_force(task, built):
+    from sparsebench.evaluate import make_probe
+
+    model, fitted, chunks = built
+    rivals = Rivals(controls={"random-code": fitted.random_code(g(7))}, nulls={}, relabelling=set(), partial=set())
+    default = score_probe(make_probe("candidates", None), model, fitted, rivals, task, chunks)
+    assert default.scores["fp_mcc"].sufficient == 0.8 and default.config == {"sufficient": {"fp_mcc": 0.8}}
+    assert default.scores["fp_recall"].sufficient is None  # a score without a bar
+    mine = score_probe(make_probe("candidates", {"sufficient": {"fp_mcc": 0.6}}), model, fitted, rivals, task, chunks)
+    assert mine.scores["fp_mcc"].sufficient == 0.6 and mine.config == {"sufficient": {"fp_mcc": 0.6}}
+    patch = make_probe("patch", {"reference": "zero", "sufficient": {"kl_to_clean": 0.05}})
+    assert patch.bars() == {"loss_recovered": 0.8, "kl_to_clean": 0.05}  # the probe's own bars stay
+
+
+def test_another_bar_is_another_record():
+    from sparsebench.evaluate import Plan
+    from sparsebench.settings import suite_from_dict
+
+    base = {"runs": [{"task_config": {"V": 50, "k": 3}}], "mechanisms": ["bloom"], "probes": ["patch"],
+            "widths": [8], "seeds": [0]}
+    ids = [Plan(suite_from_dict({**base, "probe_config": cfg})).trained_ids(0, 8, 0)["explanation/bloom"]
+           for cfg in ({}, {"patch": {"sufficient": {"loss_recovered": 0.8}}},
+                       {"patch": {"sufficient": {"loss_recovered": 0.9}}})]
+    assert ids[0] == ids[1] != ids[2]  # the default written out is the default; a rerun with 0.9 is not skipped
+
+
+@pytest.mark.parametrize("probe,bars,field,message", [
+    ("candidates", {"fp_mcc": math.nan}, "sufficient.fp_mcc", "must be a finite number (got nan)"),
+    ("candidates", {"fp_mcc": math.inf}, "sufficient.fp_mcc", "must be a finite number (got inf)"),
+    ("candidates", {"fp_mcc": 1.5}, "sufficient.fp_mcc", "out of range: fp_mcc lies in [-1, 1] (got 1.5)"),
+    ("patch", {"kl_to_clean": -0.1}, "sufficient.kl_to_clean", "out of range: kl_to_clean lies in [0, inf]"),
+    ("hidden-code", {"mc": 0.8}, "sufficient.mc", "unknown score (this probe's scores: mcc, precision, recall, f1)"),
+    ("prediction", {"kl_explained": "high"}, "sufficient.kl_explained", "must be a number (got 'high')"),
+    ("prediction", {"kl_explained": True}, "sufficient.kl_explained", "must be a number (got True)"),
+    ("code-recall", [0.8], "sufficient", "must be a table"),
+])
+def test_a_bad_bar_is_one_error_naming_the_field(probe, bars, field, message):
+    from sparsebench.errors import ConfigError
+    from sparsebench.evaluate import make_probe
+
+    with pytest.raises(ConfigError) as e:
+        make_probe(probe, {"sufficient": bars})
+    assert (e.value.where, e.value.field) == ("suite", f"probe_config.{probe}.{field}")
+    assert e.value.detail.startswith(message), e.value.detail
+    assert str(e.value).startswith(f"invalid suite config: probe_config.{probe}.{field}: ")
+
+
+def test_a_diagnostic_takes_no_bar():
+    from sparsebench.errors import UserError
+    from sparsebench.evaluate import make_probe
+
+    with pytest.raises(UserError, match="probe 'bimodality' takes no options"):
+        make_probe("bimodality", {"sufficient": {"r2": 0.9}})

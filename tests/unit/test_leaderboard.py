@@ -253,6 +253,70 @@ def test_a_probe_invalid_on_constructions_is_not_counted():
     assert _exp_board()["ranking"].set_index("mechanism").loc["bloom", "unvalidated"] == "hidden-code, patch"
 
 
+def barred(value, margin, bar, direction="higher"):
+    """A score with a chunk interval, its margin well away from 0, and the probe's bar."""
+    return Score(value=value, ci=(value - 0.01, value + 0.01), direction=direction, margin=margin,
+                 margin_ci=(margin - 0.02, margin + 0.02), sufficient=bar)
+
+
+def test_beating_every_rival_below_the_bar_is_not_explaining():
+    """The bar beside the margin (the default suite's numbers): JL's linear readout recovers 43% of a trained
+    mlp1's loss and beats its own degraded copies on patch and candidates; it explains nothing."""
+    recs = []
+    for seed, d in enumerate((-0.01, 0.0, 0.01)):
+        recs.append(exp_rec("jl", seed, {"patch": probe("loss_recovered", barred(0.43 + d, 0.49 + d, 0.8)),
+                                         "candidates": probe("fp_mcc", barred(0.14 + d, 0.06 + d, 0.8))}))
+        recs.append(exp_rec("bloom", seed, {"patch": probe("loss_recovered", barred(1.0, 1.46 + d, 0.8)),
+                                            "candidates": probe("fp_mcc", barred(0.71 + d, 0.67 + d, 0.8))}))
+        # exactly at the bar on every seed (interval [0.8, 0.8]): the bar is met
+        recs.append(exp_rec("at-bar", seed, {"patch": probe("loss_recovered", barred(0.8, 0.3 + d, 0.8))}))
+        # mean at the bar, interval across it: not shown to reach it
+        recs.append(exp_rec("across", seed, {"patch": probe("loss_recovered", barred(0.8 + 2 * d, 0.3 + d, 0.8))}))
+        # below the bar and below a rival: fails, as before
+        recs.append(exp_rec("loser", seed, {"patch": probe("loss_recovered", barred(0.2 + d, -0.3 + d, 0.8))}))
+    b = explanations.build(exp_frame(recs), {})
+    board = b["explanations"].set_index(["mechanism", "probe"])
+    outcome = board["outcome"].to_dict()
+    assert outcome[("jl", "patch")] == "insufficient" and board.loc[("jl", "patch"), "margin_lo"] > 0
+    assert outcome[("jl", "candidates")] == "insufficient"
+    assert board.loc[("jl", "patch"), "sufficient"] == 0.8
+    assert outcome[("bloom", "patch")] == "explains" and outcome[("bloom", "candidates")] == "insufficient"
+    assert outcome[("at-bar", "patch")] == "explains"
+    assert outcome[("across", "patch")] == "insufficient"
+    assert outcome[("loser", "patch")] == "fails"
+    rk = b["ranking"].set_index("mechanism")
+    assert rk.loc["jl", "verdict"] == "no"
+    assert rk.loc["jl", "outcomes"] == "candidates: insufficient, patch: insufficient"
+    assert rk.loc["bloom", "verdict"] == "partly" and rk.loc["at-bar", "verdict"] == "explains"
+    assert rk.loc["across", "verdict"] == "no" and rk.loc["loser", "verdict"] == "no"
+    # the pairwise comparisons and ranks do not read the bar: bloom still beats jl on both probes
+    pw = b["pairwise"]
+    assert set(pw[(pw.a == "bloom") & (pw.b == "jl")].winner) == {"a"} and rk.loc["bloom", "rank"] == 1
+    md = render.to_markdown(render.explanation_tables(b | {"validity": None}))
+    line = next(ln for ln in md.splitlines() if ln.startswith("| jl | patch"))
+    assert "~ insufficient (bar ≥ 0.8)" in line
+    assert "insufficient = beats every rival but does not reach the bar" in md
+
+
+def test_a_bar_is_reached_by_the_whole_interval_turned_by_direction():
+    assert explanations.reaches(0.8, 0.9, 0.8, "higher") and not explanations.reaches(0.79, 0.9, 0.8, "higher")
+    assert explanations.reaches(0.01, 0.1, 0.1, "lower") and not explanations.reaches(0.01, 0.11, 0.1, "lower")
+    assert explanations.reaches(-0.05, 0.04, 0.05, "zero") and not explanations.reaches(-0.06, 0.0, 0.05, "zero")
+    assert not explanations.reaches(math.nan, math.nan, 0.0, "higher")  # no interval: not shown to reach it
+
+
+def test_a_record_without_a_bar_is_judged_by_its_margin_alone():
+    recs = [exp_rec("old", seed, {"patch": probe("loss_recovered", barred(0.4, 0.3, None))}) for seed in range(3)]
+    b = explanations.build(exp_frame(recs), {})
+    r = b["explanations"].iloc[0]
+    assert math.isnan(r.sufficient) and r.outcome == "explains"
+    # seeds that disagree on the bar: the strictest counts
+    recs += [exp_rec("mixed", seed, {"patch": probe("loss_recovered", barred(0.85, 0.3, bar))})
+             for seed, bar in enumerate((0.8, 0.9, None))]
+    board = explanations.build(exp_frame(recs), {})["explanations"].set_index("mechanism")
+    assert board.loc["mixed", "sufficient"] == 0.9 and board.loc["mixed", "outcome"] == "insufficient"
+
+
 def test_validity_auroc_is_computed_from_construction_records():
     def built(mech, truth, seed, value, controls):
         rid = record_id({"m": mech, "t": truth, "s": seed})

@@ -119,8 +119,8 @@ def init_models(task: Task, model_name: str, model_cfg: dict[str, Any], seeds: l
 
 
 def stackable(model_name: str) -> bool:
-    """Whether seeds of this model train together in one batched module (its class has `stacked`)."""
-    return hasattr(model_class(model_name), "stacked")
+    """Whether seeds of this model train together in one batched module (its class has a `stacked`)."""
+    return getattr(model_class(model_name), "stacked", None) is not None
 
 
 class AutogradStep:

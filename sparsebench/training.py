@@ -1,8 +1,9 @@
 """Training: online batches, AdamW with warm-up and a cosine schedule, many seeds at once.
 
 Every step draws a fresh batch (there is no data set): one `task.sample` per
-instance, stacked. Models that can stack (their class has `stacked`, e.g. `mlp1`)
-train all requested seeds in one batched module with a leading instance dim; the
+instance, stacked. Models that can stack (their class has `stacked`: `mlp1` ->
+`StackedMLP`, `transformer` -> `StackedTransformer`) train all requested seeds in one
+batched module with a leading instance dim; the
 loss is the sum over instances of each instance's batch mean, so each instance
 gets exactly the gradient it would get alone, and AdamW is elementwise: N seeds
 together equal N separate runs (tests/unit/test_training.py checks it). Each
@@ -170,11 +171,14 @@ def optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[
     module.train()
     label = f"train {getattr(task, 'name', '')} x{len(seeds)}".strip()
     bar = tqdm(range(cfg.steps), desc=label, disable=not ctx.progress, leave=False, mininterval=0.5)
+    # On a GPU nothing in the loop waits for the device (tests/unit/test_gpu.py checks it): the tail loss
+    # accumulates on the device and the bar shows no loss (reading one would synchronise every 50 steps).
+    show_loss = ctx.progress and ctx.device.type == "cpu"
     for i in bar:
         per_instance = step(step.sample(gens), cfg.lr * lr_factor(i, cfg))
         if i >= cfg.steps - tail:
             tail_sum += per_instance.reshape(-1)
-        if ctx.progress and i % 50 == 0:
+        if show_loss and i % 50 == 0:
             bar.set_postfix(loss=f"{per_instance.mean().item():.4f}")
     bar.close()
     return (tail_sum / tail).tolist(), step.backend

@@ -28,8 +28,9 @@ path, always correct).
 `FusedStep` is the training step the run context's door hands out for stacked
 `mlp1` and stacked `transformer` on such a task (backend "fused", and "auto" on
 the CPU): the residual stream (`mlp1`: through `bag_residual`, an embedding bag
-with an index_add backward; `transformer`: the stacked model's own `residual`,
-the same math as its forward up to the unembedding), the loss and its gradients
+with an index_add backward; `transformer`: `accel/transformer.py`, the stacked
+model's own `residual` with its last block's one-query attention computed
+without keys or values), the loss and its gradients
 through `unembed_kl`, then torch's AdamW; a built-in top-k task's batches are
 drawn for all instances at once (`sampling.torch_topk_sampler`, checked bitwise
 against the task's `sample`).
@@ -43,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparsebench.accel import transformer
 from sparsebench.accel.sampling import CheckedSampler, torch_topk_sampler
 from sparsebench.api import Batch
 from sparsebench.models.mlp import StackedMLP
@@ -126,7 +128,7 @@ class FusedStep(AutogradStep):
         if isinstance(self.module, StackedMLP):
             r = bag_residual(self.module, **batch.inputs)  # [inst, batch, d_model]
         else:
-            r = self.module.residual(**batch.inputs)  # type: ignore[operator]  # the transformer's own
+            r = transformer.residual(self.module, **batch.inputs)  # type: ignore[arg-type]
         mm_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None
         return unembed_kl(r, W_U, b_U, index, probs, mm_dtype=mm_dtype)
 

@@ -170,15 +170,20 @@ class StackedTransformer(nn.Module):
 
     # ----- the model ------------------------------------------------------------------------------
 
-    def residual(self, tokens: Tensor, weights: Tensor) -> Tensor:
+    def residual(self, tokens: Tensor, weights: Tensor,
+                 last_attention: Callable[["StackedTransformer", int, Tensor], Tensor] | None = None) -> Tensor:
         """tokens, weights [inst, batch, seq] -> the normalised final residual at the last position
-        [inst, batch, d_model] (what the unembedding reads)."""
+        [inst, batch, d_model] (what the unembedding reads).
+
+        `last_attention(self, layer, h)`: another computation of the last block's attention at the last
+        position, equal to `attention(layer, h, last_only=True)` (a speed backend's; None: that one)."""
         x = self.embed(tokens, weights)  # [inst, batch, seq, d_model]
         last = self.config.n_layers - 1
         for layer in range(self.config.n_layers):
             h = self.norm(x, f"blocks.{layer}.ln1")
             if layer == last:
-                x = x[:, :, -1] + self.attention(layer, h, last_only=True)  # [inst, batch, d_model]
+                attn = last_attention(self, layer, h) if last_attention else self.attention(layer, h, last_only=True)
+                x = x[:, :, -1] + attn  # [inst, batch, d_model]
             else:
                 x = x + self.attention(layer, h, last_only=False)
             x = x + self.mlp(layer, self.norm(x, f"blocks.{layer}.ln2"))

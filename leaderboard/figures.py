@@ -43,9 +43,18 @@ STYLE = {"figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize"
          "axes.spines.right": False}
 
 
-def safe_text(s: Any) -> str:
-    """Text from records, made inert for matplotlib's mathtext (a `$` in a plugin name)."""
-    return str(s).replace("$", r"\$")
+LABEL_CHARS = 80  # longest label, title line or legend entry drawn from a record (longer ones are cut, with …)
+
+
+def safe_text(s: Any, limit: int = LABEL_CHARS) -> str:
+    """Text from records, made inert for matplotlib: control characters as visible escapes, at most `limit`
+    characters per line (a long config in a label would make the figure too large to draw), `$` escaped
+    (mathtext)."""
+    from sparsebench.printable import visible
+
+    lines = [visible(line) for line in str(s).split("\n")]
+    lines = [line if len(line) <= limit else line[:limit - 1] + "…" for line in lines]
+    return "\n".join(lines).replace("$", r"\$")
 
 
 def to_png(fig) -> bytes:

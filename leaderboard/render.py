@@ -13,6 +13,13 @@ Not-applicable probes show "n/a", never a number.
 HTML: everything inline (CSS, a small vanilla-JS table sorter, figures as base64
 PNG), no network access, and every string that came from a record goes through
 `html.escape` (task, solver, mechanism and probe names are plugin-defined).
+
+Every format is safe on its own, whatever the records hold: control characters
+(ANSI/OSC escapes, carriage returns, bidirectional controls) become visible escapes
+(`sparsebench.printable`) in the terminal, Markdown, CSV and HTML, so a Markdown
+row never breaks and the terminal is never restyled; CSV text cells that a
+spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a
+carriage return) get a leading `'` (OWASP's rule), numbers stay numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import io
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from sparsebench.printable import visible
 
 FORMATS = ("terminal", "markdown", "csv", "html")
 
@@ -279,18 +288,22 @@ def print_tables(console: Any, tables: list[Table]) -> None:
 
     if not tables:
         console.print("no records")
-    for t in tables:
-        rt = RTable(title=Text(t.title, style="bold"), caption=Text(t.note) if t.note else None, show_lines=False)
+    for t in tables:  # Text, not markup strings: names come from records and plugins
+        rt = RTable(title=Text(visible(t.title), style="bold"), caption=Text(visible(t.note)) if t.note else None,
+                    show_lines=False)
         for c in t.columns:
-            rt.add_column(Text(c), overflow="fold")
+            rt.add_column(Text(visible(c)), overflow="fold")
         for row in t.rows:
-            rt.add_row(*[Text(c.text, style="bold green" if c.best else ("dim" if c.text == "n/a" else ""))
+            rt.add_row(*[Text(visible(c.text), style="bold green" if c.best else ("dim" if c.text == "n/a" else ""))
                          for c in row])
         console.print(rt)
         console.print()
 
 
 def to_terminal(tables: list[Table], width: int | None = None) -> str:
+    """The tables as plain text (rendered into a string: nothing is printed)."""
+    import io
+
     from rich.console import Console
 
     console = Console(file=io.StringIO(), record=True, width=width or 200, force_terminal=False, highlight=False)
@@ -299,7 +312,10 @@ def to_terminal(tables: list[Table], width: int | None = None) -> str:
 
 
 def _md_cell(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+    """One Markdown table cell: control characters (newlines, carriage returns) shown as escapes, so a row
+    never breaks; `|` escaped; `<`/`>` as entities."""
+    s = visible(s)
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_markdown(tables: list[Table]) -> str:
@@ -338,8 +354,26 @@ def tidy_frame(b: dict[str, Any]):
     return out[["board"] + [c for c in out.columns if c != "board"]]
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
+
+
+def csv_text(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs: text starting like a formula gets a leading `'` (OWASP), control
+    characters become visible escapes. Numbers (-0.5 included) and missing values are left as they are."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_START):
+        value = "'" + value
+    return visible(value)
+
+
 def to_csv(b: dict[str, Any]) -> str:
-    return tidy_frame(b).to_csv(index=False)
+    frame = tidy_frame(b)
+    frame.columns = [csv_text(str(c)) for c in frame.columns]
+    for c in frame.columns:
+        if frame[c].dtype == object or str(frame[c].dtype) in ("string", "str"):
+            frame[c] = frame[c].map(csv_text)
+    return frame.to_csv(index=False)
 
 
 _CSS = """
@@ -379,7 +413,9 @@ _JS = """
 def to_html(tables: list[Table], figures: list[tuple[str, bytes]] | None = None,
             title: str = "sparsebench leaderboard", intro: str = "") -> str:
     """One self-contained page. `figures`: (caption, PNG bytes) pairs, embedded as base64."""
-    e = html.escape
+    def e(text: Any) -> str:
+        return html.escape(visible(text))
+
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]

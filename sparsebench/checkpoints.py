@@ -7,6 +7,14 @@ load instead of retraining, and any change trains anew. The folder is written
 under a temporary name and renamed when complete: a killed run leaves no
 half-written checkpoint, only a hidden temporary folder that is ignored.
 
+Nothing is trusted that the cache holds: `load` verifies an entry (run.json parses
+and describes this very run, the weights load with the right names and shapes, and
+every weight is finite) and a damaged entry is named in one warning, moved aside to
+a hidden `.damaged-*` sibling (atomically; readers ignore hidden folders) and
+retrained. A model whose training diverged (a non-finite loss or weight) is an error
+for its run and is never cached. Weights are safetensors, never pickles, and no code
+is ever loaded from the cache.
+
 The cache root is the run context's (`--cache`, else `$SPARSEBENCH_CACHE`, else
 `~/.cache/sparsebench`).
 """
@@ -16,6 +24,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
+import os
+import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +36,13 @@ import safetensors.torch
 import torch
 
 import sparsebench
+from sparsebench import limits
 from sparsebench.api import Task, applies
 from sparsebench.build import make_model, make_model_config, make_task, model_class
 from sparsebench.config import stable_hash, to_dict
 from sparsebench.context import RunContext
 from sparsebench.errors import UserError
-from sparsebench.io import atomic_path
+from sparsebench.io import atomic_path, ensure_writable
 from sparsebench.training import TrainConfig, stackable, train
 
 CACHE_FORMAT = 1  # bump when the checkpoint layout or training semantics change
@@ -55,6 +68,7 @@ class RunSpec:
         if why:
             raise UserError(f"model {model!r} cannot train on task {task!r}: it {why}")
         m = to_dict(make_model_config(model, model_config))
+        limits.check_run(t, model_class(model), m, train)  # sizes that cannot fit, before any allocation
         return cls(task, t.config_dict(), model, m, train)
 
     def make_task(self) -> Task:
@@ -95,18 +109,89 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load(spec: RunSpec, seed: int, ctx: RunContext) -> Checkpoint | None:
-    """The cached checkpoint of (spec, seed) on the context's device, or None if there is none."""
-    key, device = spec.key(seed), ctx.device
-    folder = ctx.cache_root / "models" / key
+class CacheWarning(UserWarning):
+    """A damaged cache entry was moved aside and will be retrained (the message names it and why)."""
+
+
+class Damaged(Exception):
+    """A cache entry that cannot be trusted (the message says why)."""
+
+
+def finite(model: Any) -> bool:
+    """Whether every weight (parameter) of `model` is finite. Buffers are not weights: TransformerLens keeps
+    an attention mask's -inf in one."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.dtype.is_floating_point)
+
+
+def _verified(spec: RunSpec, seed: int, folder: Path, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The model and run.json of a cache entry, checked; `Damaged` says what is wrong."""
     weights, info_path = folder / "model.safetensors", folder / "run.json"
-    if not (weights.exists() and info_path.exists()):
+    for f in (weights, info_path):
+        if not f.is_file():  # missing, or not a regular file (a FIFO would block the read)
+            raise Damaged(f"{f.name} is missing or not a regular file")
+    try:
+        with info_path.open("rb") as f:
+            raw = f.read(1_000_001)  # a run.json is a few KB
+        if len(raw) > 1_000_000:
+            raise ValueError("larger than 1 MB")
+        info = json.loads(raw.decode("utf-8"), parse_constant=lambda c: math.nan)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise Damaged(f"run.json is not readable JSON ({type(e).__name__})") from None
+    if not isinstance(info, dict):
+        raise Damaged("run.json is not a JSON object")
+    expected = json.loads(json.dumps(spec.describe(seed)))  # as written: tuples become lists
+    for field, value in expected.items():
+        if info.get(field) != value:
+            raise Damaged(f"run.json describes another run ({field} differs)")
+    model = make_model(spec.model, spec.model_config, spec.make_task())
+    try:
+        safetensors.torch.load_file(str(weights), device="cpu")  # readable, whole
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+        raise Damaged(f"model.safetensors cannot be read ({type(e).__name__}: {_first_line(e)})") from None
+    try:
+        safetensors.torch.load_model(model, str(weights), strict=True, device="cpu")
+    except RuntimeError as e:  # a weight of the wrong shape, a missing or a foreign one
+        raise Damaged(f"model.safetensors does not fit the model ({_first_line(e, last=True)})") from None
+    if not finite(model):
+        raise Damaged("non-finite weights")
+    return model.to(device).eval(), info
+
+
+def _first_line(e: BaseException, last: bool = False) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+    return (lines[-1] if last else lines[0])[:200]
+
+
+def _move_aside(folder: Path, why: str) -> None:
+    """Rename a damaged entry to a hidden sibling (atomic; every reader ignores hidden folders)."""
+    aside = folder.with_name(f".damaged-{folder.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(folder, aside)
+    except FileNotFoundError:
+        return  # another process moved it first
+    except OSError as e:
+        raise UserError(f"damaged cache entry {folder}: {why}; it cannot be moved aside ({e.strerror or e}): "
+                        f"delete it") from None
+    warnings.warn(f"damaged cache entry {folder}: {why}; moved to {aside.name}, retraining", CacheWarning,
+                  stacklevel=3)
+
+
+def load(spec: RunSpec, seed: int, ctx: RunContext) -> Checkpoint | None:
+    """The cached checkpoint of (spec, seed) on the context's device, or None if there is none.
+
+    A damaged entry (unreadable or foreign run.json, unreadable weights or weights of the wrong
+    shapes, non-finite weights) is moved aside with a warning, and None is returned: it is retrained.
+    """
+    key = spec.key(seed)
+    folder = ctx.cache_root / "models" / key
+    if not folder.exists():
         return None
-    task = spec.make_task()
-    model = make_model(spec.model, spec.model_config, task)
-    safetensors.torch.load_model(model, str(weights), device=str(device))
-    model.to(device).eval()
-    return Checkpoint(model, seed, key, file_sha256(weights), json.loads(info_path.read_text()))
+    try:
+        model, info = _verified(spec, seed, folder, ctx.device)
+    except Damaged as e:
+        _move_aside(folder, str(e))
+        return None
+    return Checkpoint(model, seed, key, file_sha256(folder / "model.safetensors"), info)
 
 
 def save(spec: RunSpec, seed: int, model: Any, info: dict[str, Any], ctx: RunContext) -> Checkpoint:
@@ -131,9 +216,16 @@ def train_or_load(spec: RunSpec, seeds: list[int], ctx: RunContext) -> list[Chec
     found = {s: load(spec, s, ctx) for s in seeds}
     missing = [s for s in seeds if found[s] is None]
     groups = ([missing] if missing else []) if stackable(spec.model) else [[s] for s in missing]
+    if missing:  # before any training: a cache that cannot be written is one line now, not after minutes
+        ensure_writable(ctx.cache_root / "models", "the model cache", hint="--cache or SPARSEBENCH_CACHE")
     task = spec.make_task()
     for group in groups:
         result = train(task, spec.model, spec.model_config, spec.train, group, ctx)
+        for seed, model, loss in zip(group, result.models, result.final_loss):
+            if not (math.isfinite(loss) and finite(model)):
+                raise UserError(f"training diverged: seed {seed} of {spec.task} on {spec.model} ended with "
+                                f"{'a non-finite loss' if not math.isfinite(loss) else 'non-finite weights'} "
+                                f"(train.lr={spec.train.lr:g}); lower train.lr")
         # Seeds are split into `processes` contiguous parts whose sizes differ by at most one.
         size, extra = divmod(len(group), result.processes)
         for i, (seed, model, loss) in enumerate(zip(group, result.models, result.final_loss)):

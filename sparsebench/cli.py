@@ -33,8 +33,10 @@ ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress
 
 def _context(device: str, cache: Optional[Path], progress: bool, workers: int = 1, backend: str = "auto",
              executor: str = "local", ray_address: Optional[str] = None) -> Any:
+    from sparsebench import interrupts
     from sparsebench.context import RunContext
 
+    interrupts.check()  # a Ctrl-C during the imports above (torch swallows one that hits its numpy import)
     return RunContext.create(device, cache=cache, progress=progress, workers=workers, backend=backend,
                              executor=executor, ray_address=ray_address)
 
@@ -44,16 +46,24 @@ def list_cmd() -> None:
     """Print every registered task, model, mechanism, probe and baseline, and where it came from."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from sparsebench import registry
+    from sparsebench.printable import visible
+
+    def row(*cells: str, status: str = "") -> list[Text]:  # plain text, never rich markup: names come from plugins
+        return [Text(visible(c), style=status if i == 2 else "") for i, c in enumerate(cells)]
 
     table = Table("kind", "name", "from", "version", "object")
     for kind, reg in registry.REGISTRIES.items():
         for e in reg:
             obj = f"{getattr(e.obj, '__module__', '?')}:{getattr(e.obj, '__qualname__', type(e.obj).__name__)}"
-            table.add_row(reg.singular, e.name, e.source, e.version, obj)
+            source = f"{e.source} (replaces the built-in)" if e.name in reg.replaced else e.source
+            table.add_row(*row(reg.singular, e.name, source, e.version, obj))
         for name, why in reg.failed.items():
-            table.add_row(reg.singular, name, "[red]failed to load[/red]", "", why)
+            table.add_row(*row(reg.singular, name, "failed to load", "", why, status="red"))
+        for name, why in reg.refused.items():
+            table.add_row(*row(reg.singular, name, "refused override", "", why, status="red"))
     Console(width=160).print(table)
 
 
@@ -77,6 +87,7 @@ def train(
     import torch
 
     from sparsebench.checkpoints import train_or_load
+    from sparsebench.printable import visible
     from sparsebench.settings import run_settings, run_spec, seed_list
 
     data = run_settings(config, set_, **{"task.name": task, "model.name": model})
@@ -93,7 +104,7 @@ def train(
             m = task_obj.metrics(ck.model(**held.inputs), held)
         how = "trained" if ck.trained else "loaded"
         summary = " ".join(f"{k}={v:.4g}" for k, v in m.items())
-        typer.echo(f"seed {ck.seed}: {how} {ctx.cache_root / 'models' / ck.key}  held-out {summary}")
+        typer.echo(visible(f"seed {ck.seed}: {how} {ctx.cache_root / 'models' / ck.key}  held-out {summary}"))
     typer.echo(f"{len(seeds)} model(s) in {elapsed:.1f}s on {ctx.device}")
 
 
@@ -137,6 +148,16 @@ def evaluate(
         _write_boards(out)
 
 
+def _write_out(path: Path, text: str, what: str) -> None:
+    """Write a user-named output file atomically; a place that cannot be written is one UserError."""
+    from sparsebench.io import write_text
+
+    try:
+        write_text(path, text)
+    except OSError as e:
+        raise UserError(f"cannot write {what} {path}: {e.strerror or e}") from None
+
+
 def _write_boards(out: Path) -> None:
     """Write leaderboard.md and leaderboard.html next to the records; print the summary tables.
 
@@ -145,13 +166,12 @@ def _write_boards(out: Path) -> None:
     """
     from rich.console import Console
 
-    from sparsebench.io import write_text
     from sparsebench.leaderboard import render
     from sparsebench.leaderboard.build import build_boards, render_leaderboard
 
     b = build_boards([out])
     for name, fmt in (("leaderboard.md", "markdown"), ("leaderboard.html", "html")):
-        write_text(out / name, render_leaderboard([out], fmt, b))
+        _write_out(out / name, render_leaderboard([out], fmt, b), "the board")
     summary = [t for t in render.board_tables(b) if t.title.startswith(("Best at each width", "Explanations ranking",
                                                                           "Probe validity"))]
     typer.echo(render.to_terminal(summary, width=max(Console().width, 120)), nl=False)
@@ -170,7 +190,6 @@ def leaderboard(
                                     "is below this is left out of the rankings (docs/leaderboard.md)."),
 ) -> None:
     """Rank result records: the solutions board, the explanations board (probes vs controls and nulls), validity."""
-    from sparsebench.io import write_text
     from sparsebench.leaderboard.build import build_boards, render_leaderboard
     from sparsebench.leaderboard.render import FORMATS
     from sparsebench.records import RecordWarning
@@ -197,7 +216,7 @@ def leaderboard(
     if out is None:
         typer.echo(text, nl=not text.endswith("\n"))
         return
-    write_text(out, text)
+    _write_out(out, text, "--out")
     typer.echo(f"wrote {out}")
 
 
@@ -211,6 +230,7 @@ def validate(
     import json
 
     from sparsebench import records
+    from sparsebench.printable import visible
 
     if schema:
         typer.echo(json.dumps(records.json_schema(), indent=1, sort_keys=True))
@@ -230,7 +250,7 @@ def validate(
             except ValueError as e:
                 problems.append((f, str(e)))
         for f, why in problems:
-            print(f"{f}: {why}", file=sys.stderr)
+            print(visible(f"{f}: {why}"), file=sys.stderr)
         bad += len(problems)
     typer.echo(f"{good} valid record(s), {bad} bad file(s) (schema version {records.SCHEMA_VERSION}; "
                f"docs/records.md)")
@@ -285,21 +305,34 @@ def bench(
               peak_tflops=peak_tflops)
 
 
-def _format_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
-                    line: Any = None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
 def main() -> None:
-    """Entry point: run the app; user errors become one line on stderr and exit code 2."""
+    """Entry point: run the app; user errors become one line on stderr and exit code 2.
+
+    Ctrl-C exits with 130 and SIGTERM with 143, both after the same clean shutdown (queued jobs
+    cancelled, worker processes stopped, nothing partial written: `sparsebench.interrupts`).
+    """
+    import signal
+
+    from sparsebench import interrupts
+
+    interrupts.install()  # first: a Ctrl-C from here on is recorded, whatever swallows its exception
+
     from sparsebench.accel.workers import keep_freed_memory
+    from sparsebench.errors import one_line_warnings
+    from sparsebench.printable import visible
     from sparsebench.registry import PluginWarning
 
     keep_freed_memory()  # this process is ours: reuse freed tensors' pages (sparsebench.accel.workers)
-    warnings.showwarning = _format_warning  # one line per warning, no source echo
+    one_line_warnings()  # one line per warning, no source echo, control characters made visible
     warnings.simplefilter("always", PluginWarning)
     try:
         app()  # typer reports usage errors itself (exit code 2)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {visible(e)}", file=sys.stderr)
         sys.exit(2)
+    except SystemExit:
+        if interrupts.received() == signal.SIGTERM:
+            sys.exit(128 + signal.SIGTERM)
+        raise
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit code 130)
+        sys.exit(128 + (interrupts.received() or signal.SIGINT))

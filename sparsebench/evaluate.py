@@ -22,6 +22,7 @@ import json
 import platform
 import subprocess
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,15 @@ from typing import Any
 import torch
 
 import sparsebench
-from sparsebench import registry
+from sparsebench import limits, registry
 from sparsebench.api import EVAL_SEED, NotApplicable, Task, applies
 from sparsebench.build import make_mechanism, make_model, make_task, model_class
 from sparsebench.checkpoints import RunSpec, train_or_load
 from sparsebench.config import from_dict, to_dict
 from sparsebench.context import RunContext
-from sparsebench.errors import UserError
-from sparsebench.io import write_json
+from sparsebench.errors import ConfigError, UserError
 from sparsebench.explain import make_rivals, model_info, score_probe
+from sparsebench.io import ensure_writable, write_json
 from sparsebench.probes import model_hook_names
 from sparsebench.records import (CheckpointInfo, EvalInfo, ExplanationRecord, MechanismInfo, ModelInfo, Provenance,
                                  SolutionRecord, Solver, TaskInfo, record_id, to_json)
@@ -96,6 +97,7 @@ class Plan:
             obj.name = name
         self.tasks = [make_task(run.task, run.task_config) for run in suite.runs]
         self.specs = {(i, w): self.spec(run, w) for i, run in enumerate(suite.runs) for w in self.widths(i)}
+        self._check_sizes()
         self._check_probes_against_models()
         if suite.construct:
             for i, task in enumerate(self.tasks):
@@ -139,7 +141,30 @@ class Plan:
             fields = run.width_fields if run.width_fields is not None else model_class(run.model).width_fields
             model_cfg.update({f: width for f in fields})
         train = from_dict(TrainConfig, {**to_dict(self.suite.train), **run.train}, "train")
-        return RunSpec.create(run.task, run.task_config, run.model, model_cfg, train)
+        try:
+            return RunSpec.create(run.task, run.task_config, run.model, model_cfg, train)
+        except ConfigError as e:  # a model too wide to fit: name the sweep that asked for it
+            if width is not None and e.where == "model" and e.field in model_cfg and model_cfg[e.field] == width \
+                    and "too large" in e.detail:
+                raise ConfigError("suite", "widths", e.detail) from None
+            raise
+
+    def _check_sizes(self) -> None:
+        """Evaluation sizes and construction widths that cannot fit in memory: refused before any work
+        (the trained models' sizes are checked by `RunSpec.create`)."""
+        defaults = {f: Suite.__dataclass_fields__[f].default for f in ("eval_samples", "probe_samples")}
+        for i, task in enumerate(self.tasks):
+            limits.check_samples(task, {f: (getattr(self.suite, f), defaults[f]) for f in defaults})
+            if self.suite.construct and self.mechanisms:
+                run = self.suite.runs[i]
+                for w in self.construct_widths(i):
+                    cfg = {**self.specs[next(k for k in self.specs if k[0] == i)].model_config,
+                           **{f: w for f in self.width_fields(i)}}
+                    try:
+                        limits.check_run(task, model_class(run.model), cfg)
+                    except ConfigError as e:
+                        field = "construct_widths" if self.suite.construct_widths else "widths"
+                        raise ConfigError("suite", field, e.detail) from None
 
     def _check_probes_against_models(self) -> None:
         """A probe that reads a hook the model lacks is bad input: say so before anything runs."""
@@ -275,6 +300,9 @@ def run_trained(plan: Plan, job: Job, ctx: RunContext, skip: set[str]) -> list[t
     width = plan.width(job.run, job.width)
     checkpoints = train_or_load(spec, list(plan.suite.seeds), ctx)
     held = task.held_out(plan.suite.eval_samples, seed=EVAL_SEED, device=ctx.device)
+    for ck in checkpoints:  # a model that cannot score must never reach a board (NaN logits score "perfect")
+        finite_logits(ck.model, held, f"the trained {spec.model} (seed {ck.seed}) on {spec.task}",
+                      "lower train.lr or train.init_scale")
     model_info = ModelInfo(name=spec.model, config=spec.model_config, width_fields=list(plan.width_fields(job.run)))
     out = []
     for ck in checkpoints:
@@ -334,6 +362,8 @@ def run_construction(plan: Plan, job: Job, ctx: RunContext, skip: set[str]) -> l
             continue
         model = mech.construct(task, job.width, generator=seed_generator(seed, f"construct-{job.mechanism}"))
         model = model.to(ctx.device).eval()
+        finite_logits(model, held, f"mechanism {job.mechanism}'s construction at width {job.width}",
+                      "check the mechanism's config")
         if f"solution/{rid}.json" not in skip:
             with torch.no_grad():
                 metrics = task.metrics(model(**held.inputs), held)  # type: ignore[union-attr]
@@ -357,6 +387,16 @@ def run_construction(plan: Plan, job: Job, ctx: RunContext, skip: set[str]) -> l
                                         provenance=provenance(ctx.device, time.perf_counter() - start))
                 out.append((f"explanation/{vid}.json", to_json(rec)))
     return out
+
+
+def finite_logits(model: Any, batch: Any, what: str, hint: str) -> None:
+    """Refuse a model with a NaN or +inf logit on `batch` (a UserError: no record is written). -inf is a
+    legitimate logit (a token ruled out)."""
+    with torch.no_grad():
+        logits = model(**batch.inputs)
+        ok = not bool((torch.isnan(logits) | torch.isposinf(logits)).any())
+    if not ok:
+        raise UserError(f"{what} gives NaN or infinite logits (training diverged?); no record written: {hint}")
 
 
 def built_summary(model: Any) -> dict[str, float]:
@@ -383,10 +423,22 @@ def evaluate(suite: Suite, out: Path, ctx: RunContext | None = None, *, force: b
     todo = [(j, existing & p) for j, p in paths if not p <= existing]
     skipped = sum(len(existing & p) for _, p in paths)
     written = 0
+    if todo:  # before any work: a folder that cannot be written is one line now, not after the training
+        if any(j.kind == "trained" and not _all_cached(plan, j, ctx) for j, _ in todo):
+            ensure_writable(ctx.cache_root / "models", "the model cache", hint="--cache or SPARSEBENCH_CACHE")
+        ensure_writable(out, "the results folder", hint="--out")
     calls = [(plan, job, ctx.single() if ctx.workers > 1 or ctx.executor != "local" else ctx, skip)
              for job, skip in todo]
-    for records in ctx.accel.map_jobs(run_job, calls, plan.registry_names()):
-        for rel, record in records:
-            write_json(out / rel, record)
-            written += 1
+    # closing: an exception here (Ctrl-C while writing) stops the worker processes now, not at exit
+    with closing(ctx.accel.map_jobs(run_job, calls, plan.registry_names())) as results:
+        for records in results:
+            for rel, record in records:
+                write_json(out / rel, record)
+                written += 1
     return {"written": written, "skipped": skipped, "jobs": len(todo)}
+
+
+def _all_cached(plan: Plan, job: Job, ctx: RunContext) -> bool:
+    """Whether every seed of a trained job has a cache entry (a read-only cache can serve it)."""
+    spec = plan.specs[(job.run, job.width)]
+    return all((ctx.cache_root / "models" / spec.key(s)).is_dir() for s in plan.suite.seeds)

@@ -69,3 +69,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def canonical_json(obj: Any) -> str:
     """A stable text form of `obj` for hashing (sorted keys, no whitespace)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def ensure_writable(folder: str | os.PathLike, what: str, hint: str = "") -> None:
+    """Create `folder` if needed and check that a file can be written in it; a UserError otherwise, so that
+    a read-only results folder or cache is one line before any work, not a traceback after it."""
+    from sparsebench.errors import UserError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to {what} {folder}: {e.strerror or e}{f' (set {hint})' if hint else ''}") \
+            from None

@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter,
+                      ValidationError, field_validator)
 
 from sparsebench.config import stable_hash
 
@@ -37,12 +39,51 @@ READABLE_VERSIONS = (1, 2)  # schema 1 is read through `migrate`
 Direction = Literal["higher", "lower", "zero"]  # which way a number is better ("zero": nearest 0)
 Status = Literal["ok", "not_applicable"]
 # A registered name (task, model, mechanism, probe, null, solver): short, printable, one line.
-Name = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
 # A metric or score key: an identifier-like word, so it can never collide with a board's own columns.
 Key = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
-Number = Union[float, None]  # None: undefined (NaN and infinities are written as null)
+# None: undefined. NaN and infinities are written as null, and read as null too: a file that holds `Infinity`
+# (or 1e999) must not win a board.
+Number = Annotated[Union[float, None], BeforeValidator(lambda v: None if isinstance(v, float) and not math.isfinite(v)
+                                                       else v)]
 Text = Annotated[str, StringConstraints(max_length=2000)]
-Scalar = Union[float, int, str, None]
+Scalar = Union[float, int, Text, None]
+CONFIG_CHARS = 20_000  # the longest a stored config may be, as canonical JSON
+CONFIG_DEPTH = 16  # and its deepest nesting of lists and tables
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (a deep value must not crash the check)."""
+    deepest, stack = 0, [(obj, 0)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > CONFIG_DEPTH:
+            break
+        if isinstance(v, dict):
+            stack += [(x, d + 1) for x in v.values()]
+        elif isinstance(v, (list, tuple)):
+            stack += [(x, d + 1) for x in v]
+    return deepest
+
+
+def _small_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config as stored in a record: at most CONFIG_CHARS of JSON and CONFIG_DEPTH levels (boards put configs
+    in labels)."""
+    from sparsebench.io import canonical_json
+
+    if _depth(d) > CONFIG_DEPTH:
+        raise ValueError(f"nested more than {CONFIG_DEPTH} levels deep")
+    try:
+        n = len(canonical_json(d))
+    except (TypeError, ValueError, RecursionError):
+        raise ValueError("not a JSON table") from None
+    if n > CONFIG_CHARS:
+        raise ValueError(f"too large ({n} characters of JSON; at most {CONFIG_CHARS})")
+    return d
+
+
+Config = Annotated[dict[str, Any], AfterValidator(_small_config)]  # a task, model, mechanism or training config
 
 # Frame columns the leaderboard builds itself; a metric of this name would overwrite one.
 RESERVED_KEYS = frozenset({"task", "width", "seed", "id", "date", "path", "solver", "model", "mechanism", "probe",
@@ -67,7 +108,7 @@ class TaskInfo(_Strict):
     name: Name  # registered task name
     version: int  # the task's version (bumped when sampling, loss or metrics change meaning)
     family: Name  # its family (which models, mechanisms and probes understand it)
-    config: dict[str, Any]  # its full config, defaults filled in
+    config: Config  # its full config, defaults filled in
     # Every metric it reports, with its direction, as [name, direction] pairs in display order (a list:
     # the order of a JSON object's keys is not kept by every reader).
     metric_directions: list[tuple[Key, Direction]]
@@ -82,8 +123,8 @@ class TaskInfo(_Strict):
 
 class ModelInfo(_Strict):
     name: Name  # registered model name
-    config: dict[str, Any]  # its full config
-    width_fields: list[str]  # config fields a width sweep sets (the first is "the width")
+    config: Config  # its full config
+    width_fields: list[Name]  # config fields a width sweep sets (the first is "the width")
 
 
 class EvalInfo(_Strict):
@@ -106,7 +147,7 @@ class Provenance(_Strict):
     device: Text
     wall_seconds: float
     date: Text  # ISO 8601, UTC
-    plugins: dict[str, Text]  # every distribution that provides a registered entry, with its version
+    plugins: dict[Name, Text]  # every distribution that provides a registered entry, with its version
 
 
 class _Envelope(_Strict):
@@ -124,7 +165,7 @@ class _Envelope(_Strict):
 class Solver(_Strict):
     type: Literal["trained", "construction"]
     name: Name  # the model (trained) or the mechanism (construction)
-    config: dict[str, Any]  # the model config, or the mechanism config
+    config: Config  # the model config, or the mechanism config
     oracle: bool = False  # given the answer: shown, never "best"
     built: dict[str, float] = {}  # what a construction chose when built (e.g. a tuned scale)
 
@@ -135,7 +176,7 @@ class SolutionRecord(_Envelope):
     kind: Literal["solution"]
     solver: Solver
     model: ModelInfo | None  # the model that was scored (a construction's built model; None if not applicable)
-    train: dict[str, Any] | None  # trained only: the training config
+    train: Config | None  # trained only: the training config
     checkpoint: CheckpointInfo | None  # trained only
     metrics: dict[Key, Number]  # every metric of the task's metric_directions
     theory: dict[Key, Number] = {}  # closed-form predictions where the solver has them
@@ -175,7 +216,7 @@ class ProbeResult(_Strict):
 
 class MechanismInfo(_Strict):
     name: Name
-    config: dict[str, Any]
+    config: Config
     oracle: bool = False  # given the answer: shown, never ranked
 
 
@@ -189,7 +230,7 @@ class ExplanationRecord(_Envelope):
     subject: Literal["trained", "construction"] = "trained"
     truth: Name | None = None  # construction: the mechanism that built the model (the right explanation)
     model: ModelInfo
-    train: dict[str, Any] | None  # trained only
+    train: Config | None  # trained only
     checkpoint: CheckpointInfo | None  # trained only
     mechanism: MechanismInfo
     fit: dict[Key, Scalar] = {}  # Fitted.summary() of the model
@@ -286,27 +327,54 @@ def parse(data: Any) -> SolutionRecord | ExplanationRecord:
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     version = data.get("schema_version")
-    if version not in READABLE_VERSIONS:
-        raise ValueError(f"unknown schema_version {version!r} (this sparsebench reads "
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        shown = reprlib.repr(version)
+        raise ValueError(f"unknown schema_version {shown} (this sparsebench reads "
                          f"{', '.join(map(str, READABLE_VERSIONS))})")
     try:
-        return _ADAPTER.validate_python(migrate(data))
+        migrated = migrate(data)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        raise ValueError(f"schema-{version} record with fields of the wrong types, cannot be migrated") from None
+    try:
+        return _ADAPTER.validate_python(migrated)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a record") from None
     except ValidationError as e:
         first = e.errors()[0]
         loc = list(first["loc"])
         if loc and loc[0] == data.get("kind"):  # the discriminated union's tag, not a field
             loc = loc[1:]
-        where = ".".join(str(p) for p in loc) or "(record)"
+        where = _one_line(".".join(str(p) for p in loc) or "(record)")
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise ValueError(f"{where}: {first['msg']}{more}") from None
+        raise ValueError(f"{where}: {_one_line(first['msg'])}{more}") from None
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    """Part of a message quoted from a file: control characters shown as escapes, cut to `limit` characters."""
+    from sparsebench.printable import visible
+
+    text = visible(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+MAX_BYTES = 10_000_000  # a record is a few KB; a larger file is not one (and /dev/zero must not be read whole)
 
 
 def read(path: Path) -> SolutionRecord | ExplanationRecord:
-    """One record file; ValueError naming the problem (unreadable, not JSON, too deep, not a record)."""
+    """One record file; ValueError naming the problem (unreadable, not a regular file, too large, not JSON, too
+    deep, not a record)."""
+    import stat
+
     try:
-        text = path.read_text(encoding="utf-8")
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block, a device never end
+            raise ValueError("not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise ValueError(f"larger than {MAX_BYTES // 1_000_000} MB: not a record")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
+        raise ValueError(f"unreadable ({type(e).__name__}: {_one_line(str(e))})") from None
     try:
         data = json.loads(text, parse_constant=lambda c: math.nan)
     except json.JSONDecodeError as e:

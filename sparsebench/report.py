@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sparsebench import limits
 from sparsebench.api import token_to_hidden
 from sparsebench.build import make_mechanism
 from sparsebench.checkpoints import RunSpec, train_or_load
@@ -55,6 +56,7 @@ def make_report(spec: RunSpec, seed: int, ctx: RunContext, out: Path, *, html: b
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     task = spec.make_task()
+    limits.check_samples(task, {"--samples": (n_samples, 4096)}, "report")
     if task.family != "topk":
         raise UserError(f"report draws a Bloom fit, which needs a top-k task (task {spec.task!r} is of family "
                         f"{task.family!r})")

@@ -39,6 +39,7 @@ else:  # pragma: no cover
 
 RUN_SECTIONS = ("task", "model", "train")  # the sections of a `train`/`report` settings file
 RUN_KEYS = (*RUN_SECTIONS, "seeds")  # and its top-level keys
+MAX_CONFIG_BYTES = 10_000_000  # a settings file is a few KB (and --config /dev/zero must end)
 
 
 def _hint(name: str, known: list[str], what: str = "known") -> str:
@@ -50,8 +51,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file; a missing, unreadable, non-UTF-8 or malformed file is a UserError."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-        return tomllib.loads(text)
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise UserError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1_000_000} MB: not a settings file")
+        return tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
     except IsADirectoryError:

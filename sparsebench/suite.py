@@ -52,6 +52,7 @@ class Suite:
         check("suite", len(self.runs) >= 1, "runs", "needs at least one run")
         check("suite", len(self.seeds) >= 1, "seeds", "needs at least one seed")
         check("suite", len(set(self.seeds)) == len(self.seeds), "seeds", f"repeats a seed: {list(self.seeds)}")
+        check("suite", all(s >= 0 for s in self.seeds), "seeds", f"must be non-negative (got {list(self.seeds)})")
         check("suite", all(w >= 1 for w in self.widths), "widths", f"must be positive (got {list(self.widths)})")
         check("suite", all(w >= 1 for w in self.construct_widths), "construct_widths",
               f"must be positive (got {list(self.construct_widths)})")

@@ -36,11 +36,13 @@ from tqdm.auto import tqdm
 from sparsebench.api import Batch, Task
 from sparsebench.build import make_model, model_class
 from sparsebench.config import check, stable_hash
+from sparsebench.errors import UserError
 
 if TYPE_CHECKING:
     from sparsebench.context import RunContext
 
 ADAM_EPS = 1e-8  # AdamW's epsilon (torch's default), on every path
+DIVERGENCE_CHECK = 100  # steps between checks that the loss is finite (one device sync each)
 
 
 @dataclass(frozen=True)
@@ -171,11 +173,16 @@ def optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[
     module.train()
     label = f"train {getattr(task, 'name', '')} x{len(seeds)}".strip()
     bar = tqdm(range(cfg.steps), desc=label, disable=not ctx.progress, leave=False, mininterval=0.5)
-    # On a GPU nothing in the loop waits for the device (tests/unit/test_gpu.py checks it): the tail loss
-    # accumulates on the device and the bar shows no loss (reading one would synchronise every 50 steps).
+    # On a GPU a step never waits for the device (tests/unit/test_gpu.py checks it): the tail loss accumulates
+    # on the device and the bar shows no loss (reading one would synchronise every 50 steps); the only wait is
+    # the divergence check, once per DIVERGENCE_CHECK steps.
     show_loss = ctx.progress and ctx.device.type == "cpu"
     for i in bar:
         per_instance = step(step.sample(gens), cfg.lr * lr_factor(i, cfg))
+        if i % DIVERGENCE_CHECK == DIVERGENCE_CHECK - 1 and not bool(torch.isfinite(per_instance).all()):
+            bad = [s for s, v in zip(seeds, per_instance.reshape(-1).tolist()) if not math.isfinite(v)]
+            raise UserError(f"training diverged: the loss of seed {bad[0]} of {getattr(task, 'name', '') or 'the task'}"
+                            f" is not finite at step {i + 1} (train.lr={cfg.lr:g}); lower train.lr")
         if i >= cfg.steps - tail:
             tail_sum += per_instance.reshape(-1)
         if show_loss and i % 50 == 0:

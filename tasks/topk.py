@@ -24,6 +24,7 @@ may rely on `top_tier` and `target_probs`.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -187,6 +188,8 @@ class TopKUniform(Task):
         logits = logits.float()
         tokens, p = batch.inputs["tokens"], batch.target
         logq = torch.log_softmax(logits, dim=-1)  # [batch, V]
+        if torch.isnan(logq).any():  # NaN or +inf logits: no number, never a perfect one (NaN fails every >=)
+            return {m: math.nan for m in self.metric_directions}
         q = logq.exp()
         q_s = q.gather(-1, tokens)  # [batch, k]
         mass = q_s.sum(-1)

@@ -40,6 +40,7 @@ context's door hands out ("auto": the fused step on the CPU; "native").
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from contextlib import contextmanager
@@ -240,11 +241,14 @@ def _threads(n: int) -> str:
     return f"{n} thread{'s' if n > 1 else ''}"
 
 
-def _worker(conn: Any, regime: dict[str, int], n: int, first_seed: int, precision: str, backend: str) -> None:
+def _worker(conn: Any, regime: dict[str, int], n: int, first_seed: int, precision: str, backend: str,
+            parent: int | None = None) -> None:
     """A benchmark worker process: build its share of the instances, then run steps on request."""
-    from sparsebench.accel.workers import init_worker
+    from sparsebench.accel.workers import die_with_parent, init_worker
     from sparsebench.build import make_task
 
+    if parent is not None:
+        die_with_parent(parent)  # a killed benchmark leaves no worker behind
     init_worker()  # as training's worker processes are set up
     task = make_task("topk-uniform", {"V": regime["V"], "k": regime["k"]})
     run = trainer_runner(task, regime["d"], regime["m"], regime["batch"], n, precision, first_seed, backend)
@@ -271,8 +275,8 @@ class ProcessRunner:
         self.conns, self.procs = [], []
         for share in split(list(range(n)), processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, regime, len(share), share[0], precision, backend),
-                               daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, regime, len(share), share[0], precision, backend,
+                                                     os.getpid()), daemon=True)
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -322,6 +326,10 @@ def run_bench(repeats: int = 5, steps: int | None = None, regime: str = "all", p
         raise UserError(f"--peak-tflops must be > 0 (got {peak_tflops})")
     if json_path is not None and json_path.is_dir():
         raise UserError(f"--json {json_path} is a folder; give a file name")
+    if json_path is not None:  # before minutes of measuring, not after
+        from sparsebench.io import ensure_writable
+
+        ensure_writable(json_path.parent, "the --json folder")
     dev = resolve_device(device)
     names = {"both": ["small", "default"], "all": ["small", "default", "transformer"]}.get(regime, [regime])
     if dev.type == "cuda":
@@ -535,7 +543,7 @@ def _print(report: dict[str, Any]) -> None:
         if "step_parts" in reg:
             console.print(_parts_table(reg))
     if report["native"] is not True and "gpu" not in report:
-        console.print(f"native rows left out: {report['native']}")
+        console.print(f"native rows left out: {report['native']}", markup=False)  # a compiler's message
     if "gpu" in report:
         console.print("x plain: against the faster plain loop (fp32 or bf16 autocast) of the same repeat. % matmul: "
                       "of the GPU's measured 8192^3 matmul rate (bf16 rows: bf16; others: fp32); % bf16 peak: of "

@@ -10,11 +10,19 @@ with `RunContext.workers = N` training splits a run's seeds (`train_split`) and
 Workers are started with "spawn", not "fork": forking a process whose OpenMP or
 MKL thread pool is already running can deadlock the child, and spawn behaves the
 same on Linux, macOS and Windows. Each worker pays one import of torch (~2-4 s).
+
+Workers never outlive their driver. On Linux each asks the kernel to kill it when the
+driver dies (`prctl(PR_SET_PDEATHSIG, SIGKILL)`, so even a SIGKILLed driver leaves no
+worker training); workers ignore Ctrl-C, which the driver handles by stopping them
+all at once (SIGTERM of the CLI likewise: `sparsebench.interrupts`); and the driver
+starts no worker once a Ctrl-C has been recorded, even one that other code swallowed.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -22,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from tqdm.auto import tqdm
 
+from sparsebench import interrupts
 from sparsebench.errors import UserError
 
 T = TypeVar("T")
@@ -64,34 +73,81 @@ def init_worker() -> None:
     keep_freed_memory()
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent dies
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Ask Linux to SIGKILL this process when its parent (`parent_pid`) dies; exit now if it already has.
+
+    Returns whether the kernel took the request (False elsewhere: macOS, Windows). The signal follows the
+    parent *thread* that started this process, so pools are started from the thread that uses them.
+    """
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        ok = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+    return ok
+
+
+def _init_pool_worker(parent_pid: int) -> None:
+    """A pool worker: dies with the driver, leaves Ctrl-C to the driver (which stops it), one-line warnings,
+    then `init_worker`."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import warnings
+
+    from sparsebench.errors import one_line_warnings
+    from sparsebench.registry import PluginWarning
+
+    one_line_warnings()
+    warnings.simplefilter("ignore", PluginWarning)  # the driver loaded the same plugins and said so already
+    init_worker()
+
+
 @contextmanager
 def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of `workers` spawned processes, each running torch on one thread.
 
-    On an error or Ctrl-C in the driver, queued jobs are cancelled and the workers stopped at
+    On an error, Ctrl-C or SIGTERM in the driver, queued jobs are cancelled and the workers stopped at
     once: a job's results reach disk only through the driver (records) or an atomic rename
-    (checkpoints), so the unfinished jobs are simply redone on a rerun. (Without this, each
-    worker would catch its KeyboardInterrupt as a job failure and go on with the next job.)
+    (checkpoints), so the unfinished jobs are simply redone on a rerun. Workers ignore Ctrl-C (without
+    that, each would catch its KeyboardInterrupt as a job failure and go on with the next job) and die
+    with the driver. No pool starts after a recorded Ctrl-C (`interrupts.check`): a signal that arrived
+    while the driver was still importing torch, which swallows it, must not let the workers start.
     Scripts that use it must start under `if __name__ == "__main__":`, as spawn requires.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1 (got {workers})")
+    interrupts.check()
+    before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_worker)
+                               initializer=_init_pool_worker, initargs=(os.getpid(),))
     try:
         yield pool
     except BaseException:
-        _stop_workers(pool)
+        _stop_workers(pool, before)
         raise
     pool.shutdown(wait=True)
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
+def _stop_workers(pool: ProcessPoolExecutor, before: Iterable[Any] = ()) -> None:
+    """Cancel the queued jobs and terminate every worker at once, including one whose start was interrupted
+    before the pool registered it (it is already among this process's children, which exit would join)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown, which forgets them
+    known = set(before)
+    procs += [p for p in multiprocessing.active_children() if p not in known and p not in procs]
     if hasattr(pool, "terminate_workers"):  # Python >= 3.14
         pool.terminate_workers()
-        return
-    procs = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown, which forgets them
-    pool.shutdown(wait=False, cancel_futures=True)
+    else:
+        pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
         proc.terminate()
 
@@ -162,6 +218,9 @@ def map_jobs(fn: Callable[..., T], calls: list[tuple[Any, ...]], workers: int, p
     workers = min(workers, len(calls))
     with worker_pool(workers) as pool:  # calls go out in order: put the long ones first
         futures = [pool.submit(fn, *call) for call in calls]
+        interrupts.check()
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"{desc} ({workers} processes)",
                            disable=not progress, leave=False):
-            yield future.result()
+            result = future.result()
+            interrupts.check()
+            yield result

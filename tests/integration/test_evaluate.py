@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -102,13 +101,9 @@ def test_rerun_skips_force_redoes_and_an_interrupted_run_resumes(tiny_results, t
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from sparsebench.cli import main
+    from hostile import run_main  # restores the signal handlers and warning format main() sets
 
-    monkeypatch.setattr(sys, "argv", ["sparsebench", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
+    return run_main(list(args), monkeypatch, capsys)
 
 
 TINY_FLAGS = ["--seeds", "0", "--widths", "16", "--set", "task.V=100", "--set", "task.k=3", "--set", "train.steps=20",
@@ -125,7 +120,8 @@ TINY_FLAGS = ["--seeds", "0", "--widths", "16", "--set", "task.V=100", "--set", 
     (["--mechanism", "blom"], "error: unknown mechanism 'blom'; did you mean 'bloom'?"),
     (["--probe", "hiden-code"], "error: unknown probe 'hiden-code'; did you mean 'hidden-code'?"),
     (["--seeds", "0,x"], "error: --seeds expects comma-separated integers (got '0,x')"),
-    (["no-such-suite"], "error: unknown suite 'no-such-suite'; built-in suites: default, transformer"),
+    (["no-such-suite"],
+     "error: unknown suite 'no-such-suite'; built-in suites: default, transformer, transformer-defaults"),
     (["--set", "mechanism.blom.alpha=3"], "error: invalid suite config: mechanism_config: configures 'blom', "
                                           "which is not among mechanisms (bloom, jl, softmax-bottleneck)"),
     (["--set", "runs=5"], "error: invalid suite config: runs: must be a list of tables ([[runs]]) (got 5)"),

@@ -28,10 +28,12 @@ def test_unknown_name_suggests_the_closest():
 
 
 def test_register_rejects_duplicates():
+    from sparsebench.tasks.topk import TopKUniform
+
     reg = Registry("tasks")
-    reg.register("x-task", object)
+    reg.register("x-task", TopKUniform)
     with pytest.raises(ValueError, match="already registered"):
-        reg.register("x-task", object)
+        reg.register("x-task", TopKUniform)
 
 
 def test_a_broken_plugin_is_named_and_skipped(monkeypatch):

@@ -1,99 +1,140 @@
 #!/usr/bin/env bash
-# The GPU check: on a machine with a CUDA GPU, run the CUDA tests, the default and transformer suites (bf16
-# autocast, batched seeds, each timed from an empty cache) and the GPU benchmark, and write ONE report file.
+# The GPU check, one prepared script: the CUDA tests, the transformer suite on the GPU (bf16 autocast, its 3
+# seeds batched, from an empty cache) and the GPU benchmark, within BUDGET seconds (default 450: under 8
+# minutes with start-up), into ONE report.
 #
-#   scripts/gpu-check.sh [OUT]        # default OUT: gpu-check/ ; the report is OUT/report.md
+#   scripts/gpu-check.sh [--dry-run] [OUT]
 #
-# Environment: PY (default .venv/bin/python), PEAK_TFLOPS (the card's nominal dense bf16 TFLOP/s; found from
-# the GPU's name for H100/H200/A100 otherwise), STAGE_TIMEOUT (seconds per stage, default 420). Each stage's
-# full output is kept beside the report (OUT/*.log); a failing stage is reported and the next one still runs.
-# docs/performance.md ("GPU") says what the report's figures mean.
+# OUT: the argument, else $OUT, else gpu-check/. It receives report.md, one log per stage, bench.json and the
+# suite's boards (board.md): six files. The suite's model cache and records go to a temporary folder, so
+# OUT holds only what is worth reading.
+# --dry-run: on a machine without a GPU, run the same stages on the CPU at toy size (the CUDA tests skip
+# with their reason, the suite trains 100 steps, the bench one repeat of 2 steps of the transformer
+# regime) to check the script and every command it calls.
+# Environment: PY (default .venv/bin/python, else python3; it must have sparsebench installed with its
+# dependencies: pip install -e '.[test]'), BUDGET (seconds for all stages), PEAK_TFLOPS (the card's nominal
+# dense bf16 TFLOP/s; found from the GPU's name for H100/H200/A100 otherwise), TX_STEPS (the transformer
+# suite's training steps, with a warm-up of a tenth of them; default the suite's own 5000 and 500),
+# BENCH_REPEATS (default 5).
+# docs/performance.md ("On a GPU") says what the report's figures mean.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-OUT=${1:-gpu-check}
-STAGE_TIMEOUT=${STAGE_TIMEOUT:-420}
-mkdir -p "$OUT"
-REPORT="$OUT/report.md"
+
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+OUT=${1:-${OUT:-gpu-check}}
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+BUDGET=${BUDGET:-450}
+BENCH_REPEATS=${BENCH_REPEATS:-5}
 SB=("$PY" -m sparsebench)
 
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "error: no CUDA device visible to $PY; run this on a GPU machine" >&2
-  exit 2
+die() { echo "error: $*" >&2; exit 2; }
+case "$BUDGET$BENCH_REPEATS${TX_STEPS:-1}" in *[!0-9]*) die "BUDGET, BENCH_REPEATS and TX_STEPS are whole numbers";; esac
+"$PY" -c "import sparsebench, transformer_lens, pydantic" 2>/dev/null \
+  || die "$PY cannot import sparsebench and its dependencies (transformer_lens, pydantic); install with: $PY -m pip install -e '.[test]'"
+"${SB[@]}" list > /dev/null 2>&1 \
+  || die "'$PY -m sparsebench list' fails: sparsebench is importable but not installed (its built-ins register through entry points); run: $PY -m pip install -e '.[test]'"
+if [ "$DRY" = 1 ]; then
+  DEVICE=cpu
+  TX_STEPS=${TX_STEPS:-100}
+  CPU_WORKER=(--workers 2)  # the suite's job in one single-threaded worker, as on any CPU (docs/transformer.md)
+  BENCH=(bench --device cpu --regime transformer --repeats 1 --steps 2)
+else
+  "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || die "no CUDA device visible to $PY; run this on a GPU machine (or with --dry-run to check the script)"
+  DEVICE=cuda
+  CPU_WORKER=()
+  GPU_NAME=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
+  if [ -z "${PEAK_TFLOPS:-}" ]; then
+    case "$GPU_NAME" in  # nominal dense bf16 tensor-core peaks (vendor data sheets, SXM parts)
+      *H200*|*H100*) PEAK_TFLOPS=989.4 ;;
+      *A100*) PEAK_TFLOPS=312 ;;
+      *) PEAK_TFLOPS= ;;
+    esac
+  fi
+  BENCH=(bench --device cuda --repeats "$BENCH_REPEATS" ${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"})
 fi
-GPU_NAME=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
-if [ -z "${PEAK_TFLOPS:-}" ]; then
-  case "$GPU_NAME" in  # nominal dense bf16 tensor-core peaks (vendor data sheets, SXM parts)
-    *H200*|*H100*) PEAK_TFLOPS=989.4 ;;
-    *A100*) PEAK_TFLOPS=312 ;;
-    *) PEAK_TFLOPS= ;;
-  esac
-fi
+STEPS=()  # the recipe's warm-up is a tenth of its steps; a shorter run keeps that ratio (warmup <= steps)
+[ -n "${TX_STEPS:-}" ] && STEPS=(--set train.steps="$TX_STEPS" --set train.warmup=$(( TX_STEPS / 10 )))
+mkdir -p "$OUT" || die "cannot create $OUT"
+WORK=$(mktemp -d) || die "cannot create a temporary folder"
+trap 'rm -rf "$WORK"' EXIT
+REPORT="$OUT/report.md"
+DEADLINE=$(( $(date +%s) + BUDGET ))
 
 {
-  echo "# sparsebench GPU check"
+  echo "# sparsebench GPU check$([ "$DRY" = 1 ] && echo " (DRY RUN on the CPU: no GPU figures)")"
   echo
   echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); git commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-  echo "- GPU: $GPU_NAME; nominal dense bf16 peak used: ${PEAK_TFLOPS:-not known} TFLOP/s"
+  [ "$DRY" = 1 ] || echo "- GPU: $GPU_NAME; nominal dense bf16 peak used: ${PEAK_TFLOPS:-not known} TFLOP/s"
   echo "- $("$PY" -c "import torch, platform; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, python {platform.python_version()}')")"
-  echo "- CPU: $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null | sed 's/^/    /'
+  echo "- CPU: $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg); budget: $BUDGET s"
+  [ "$DRY" = 1 ] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null \
+    | sed 's/^/    /'
 } > "$REPORT"
 
-stage() {  # stage NAME LOG COMMAND...: run with a timeout, append status, wall time and load to the report
-  local name=$1 log=$2; shift 2
-  local t0 t1 rc
+# stage NAME LOG RESERVE COMMAND...: run COMMAND with what is left of the budget less RESERVE seconds (kept for
+# the later stages) as its timeout; append its exit status, wall time and the load to the report.
+stage() {
+  local name=$1 log=$2 reserve=$3; shift 3
+  local limit=$(( DEADLINE - $(date +%s) - reserve )) t0 t1 rc
+  echo >> "$REPORT"; echo "## $name" >> "$REPORT"; echo >> "$REPORT"
+  if [ "$limit" -lt 30 ]; then
+    echo "- not run: under 30 s of the budget left for it" | tee -a "$REPORT"
+    return 124
+  fi
+  echo "[$(date +%T)] $name (at most $limit s)"
   t0=$(date +%s.%N)
-  timeout "$STAGE_TIMEOUT" "$@" > "$OUT/$log" 2>&1
+  timeout "$limit" "$@" > "$OUT/$log" 2>&1
   rc=$?
   t1=$(date +%s.%N)
   {
-    echo
-    echo "## $name"
-    echo
     echo "- command: \`$*\`"
-    echo "- exit status: $rc$([ "$rc" = 124 ] && echo " (timed out after ${STAGE_TIMEOUT} s)"); wall time: $(printf '%.1f' "$(echo "$t1 - $t0" | bc)") s; load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- exit status: $rc$([ "$rc" = 124 ] && echo " (timed out after $limit s)"); wall time:" \
+      "$(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") s; load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- full output: \`$log\`"
   } >> "$REPORT"
   return $rc
 }
 
-# 1. The CUDA tests (training both families, fp32 and bf16, no host sync per step; probes; evaluate).
-stage "CUDA tests (pytest -m gpu)" tests.log "$PY" -m pytest -m gpu -v -rs -p no:cacheprovider tests/unit/test_gpu.py
-{ echo; echo '```'; grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" "$OUT/tests.log" | tail -40; echo '```'; } >> "$REPORT"
+# 1. The CUDA tests: both families train with batched seeds in fp32 and bf16, no host sync per step, seeds
+#    together equal seeds alone, bf16 close to fp32, every probe on a GPU-trained model, evaluate.
+stage "CUDA tests (pytest -m gpu)" tests.log 300 "$PY" -m pytest -m gpu -v -rs -p no:cacheprovider tests/unit/test_gpu.py
+{ echo; echo '```'; grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|skipped" "$OUT/tests.log" | tail -30; echo '```'; } \
+  >> "$REPORT"
 
-# 2. The suites on the GPU from an empty cache, bf16 autocast, all seeds of a run batched.
-for suite in default transformer; do
-  rm -rf "$OUT/cache-$suite" "$OUT/results-$suite"
-  stage "suite '$suite' on the GPU (bf16, empty cache)" "suite-$suite.log" \
-    "${SB[@]}" evaluate "$suite" --device cuda --set train.precision=bf16 --cache "$OUT/cache-$suite" \
-    --out "$OUT/results-$suite" --no-progress
-  {
-    echo
-    echo "Training seconds per run (run.json of each cached model):"
-    echo '```'
-    "$PY" - "$OUT/cache-$suite" <<'EOF'
+# 2. The transformer suite (the recipe, 3 seeds in one batched model) from an empty cache, bf16 autocast.
+stage "transformer suite on $DEVICE (bf16, empty cache)" suite.log 110 \
+  "${SB[@]}" evaluate transformer --device "$DEVICE" --set train.precision=bf16 "${STEPS[@]}" "${CPU_WORKER[@]}" \
+  --cache "$WORK/cache" --out "$WORK/results" --no-progress --no-leaderboard
+{
+  echo
+  echo "Training seconds (the checkpoints' run.json):"
+  echo '```'
+  "$PY" - "$WORK/cache" <<'EOF'
 import json, pathlib, sys
-seen = {}
+runs = {}
 for p in sorted(pathlib.Path(sys.argv[1]).glob("models/*/run.json")):
     r = json.loads(p.read_text())
-    m = r["model"]
-    key = (m["name"], json.dumps(m["config"], sort_keys=True), r["train"]["steps"], r["train_seconds"], r["backend"])
-    seen.setdefault(key, []).append(r["seed"])
-for (model, cfg, steps, secs, backend), seeds in seen.items():
-    print(f"{model} {cfg}, {steps} steps: seeds {seeds} trained together in {secs:.1f} s (step: {backend})")
+    key = (r["model"]["name"], json.dumps(r["model"]["config"], sort_keys=True), r["train"]["steps"],
+           r["train"]["precision"], r["train_seconds"], r["backend"])
+    runs.setdefault(key, []).append(r["seed"])
+for (model, cfg, steps, precision, secs, backend), seeds in runs.items():
+    print(f"{model} {cfg}, {steps} steps, {precision}: seeds {seeds} trained together in {secs:.1f} s "
+          f"(step: {backend})")
+if not runs:
+    print("no trained model in the cache")
 EOF
-    echo '```'
-  } >> "$REPORT" 2>&1
-  "${SB[@]}" leaderboard "$OUT/results-$suite" --format markdown > "$OUT/board-$suite.md" 2>/dev/null || true
-done
-{ echo; echo "Transformer suite: the findings board (did it learn the code?):"; echo;
-  grep -A12 "findings, measured" "$OUT/board-transformer.md" | head -14; } >> "$REPORT" 2>/dev/null
+  echo '```'
+} >> "$REPORT" 2>&1
+"${SB[@]}" leaderboard "$WORK/results" --format markdown --out "$OUT/board.md" > /dev/null 2>&1
+{ echo; echo "Did the transformer learn the code? (the findings board; all boards in \`board.md\`)"; echo;
+  grep -A8 "findings, measured" "$OUT/board.md" 2>/dev/null || echo "(no findings board: see suite.log)"; } >> "$REPORT"
 
-# 3. The benchmark on the GPU: plain loops against the trainer at N = 1, 4, 16, fp32 and bf16.
-stage "bench on the GPU" bench.log "${SB[@]}" bench --device cuda --repeats 5 --json "$OUT/bench.json" \
-  ${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"}
+# 3. The benchmark: plain one-model loops (fp32 and bf16 autocast) against the trainer at N = 1, 4, 16.
+stage "bench on $DEVICE" bench.log 0 "${SB[@]}" "${BENCH[@]}" --json "$OUT/bench.json"
 { echo; echo '```'; cat "$OUT/bench.log"; echo '```'; } >> "$REPORT"
 
 echo "wrote $REPORT"

@@ -5,10 +5,13 @@ asks "does the probe score high for an explanation that is wrong, empty, or righ
 units, on this very model?". An explanation counts on a probe only by its margin over the
 strongest of both (docs/leaderboard.md). Built-ins:
 
-- `answer-only`: names the target set (and the target's probabilities on it) and nothing else: the
-  best such prediction, with one fitted floor for every other token. Predicts no hidden units.
+- `answer-only`: names the target and nothing else: the best prediction of the model's outputs that
+  reads only the target. Top-k family: the target set (and its probabilities) with one fitted floor
+  for every other token; clause family: which clauses hold, each clause's logit one fitted value when
+  it holds and another when it does not. Predicts no hidden units.
 - `random-code`: every input gets a random code of the same density (the fit's own
-  `random_code`); for Bloom, random hashes of each token's hash size, on both sides.
+  `random_code`); for Bloom, random hashes of each token's hash size, on both sides; for
+  feature channels, each clause's codes on as many random units.
 - `permuted-units`: the fit's code with its hidden units relabelled at random (`permuted_units`).
 - `resampled`: the fit's own predictions, each given to another sample of the batch: every
   statistic of the explanation kept, its input-specificity lost.
@@ -78,17 +81,50 @@ class AnswerOnlyFit(Fitted):
                            device=tokens.device).scatter_(-1, tokens, True)
 
 
+class ClauseAnswerOnlyFit(Fitted):
+    """Clause family: each clause's logit is `on[c]` when the clause holds and `off[c]` when it does not."""
+
+    mechanism = "answer-only"
+    why_not = AnswerOnlyFit.why_not
+
+    def __init__(self, on: Tensor, off: Tensor):
+        self.on, self.off = on, off  # [K] float64 logits
+
+    @classmethod
+    def best(cls, logits: Tensor, target: Tensor) -> "ClauseAnswerOnlyFit":
+        """The values minimising the summed Bernoulli KL(model || answer) on a batch (logits, target: [N, K]):
+        per clause and label, the logit of the model's mean probability (a cross-entropy's minimiser). A label
+        that never occurs in the batch gets the clause's mean over the whole batch."""
+        p, y = torch.sigmoid(logits.double()), target.bool()  # [N, K]
+
+        def mean_p(where: Tensor) -> Tensor:  # [K]: the model's mean probability over the samples `where` marks
+            n = where.sum(0)
+            return torch.where(n > 0, (p * where).sum(0) / n.clamp_min(1), p.mean(0)).clamp(1e-9, 1 - 1e-9)
+
+        return cls(torch.logit(mean_p(y)), torch.logit(mean_p(~y)))
+
+    def summary(self) -> dict[str, float | int | str]:
+        return {"on_mean": float(self.on.mean()), "off_mean": float(self.off.mean())}
+
+    def predict_logits(self, batch: Batch) -> Tensor:
+        y = batch.target.bool()  # [batch, K]
+        return torch.where(y, self.on.to(y.device), self.off.to(y.device))
+
+
 class AnswerOnly(Control):
-    description = "names the target set and nothing else (best fitted floor for every other token)"
-    fit_samples = 1024  # samples (drawn with the control's generator) to fit the floor
+    description = "names the target and nothing else (the best prediction of the outputs from the target alone)"
+    fit_samples = 1024  # samples (drawn with the control's generator) to fit the floor or the clause logits
 
     def make(self, fitted, model, task, *, refit, generator):
-        if task.family != "topk":
-            return NotApplicable(f"answer-only is defined for the top-k family (not {task.family!r})")
+        if task.family not in ("topk", "clauses"):
+            return NotApplicable(f"answer-only is defined for the top-k and clause families (not {task.family!r})")
         device = next(model.parameters()).device if any(True for _ in model.parameters()) else "cpu"
         batch = task.sample(self.fit_samples, generator=generator, device=device)
         with torch.no_grad():
-            kl = kl_from(model(**batch.inputs))
+            logits = model(**batch.inputs)
+        if task.family == "clauses":
+            return ClauseAnswerOnlyFit.best(logits, batch.target)
+        kl = kl_from(logits)
         probe = AnswerOnlyFit(task, 0.0)
         base = probe.predict_logits(batch)
         members = probe.predict_candidates(batch)
@@ -136,7 +172,10 @@ class ResampledFit(Fitted):
 
     def __init__(self, inner: Fitted):
         self.inner = inner
-        self.mechanism, self.why_not = inner.mechanism, inner.why_not
+        self.mechanism = inner.mechanism
+        # What it lacks is what has no per-sample prediction to re-pair (e.g. a clause code, read with the
+        # model's own activations): the control does not apply to a probe that reads only that.
+        self.why_not = "resampled re-pairs the fit's per-sample predictions, and this probe reads none of them"
 
     def summary(self) -> dict[str, float | int | str]:
         return self.inner.summary()

@@ -1,8 +1,10 @@
 """Records to boards to text: what `sparsebench leaderboard` (and `evaluate`'s summary) runs.
 
-`build_boards` loads typed records from folders and computes both boards;
-`render_leaderboard` turns them into terminal text, Markdown, CSV or one HTML
-page; `scaling_pngs` draws the scaling figures embedded in the HTML page.
+`build_boards` loads typed records from folders and computes every board (solutions,
+explanations, probe validity, findings, and the tickets board of `leaderboard/tickets.py`
+when there are ticket records); `tables` makes the display tables of all of them;
+`render_leaderboard` turns them into terminal text, Markdown, CSV or one HTML page;
+`scaling_pngs` draws the scaling figures embedded in the HTML page.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pandas as pd
 
 from sparsebench import records
 from sparsebench.errors import UserError
-from sparsebench.leaderboard import boards, explanations, figures, findings, frames, render, validity
+from sparsebench.leaderboard import boards, explanations, figures, findings, frames, render, tickets, validity
 
 
 def build_boards(results: list[Path], min_auroc: float = validity.MIN_AUROC) -> dict[str, Any]:
@@ -24,6 +26,11 @@ def build_boards(results: list[Path], min_auroc: float = validity.MIN_AUROC) -> 
     except FileNotFoundError as e:
         raise UserError(f"results path not found: {e.args[0]} (run `sparsebench evaluate` first, "
                         f"or pass a folder)") from None
+    return boards_from(recs, min_auroc)
+
+
+def boards_from(recs: list[tuple[Path, Any]], min_auroc: float = validity.MIN_AUROC) -> dict[str, Any]:
+    """Every board of loaded records ((file, record) pairs): a pure function of the records."""
     directions = frames.metric_directions(recs)
     sol_frame = frames.solutions_frame(recs)
     sol = boards.solutions_board(sol_frame, directions)
@@ -37,7 +44,12 @@ def build_boards(results: list[Path], min_auroc: float = validity.MIN_AUROC) -> 
     return {"records": recs, "directions": directions, "solutions": sol, "best": best,
             **exp_boards, "validity": valid, "min_auroc": min_auroc,
             "own_construction": validity.own_construction(exp_frame), "findings": found,
-            "not_applicable": frames.not_applicable(recs)}
+            "not_applicable": frames.not_applicable(recs), **tickets.build(recs)}
+
+
+def tables(b: dict[str, Any]) -> list[render.Table]:
+    """Every display table: the solutions and explanations boards, then the tickets board."""
+    return render.board_tables(b) + tickets.ticket_tables(b)
 
 
 def scaling_pngs(sol: Any) -> list[tuple[str, bytes]]:
@@ -62,12 +74,12 @@ def render_leaderboard(results: list[Path], format: str, b: dict[str, Any] | Non
     b = b if b is not None else build_boards(results)
     if format == "csv":
         return render.to_csv(b)
-    tables = render.board_tables(b)
+    shown = tables(b)
     if format == "markdown":
-        return render.to_markdown(tables)
+        return render.to_markdown(shown)
     if format == "html":
         n = len(b["records"])
-        intro = (f"{n} record(s) from {', '.join(map(str, results))}. Spread = sample std over seeds (n = seeds). "
-                 f"Ranking rule: see docs/leaderboard.md.")
-        return render.to_html(tables, scaling_pngs(b["solutions"]), intro=intro)
-    return render.to_terminal(tables)
+        intro = (f"{n} record(s) from {', '.join(map(str, results))}. Spread = sample std over seeds (n = seeds); "
+                 f"intervals are 95% t intervals. Ranking rules: see docs/leaderboard.md.")
+        return render.to_html(shown, scaling_pngs(b["solutions"]) + tickets.figures(b), intro=intro)
+    return render.to_terminal(shown)

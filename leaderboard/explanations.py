@@ -113,7 +113,8 @@ def pairwise(exp: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
         for probe, pg in g.groupby("probe"):
             mechs = sorted(set(pg["mechanism"]))
             direction = str(pg["direction"].iloc[0])
-            by_mech = {m: recs[(recs["mechanism"] == m) & (recs["probe"] == probe)].set_index("seed")["value"]
+            # One value per seed (records repeated across folders, already warned about, count once).
+            by_mech = {m: recs[(recs["mechanism"] == m) & (recs["probe"] == probe)].groupby("seed")["value"].mean()
                        for m in mechs}
             for a, b in itertools.combinations(mechs, 2):
                 seeds = sorted(set(by_mech[a].index) & set(by_mech[b].index))

@@ -97,7 +97,7 @@ def not_applicable(records: list[tuple[Any, Any]]) -> list[dict[str, str]]:
     """Solvers and mechanisms recorded as not applicable to a task: (task, what, reason), one per distinct case."""
     seen: dict[tuple[str, str], str] = {}
     for _, rec in records:
-        if rec.status == "ok":
+        if rec.status == "ok" or not isinstance(rec, (SolutionRecord, ExplanationRecord)):
             continue
         what = rec.solver.name if isinstance(rec, SolutionRecord) else rec.mechanism.name
         seen.setdefault((rec.task.name, what), rec.reason)

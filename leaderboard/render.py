@@ -336,7 +336,8 @@ def to_markdown(tables: list[Table]) -> str:
     return "\n".join(out)
 
 
-BOARDS = ("solutions", "explanations", "ranking", "pairwise", "validity", "own_construction", "findings")
+BOARDS = ("solutions", "explanations", "ranking", "pairwise", "validity", "own_construction", "findings", "tickets",
+          "ticket_pairs")
 
 
 def tidy_frame(b: dict[str, Any]):

@@ -119,6 +119,15 @@ class Task(Configurable, ABC):
     def metrics(self, logits: Tensor, batch: Batch) -> dict[str, float]:
         """Every metric of `metric_directions`, averaged over the batch (no instance dim)."""
 
+    def output_kl(self, p_logits: Tensor, q_logits: Tensor) -> Tensor:
+        """KL(output of p_logits || output of q_logits) per sample, in float64: [..., n_outputs] -> [...].
+
+        The probes compare outputs through it. Default: the logits are one softmax distribution; a task
+        whose outputs are something else (e.g. independent Bernoullis, one per label) overrides it."""
+        from sparsebench.stats import kl_logits
+
+        return kl_logits(p_logits, q_logits)
+
     def behaviour(self, model: Any, batch: Batch, *, generator: torch.Generator) -> dict[str, float]:
         """Descriptive numbers about a model's behaviour on the held-out `batch` (and fresh samples drawn with
         `generator`), recorded with its solution but never ranked (e.g. the shape of a distribution).
@@ -252,6 +261,14 @@ class HasTokenCode(Protocol):
 
     def output_code(self) -> Tensor:
         """[n_outputs, d_mlp] bool (the output side's code, transposed to the input's layout)."""
+
+
+@runtime_checkable
+class HasClauseCodes(Protocol):
+    """A clause-family explanation that names which hidden units carry which clauses (feature channels)."""
+
+    def clause_codes(self) -> tuple[Tensor, Tensor]:
+        """(exact [d_mlp, n_outputs] bool, near [d_mlp, n_outputs] bool): unit h carries clause c."""
 
 
 @runtime_checkable

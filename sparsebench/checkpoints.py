@@ -123,10 +123,11 @@ def finite(model: Any) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.dtype.is_floating_point)
 
 
-def _verified(spec: RunSpec, seed: int, folder: Path, device: torch.device) -> tuple[Any, dict[str, Any]]:
-    """The model and run.json of a cache entry, checked; `Damaged` says what is wrong."""
-    weights, info_path = folder / "model.safetensors", folder / "run.json"
-    for f in (weights, info_path):
+def read_run_json(folder: Path, files: tuple[str, ...], describes: dict[str, Any]) -> dict[str, Any]:
+    """The run.json of a cache entry whose `files` are regular files, checked to describe `describes` (its
+    fields as written: tuples become lists); `Damaged` says what is wrong."""
+    info_path = folder / "run.json"
+    for f in (*(folder / name for name in files), info_path):
         if not f.is_file():  # missing, or not a regular file (a FIFO would block the read)
             raise Damaged(f"{f.name} is missing or not a regular file")
     try:
@@ -139,30 +140,36 @@ def _verified(spec: RunSpec, seed: int, folder: Path, device: torch.device) -> t
         raise Damaged(f"run.json is not readable JSON ({type(e).__name__})") from None
     if not isinstance(info, dict):
         raise Damaged("run.json is not a JSON object")
-    expected = json.loads(json.dumps(spec.describe(seed)))  # as written: tuples become lists
-    for field, value in expected.items():
+    for field, value in json.loads(json.dumps(describes)).items():
         if info.get(field) != value:
             raise Damaged(f"run.json describes another run ({field} differs)")
+    return info
+
+
+def _verified(spec: RunSpec, seed: int, folder: Path, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The model and run.json of a cache entry, checked; `Damaged` says what is wrong."""
+    weights = folder / "model.safetensors"
+    info = read_run_json(folder, (weights.name,), spec.describe(seed))
     model = make_model(spec.model, spec.model_config, spec.make_task())
     try:
         safetensors.torch.load_file(str(weights), device="cpu")  # readable, whole
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
-        raise Damaged(f"model.safetensors cannot be read ({type(e).__name__}: {_first_line(e)})") from None
+        raise Damaged(f"model.safetensors cannot be read ({type(e).__name__}: {first_line(e)})") from None
     try:
         safetensors.torch.load_model(model, str(weights), strict=True, device="cpu")
     except RuntimeError as e:  # a weight of the wrong shape, a missing or a foreign one
-        raise Damaged(f"model.safetensors does not fit the model ({_first_line(e, last=True)})") from None
+        raise Damaged(f"model.safetensors does not fit the model ({first_line(e, last=True)})") from None
     if not finite(model):
         raise Damaged("non-finite weights")
     return model.to(device).eval(), info
 
 
-def _first_line(e: BaseException, last: bool = False) -> str:
+def first_line(e: BaseException, last: bool = False) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
     return (lines[-1] if last else lines[0])[:200]
 
 
-def _move_aside(folder: Path, why: str) -> None:
+def move_aside(folder: Path, why: str) -> None:
     """Rename a damaged entry to a hidden sibling (atomic; every reader ignores hidden folders)."""
     aside = folder.with_name(f".damaged-{folder.name}-{uuid.uuid4().hex[:8]}")
     try:
@@ -189,7 +196,7 @@ def load(spec: RunSpec, seed: int, ctx: RunContext) -> Checkpoint | None:
     try:
         model, info = _verified(spec, seed, folder, ctx.device)
     except Damaged as e:
-        _move_aside(folder, str(e))
+        move_aside(folder, str(e))
         return None
     return Checkpoint(model, seed, key, file_sha256(folder / "model.safetensors"), info)
 

@@ -1,4 +1,4 @@
-"""The `sparsebench` command line: list, train, evaluate, leaderboard, validate, report, bench.
+"""The `sparsebench` command line: list, train, evaluate, tickets, leaderboard, validate, report, bench.
 
 Each command is a thin wrapper: it parses its settings (`sparsebench.settings`: a TOML
 file, flags, `--set section.field=value`), makes one `RunContext` (device, cache, workers,
@@ -43,7 +43,7 @@ def _context(device: str, cache: Optional[Path], progress: bool, workers: int = 
 
 @app.command("list")
 def list_cmd() -> None:
-    """Print every registered task, model, mechanism, probe and baseline, and where it came from."""
+    """Print every registered entry (tasks, models, mechanisms, probes, nulls, controls, detectors) and its source."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -148,6 +148,38 @@ def evaluate(
         _write_boards(out)
 
 
+@app.command()
+def tickets(
+    suite: str = typer.Argument("tickets", help="A built-in tickets suite name or a TOML file (copy tickets.toml)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2,3,4."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a suite field: FIELD=, train.F=, "
+                                             "retrain.F=, task_config.F=, model_config.F= (repeatable)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (records under ticket/)."),
+    force: bool = typer.Option(False, "--force", help="Redo variants whose records exist."),
+    device: str = DeviceOpt,
+    cache: Optional[Path] = CacheOpt,
+    workers: int = typer.Option(1, "--workers", "-w", help="Split each width's seeds over this many single-threaded "
+                                "processes (one per core is fastest; the records are the same for any number)."),
+    board: bool = typer.Option(True, "--leaderboard/--no-leaderboard", help="Render the boards afterwards."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Lottery tickets (the second seed): dense runs with snapshots, detectors, masks, stacked sparse retraining, records."""
+    import time
+
+    from sparsebench.settings import csv_ints
+    from sparsebench.tickets.config import load_ticket_suite
+    from sparsebench.tickets.pipeline import run_tickets
+
+    s = load_ticket_suite(suite, set_ or [], csv_ints(seeds, "--seeds"))
+    ctx = _context(device, cache, progress, workers, backend="auto")
+    start = time.perf_counter()
+    counts = run_tickets(s, out, ctx, force=force)
+    typer.echo(f"tickets suite {s.name!r}: {counts['written']} record(s) written, {counts['skipped']} already there, "
+               f"in {time.perf_counter() - start:.1f}s -> {out}")
+    if board:
+        _write_boards(out)
+
+
 def _write_out(path: Path, text: str, what: str) -> None:
     """Write a user-named output file atomically; a place that cannot be written is one UserError."""
     from sparsebench.io import write_text
@@ -161,19 +193,20 @@ def _write_out(path: Path, text: str, what: str) -> None:
 def _write_boards(out: Path) -> None:
     """Write leaderboard.md and leaderboard.html next to the records; print the summary tables.
 
-    The terminal gets the two summaries (best solver at each width, the explanations
-    ranking); the full boards with every probe beside its nulls are in the files.
+    The terminal gets the summaries (best solver at each width, the explanations ranking, probe
+    validity, and for ticket records the claims and the tickets rankings); the full boards are in the files.
     """
     from rich.console import Console
 
     from sparsebench.leaderboard import render
-    from sparsebench.leaderboard.build import build_boards, render_leaderboard
+    from sparsebench.leaderboard.build import build_boards, render_leaderboard, tables
 
     b = build_boards([out])
     for name, fmt in (("leaderboard.md", "markdown"), ("leaderboard.html", "html")):
         _write_out(out / name, render_leaderboard([out], fmt, b), "the board")
-    summary = [t for t in render.board_tables(b) if t.title.startswith(("Best at each width", "Explanations ranking",
-                                                                          "Probe validity"))]
+    summary = [t for t in tables(b) if t.title.startswith(("Best at each width", "Explanations ranking",
+                                                           "Probe validity", "Claims of the second seed",
+                                                           "Tickets ranking"))]
     typer.echo(render.to_terminal(summary, width=max(Console().width, 120)), nl=False)
     typer.echo(f"full boards: {out / 'leaderboard.md'} and {out / 'leaderboard.html'}")
 
@@ -207,8 +240,10 @@ def leaderboard(
         from rich.console import Console
 
         from sparsebench.leaderboard import render
+        from sparsebench.leaderboard.build import tables
 
-        render.print_tables(Console(), render.board_tables(build_boards(paths, min_auroc)))
+        shown = [t for t in tables(build_boards(paths, min_auroc)) if not t.title.startswith("Paired comparisons")]
+        render.print_tables(Console(), shown)  # the tickets' paired comparisons: in the other formats
         return
     text = render_leaderboard(paths, fmt, build_boards(paths, min_auroc))
     if out is None and fmt == "html":
@@ -286,10 +321,12 @@ def bench(
     repeats: int = typer.Option(5, help="Interleaved repeats; figures are medians over them."),
     steps: Optional[int] = typer.Option(None, help="Timed steps per measurement at N=1 (N instances run "
                                         "steps/N steps, the same samples, but at least 40 (small regime) or 2). "
-                                        "Default: 160 small, 32 default, 16 transformer; 64 on a GPU."),
+                                        "Default: 160 small, 32 default, 16 transformer, 100 per mask tickets; "
+                                        "64 on a GPU."),
     regime: str = typer.Option("all", help="small (mlp1, V=500, d=m=32, batch 256), default (mlp1, V=2000, "
                                "d=m=64, batch 1024), transformer (1 layer, one head of 64, V=1000, d=m=64, batch "
-                               "1024), both (small and default), or all."),
+                               "1024), both (small and default), tickets (stacked sparse retraining of 4 and 16 "
+                               "masks against one mask at a time; CPU only), or all."),
     processes: int = typer.Option(0, help="Worker processes for the multi-process rows "
                                   "[default: one per core; 1 skips those rows]."),
     device: str = typer.Option("cpu", "--device", help="'cpu', or 'cuda' / 'cuda:N': the plain loops and the "

@@ -33,7 +33,7 @@ from sparsebench.probes import OWN_NULL, Probe
 from sparsebench.records import ModelInfo, ProbeResult, Score
 from sparsebench.stats import mean_ci
 
-NO_BATCH = ("token_code", "output_code")  # capabilities that take no batch
+NO_BATCH = ("token_code", "output_code", "clause_codes")  # capabilities that take no batch
 
 
 def good(value: float, direction: str) -> float:

@@ -21,6 +21,9 @@ Ranked probes (they test the explanation):
 Model diagnostics (shown, never ranked: they read the model, not the claim): `bimodality`,
 `mask-agreement`.
 
+`hidden-code`, `prediction` and `patch` also understand the clause family (`tasks/clauses.py`);
+its own probes, `code-recall` (ranked) and `code-count` (a diagnostic), are in `probes_clauses.py`.
+
 Each probe declares the task families it understands, the hooks it reads, the capabilities of a
 fitted explanation it reads (`reads_fit`: a control that changes none of them is invisible to
 it), its scores and their directions. `score` returns the scores, or `NotApplicable` with a
@@ -95,6 +98,14 @@ def mcc(pred: Tensor, actual: Tensor, what: str) -> dict[str, float] | NotApplic
     return out
 
 
+def active_units(post: Tensor) -> Tensor:
+    """[batch, d_mlp] bool: which units of a post-ReLU activation ([batch, d_mlp]) are on. "On" is relative to
+    each unit's scale over the batch, so a unit idling at a tiny positive value (a bias that has not quite
+    reached 0) still counts as off."""
+    post = post.float()
+    return post > 1e-3 * post.amax(0, keepdim=True).clamp_min(1e-6)
+
+
 def model_hook_names(model: Any, batch: Batch) -> set[str]:
     """Every hook name the model answers (from its hook_dict, else from one cached forward)."""
     names = getattr(model, "hook_dict", None)
@@ -153,6 +164,7 @@ class HiddenCode(Probe):
     """Activations: is hidden unit j active exactly when the explanation says (MCC, chance-corrected)?"""
 
     level = "activations"
+    families = ("topk", "clauses")
     relabel_invariant = True
     reads = ("blocks.0.mlp.hook_post",)
     reads_fit = ("hidden_active",)
@@ -168,10 +180,7 @@ class HiddenCode(Probe):
             return NotApplicable(f"the model has no hook {hook!r} for the units the explanation names")
         with torch.no_grad():
             _, cache = model.run_with_cache(**batch.inputs, names_filter=[hook])
-        post = last_position(cache[hook]).float()  # [batch, d_mlp]
-        # "Active" relative to each unit's scale, so a unit idling at a tiny positive value
-        # (a bias that has not quite reached 0) still counts as off.
-        active = post > 1e-3 * post.amax(0, keepdim=True).clamp_min(1e-6)
+        active = active_units(last_position(cache[hook]))
         return mcc(predicted.to(active.device), active, "active units")
 
 
@@ -213,15 +222,18 @@ class Candidates(Probe):
 class Prediction(Probe):
     """Behaviour: how much of the model's output distribution the explanation's own prediction explains.
 
-    kl = KL(model || prediction). Raw KL is not comparable across models (a near-uniform
-    untrained model is trivially close to a flat prediction), so the main score is
-    kl_explained = 1 - KL(model || prediction) / KL(model || uniform): the share of the
-    model's departure from uniform that the prediction accounts for. Its chance level is the
-    answer-only control's (naming the target already explains most of it). Left out (not
-    applicable) when the model is itself within 1e-3 nats of uniform.
+    kl = KL(model || prediction), between output distributions as the task defines them
+    (`Task.output_kl`: one softmax for the top-k family, K independent Bernoullis for clauses).
+    Raw KL is not comparable across models (a near-uniform untrained model is trivially close to
+    a flat prediction), so the main score is kl_explained = 1 - KL(model || prediction) /
+    KL(model || uniform), uniform = all-zero logits: the share of the model's departure from
+    uniform that the prediction accounts for. Its chance level is the answer-only control's
+    (naming the target already explains most of it). Left out (not applicable) when the model is
+    itself within 1e-3 nats of uniform.
     """
 
     level = "behaviour"
+    families = ("topk", "clauses")
     relabel_invariant = True  # the explanation is refitted to the relabelled model, which it then explains alike
     reads_fit = ("predict_logits",)
     main = "kl_explained"
@@ -232,11 +244,9 @@ class Prediction(Probe):
         if logits is None:
             return cannot(fitted, "outputs")
         with torch.no_grad():
-            m = torch.log_softmax(model(**batch.inputs).double(), -1)
-        f = torch.log_softmax(logits.double().to(m.device), -1)
-        p = m.exp()
-        kl = (p * (m - f)).sum(-1).mean().item()
-        kl_uniform = ((p * m).sum(-1) + math.log(m.shape[-1])).mean().item()
+            m = model(**batch.inputs)
+        kl = task.output_kl(m, logits.to(m.device)).mean().item()
+        kl_uniform = task.output_kl(m, torch.zeros_like(m)).mean().item()  # all-zero logits: the uniform output
         if kl_uniform <= 1e-3:
             return NotApplicable("the model's output is uniform to within 1e-3 nats: nothing to explain")
         return {"kl_explained": 1 - kl / kl_uniform, "kl": kl}
@@ -257,7 +267,7 @@ class Patch(Probe):
     loss_recovered = (L_ablated - L_patched) / (L_ablated - L_clean), clipped to [-1, 1]: a patched model
     that beats the clean one is not explained better than perfectly, and one that loses more than the
     ablation is not a worse explanation for losing 1000 times more (margins stay on one scale);
-    `loss_recovered_raw` keeps the value.
+    `loss_recovered_raw` keeps the value. `kl_to_clean` is the task's output KL (`Task.output_kl`).
     The ablation (`reference`): the batch mean of the activation, zeros, or each sample's activation
     replaced by another sample's (resample). (The idealised activations paired with the wrong samples,
     this probe's own reference before, is now the `resampled` control, beside every probe.)
@@ -271,6 +281,7 @@ class Patch(Probe):
     """
 
     level = "causal"
+    families = ("topk", "clauses")
     relabel_invariant = True  # a ratio of the model's own losses: a relabelled model recovers the same share
     reads_fit = ("ideal_activation",)
     main = "loss_recovered"
@@ -311,8 +322,6 @@ class Patch(Probe):
                 # and a tiny or negative gap (ablation helps an untrained model) makes the ratio noise.
                 return NotApplicable(f"{self.config.reference}-ablating {hook_name} changes the loss by "
                                      f"{gap:+.3g} nats (< {MIN_ABLATION_GAP}): nothing to recover")
-            c = torch.log_softmax(clean_logits.float(), -1)
-            p = torch.log_softmax(patched.float(), -1)
-            kl = (c.exp() * (c - p)).sum(-1).mean().item()
+            kl = task.output_kl(clean_logits, patched).mean().item()
         raw = (l_abl - l_patch) / gap
         return {"loss_recovered": min(max(raw, -1.0), 1.0), "loss_recovered_raw": raw, "kl_to_clean": kl}

@@ -1,12 +1,12 @@
 """Result records: one typed schema for everything `evaluate` writes and the leaderboard reads.
 
 A record is one JSON file, `<results>/<kind>/<id>.json`, written atomically. Its
-shape is the pydantic model `Record` below (a `SolutionRecord` or an
-`ExplanationRecord`, told apart by `kind`); `evaluate`, the leaderboard, the
-synthetic demo records and `sparsebench validate` all go through it, and its
-JSON Schema is published in docs/records.md (`json_schema()`; a test keeps the
-two equal). Unknown fields are errors: a typo in a hand-made submission is
-caught, not ignored.
+shape is the pydantic model `Record` below (a `SolutionRecord`, an `ExplanationRecord`
+or a `TicketRecord`, told apart by `kind`; a ticket record is one sparse ticket of
+`sparsebench tickets`); `evaluate`, `tickets`, the leaderboard, the synthetic demo
+records and `sparsebench validate` all go through it, and its JSON Schema is
+published in docs/records.md (`json_schema()`; a test keeps the two equal). Unknown
+fields are errors: a typo in a hand-made submission is caught, not ignored.
 
 Versions: `SCHEMA_VERSION` is what this code writes. Older records are read by
 `migrate` (schema 1 -> 2: family, metric and score directions, width fields,
@@ -240,7 +240,42 @@ class ExplanationRecord(_Envelope):
     probes: dict[Name, ProbeResult] = {}
 
 
-Record = Annotated[Union[SolutionRecord, ExplanationRecord], Field(discriminator="kind")]
+class DetectorInfo(_Strict):
+    name: Name  # registered detector name
+    config: Config  # its full config
+    kind: Literal["feature", "weight", "control", "reference"]  # references are shown, never ranked
+    uses_step: bool  # its mask depends on the detection step (else the same mask is recorded at every step)
+
+
+class TicketRecord(_Envelope):
+    """One sparse ticket: a detector's mask at a sparsity and detection step, retrained from an init mode
+    (the tickets board). `width` is the model's width (H), `seed` the dense run's seed."""
+
+    kind: Literal["ticket"]
+    model: ModelInfo  # the model (its width field set to `width`)
+    train: Config  # the dense training config
+    retrain: Config  # the sparse retraining config
+    detector: DetectorInfo
+    sparsity: float = Field(ge=0, lt=1)  # share of W1's coordinates masked (0: the dense reference)
+    detection_step: int = Field(ge=0)  # the dense step the detector read (the board's group)
+    init_mode: Literal["rewind-0", "rewind-e", "fresh"]  # where W1_init came from: θ0, θ_e, a fresh draw
+    quota: int = Field(ge=1)  # q of the site-to-mask translation
+    rho: float  # row threshold factor of the site codes
+    metrics: dict[Key, Number]  # the task's metrics of the retrained sparse model (directions: task.metric_directions)
+    # Ticket metrics (exact codes, recalls, Jaccard to the oracle, ...), with their directions, in display order.
+    tickets: dict[Key, Number]
+    ticket_directions: list[tuple[Key, Direction]]
+    dense: dict[Key, Number] = {}  # the same seed's dense final model: its metrics and code counts (context)
+    detector_info: dict[Key, Scalar] = {}  # what the detector reported (e.g. Early-Bird's step), filled coordinates
+    # One row per exact code of the dense final model: [h, c, d0, load0, same_site, family] (d0 and load0 its
+    # distance and row load at θ0; same_site / family: 1 if recovered by the retrained ticket).
+    sites: list[tuple[int, int, int, int, int, int]] = []
+
+    _reserved = field_validator("metrics", "tickets")(_no_reserved)
+
+
+Record = Annotated[Union[SolutionRecord, ExplanationRecord, TicketRecord], Field(discriminator="kind")]
+AnyRecord = Union[SolutionRecord, ExplanationRecord, TicketRecord]  # one record, whatever its kind
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Record)
 
 
@@ -249,7 +284,7 @@ def record_id(identity: dict[str, Any]) -> str:
     return stable_hash({"schema": SCHEMA_VERSION, **identity}, length=20)
 
 
-def to_json(record: SolutionRecord | ExplanationRecord) -> dict[str, Any]:
+def to_json(record: AnyRecord) -> dict[str, Any]:
     """The record as a JSON-ready dict (what `io.write_json` writes)."""
     return record.model_dump(mode="json")
 
@@ -322,7 +357,7 @@ class RecordWarning(UserWarning):
     """A result file was skipped (the message names it and says why)."""
 
 
-def parse(data: Any) -> SolutionRecord | ExplanationRecord:
+def parse(data: Any) -> AnyRecord:
     """Validate decoded JSON as a record (migrating an older schema); ValueError naming the problem."""
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
@@ -360,7 +395,7 @@ def _one_line(text: str, limit: int = 160) -> str:
 MAX_BYTES = 10_000_000  # a record is a few KB; a larger file is not one (and /dev/zero must not be read whole)
 
 
-def read(path: Path) -> SolutionRecord | ExplanationRecord:
+def read(path: Path) -> AnyRecord:
     """One record file; ValueError naming the problem (unreadable, not a regular file, too large, not JSON, too
     deep, not a record)."""
     import stat
@@ -399,14 +434,14 @@ def json_files(folder: Path, problems: list[tuple[Path, str]] | None = None) -> 
     return out
 
 
-def load(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, SolutionRecord | ExplanationRecord]]:
+def load(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, AnyRecord]]:
     """Every valid record under `paths` (folders searched recursively, or single files), with its file.
 
     A path that does not exist raises FileNotFoundError (a typo should not give an empty board).
     A bad file or unreadable folder is skipped with a `RecordWarning` that names it. A record found
     twice (same id, e.g. copied between machines) counts once.
     """
-    out: list[tuple[Path, SolutionRecord | ExplanationRecord]] = []
+    out: list[tuple[Path, AnyRecord]] = []
     seen: set[str] = set()
     for p in map(Path, paths):
         if not p.exists():

@@ -1,7 +1,7 @@
 """One registry per plugin group, filled from entry points.
 
 Built-ins and third-party plugins arrive the same way: an entry point in the
-group `sparsebench.<kind>` (tasks, models, mechanisms, probes, baselines, controls) whose
+group `sparsebench.<kind>` (tasks, models, mechanisms, probes, baselines, controls, detectors) whose
 name is the one name used everywhere (CLI, records, leaderboard). Entries are
 discovered in name order (so the order never depends on install order), and
 imported when a registry is first used. A plugin that fails to import (whatever it
@@ -33,7 +33,9 @@ from sparsebench import interrupts
 from sparsebench.errors import UserError
 
 T = TypeVar("T")
-GROUPS = ("tasks", "models", "mechanisms", "probes", "baselines", "controls")
+# Every plugin group: kind (entry-point group `sparsebench.<kind>`) -> what one entry of it is called.
+GROUPS = {"tasks": "task", "models": "model", "mechanisms": "mechanism", "probes": "probe", "baselines": "baseline",
+          "controls": "control", "detectors": "detector"}
 BUILTIN = "sparsebench"  # the distribution whose entries are the built-ins
 ALLOW_OVERRIDE = "SPARSEBENCH_ALLOW_OVERRIDE"  # env var: built-in names a plugin may replace ("bloom,jl")
 # A usable name: one printable line, as the record schema requires of every name it stores.
@@ -68,8 +70,7 @@ class Registry(Generic[T]):
 
     @property
     def singular(self) -> str:
-        return {"tasks": "task", "models": "model", "mechanisms": "mechanism", "probes": "probe",
-                "baselines": "baseline", "controls": "control"}.get(self.kind, self.kind)
+        return GROUPS.get(self.kind, self.kind)
 
     def _load(self) -> dict[str, Entry[T]]:
         if self._entries is not None:
@@ -198,7 +199,8 @@ def _names(value: Any) -> bool:
 def check_entry(kind: str, obj: Any) -> str | None:
     """None if `obj` can be used as an entry of group `kind`, else what is wrong (one line).
 
-    Tasks and mechanisms must subclass `api.Task` / `api.Mechanism`, probes `probes.Probe`. Models are
+    Tasks and mechanisms must subclass `api.Task` / `api.Mechanism`, probes `probes.Probe`, ticket detectors
+    `tickets.detectors.Detector`. Models are
     checked for what the core uses (no base class is required of them), and baselines and controls likewise
     (their base classes, `baselines.nulls.Null` and `baselines.controls.Control`, import this module's users).
     """
@@ -240,16 +242,27 @@ def check_entry(kind: str, obj: Any) -> str | None:
         if not isinstance(getattr(obj, "partial", False), bool):
             return f"{what}.partial is not a bool"
         return None
+    if kind == "detectors":
+        from sparsebench.tickets.detectors import Detector
+
+        if not (_is_class(obj) and issubclass(obj, Detector)):
+            return f"{what} is not a subclass of sparsebench.tickets.detectors.Detector"
+        if not dataclasses.is_dataclass(getattr(obj, "Config", None)):
+            return f"{what} has no Config dataclass"
+        if not _names(getattr(obj, "families", None)):
+            return f"{what} declares no families"
+        return None
     return None
 
 
-tasks: Registry[Any] = Registry("tasks")
-models: Registry[Any] = Registry("models")
-mechanisms: Registry[Any] = Registry("mechanisms")
-probes: Registry[Any] = Registry("probes")
-baselines: Registry[Any] = Registry("baselines")
-controls: Registry[Any] = Registry("controls")
-REGISTRIES = {r.kind: r for r in (tasks, models, mechanisms, probes, baselines, controls)}
+REGISTRIES: dict[str, Registry[Any]] = {kind: Registry(kind) for kind in GROUPS}
+tasks = REGISTRIES["tasks"]
+models = REGISTRIES["models"]
+mechanisms = REGISTRIES["mechanisms"]
+probes = REGISTRIES["probes"]
+baselines = REGISTRIES["baselines"]  # null models
+controls = REGISTRIES["controls"]  # control explanations
+detectors = REGISTRIES["detectors"]  # ticket detectors (sparsebench.tickets.detectors)
 
 
 def plugin_versions() -> dict[str, str]:

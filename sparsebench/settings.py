@@ -162,7 +162,10 @@ def load_suite(name_or_path: str) -> Suite:
         if name_or_path not in suites:
             raise UserError(f"unknown suite {name_or_path!r}{_hint(name_or_path, sorted(suites), 'built-in suites')}")
         path = suites[name_or_path]
-    return suite_from_dict(load_toml(path), default_name=path.stem)
+    data = load_toml(path)
+    if data.get("kind") == "tickets":
+        raise UserError(f"suite {name_or_path!r} is a tickets suite: run it with `sparsebench tickets {name_or_path}`")
+    return suite_from_dict(data, default_name=path.stem)
 
 
 def suite_from_dict(data: dict[str, Any], default_name: str = "custom") -> Suite:

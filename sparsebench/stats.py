@@ -9,6 +9,9 @@
 - Reading models: `input_sum` (the weighted sum of input embeddings) and
   `final_residual` (the last block's residual at the readout position).
 - `ResidualFit`: the base of explanations that predict the final residual.
+- Intervals over seeds and chunks: `mean_ci` (a t interval of a mean), `paired_diff_ci` (of a
+  mean paired difference), both on `t_quantile` (Student's t, computed here: no SciPy), and
+  `sign_test_p` (the exact two-sided sign test of a paired comparison).
 """
 
 from __future__ import annotations
@@ -234,3 +237,12 @@ def paired_diff_ci(a: list[float], b: list[float], level: float = 0.95) -> tuple
     if len(a) != len(b):
         raise ValueError(f"paired values need equal lengths (got {len(a)} and {len(b)})")
     return mean_ci([x - y for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))], level)
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: P(a split at least as uneven as wins : losses | a fair coin), ties left out."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)

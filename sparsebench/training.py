@@ -28,7 +28,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -163,8 +163,10 @@ class AutogradStep:
 
 
 def optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[int], ctx: "RunContext",
-             stacked: bool = True) -> tuple[list[float], str]:
-    """Train `module` in place for cfg.steps steps: (final loss per seed, the backend that computed the steps)."""
+             stacked: bool = True, on_step: Callable[[int], None] | None = None) -> tuple[list[float], str]:
+    """Train `module` in place for cfg.steps steps: (final loss per seed, the backend that computed the steps).
+
+    on_step(t), if given, is called after the t-th step (t = 1..steps), e.g. to snapshot the weights."""
     step = ctx.accel.step(module, task, cfg) if stacked else None
     step = step or AutogradStep(module, task, cfg, ctx.device, stacked)
     gens = [seed_generator(s, "data", ctx.device) for s in seeds]
@@ -187,6 +189,8 @@ def optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[
             tail_sum += per_instance.reshape(-1)
         if show_loss and i % 50 == 0:
             bar.set_postfix(loss=f"{per_instance.mean().item():.4f}")
+        if on_step is not None:
+            on_step(i + 1)
     bar.close()
     return (tail_sum / tail).tolist(), step.backend
 

@@ -28,6 +28,10 @@ optimiser are not counted, so the figure is a lower bound on the work done):
     forward per sample = 2 * (n_layers * 2 * d * m + d * V)
     training step      = 3 * forward * batch * instances   (backward = 2 x forward)
 
+`--regime tickets` (and the default, `all`, on the CPU) adds the ticket pipeline's stacked
+sparse retraining of 4 and 16 masks against one mask at a time (`bench_tickets.py`), timed
+interleaved in the same run.
+
 The plain loop is what a blog post would write: an `nn.Module` (Embedding, two
 Linear layers, Linear unembedding), AdamW with default settings, the full
 log-softmax and `F.kl_div` against a dense [batch, V] target, one model at a time.
@@ -58,9 +62,12 @@ REGIMES: dict[str, dict[str, int]] = {
     # the transformer suite's model: 1 layer, one head of 64, d_model = d_mlp = 64, V=1000, batch 1024
     "transformer": dict(V=1000, k=5, d=64, m=64, heads=1, d_head=64, batch=1024, steps=16, min_steps=2),
 }
-REGIME_CHOICES = ("small", "default", "transformer", "both", "all")  # both: small + default; all: the three
+# --regime: one regime, both (small and default), the tickets part (stacked sparse retraining: bench_tickets.py,
+# CPU only), or all (the three regimes and, on the CPU, the tickets part).
+REGIME_CHOICES = ("small", "default", "transformer", "both", "tickets", "all")
 INSTANCES = (1, 4, 16)
 CUDA_STEPS = 64  # timed steps per measurement at N=1 on a GPU (steps are short there)
+TICKET_STEPS = 100  # steps per mask in the tickets part (--steps overrides)
 
 
 def trainer_steps(regime: dict[str, int], n_steps: int, n: int) -> int:
@@ -331,12 +338,16 @@ def run_bench(repeats: int = 5, steps: int | None = None, regime: str = "all", p
 
         ensure_writable(json_path.parent, "the --json folder")
     dev = resolve_device(device)
-    names = {"both": ["small", "default"], "all": ["small", "default", "transformer"]}.get(regime, [regime])
+    if dev.type == "cuda" and regime in ("small", "tickets"):  # the small regime measures CPU overhead
+        raise UserError(f"--regime {regime} measures the CPU; on a GPU use default, transformer, both or all")
+    names = {"both": ["small", "default"], "all": ["small", "default", "transformer"], "tickets": []}.get(
+        regime, [regime])
     if dev.type == "cuda":
-        names = [n for n in names if n != "small"] or ["default"]  # the small regime measures CPU overhead
+        names = [n for n in names if n != "small"]
+    tickets = regime in ("tickets", "all") and dev.type == "cpu"
     cores = torch.get_num_threads()  # torch's default: one thread per core
     with torch_threads(1):
-        return _bench(repeats, steps, names, cores, processes or cores, json_path, dev, peak_tflops)
+        return _bench(repeats, steps, names, tickets, cores, processes or cores, json_path, dev, peak_tflops)
 
 
 BF16_REF = f"bf16, {_threads(1)}"
@@ -348,8 +359,8 @@ def _ref(threads: int) -> str:
     return f"fp32, {_threads(threads)}"
 
 
-def _bench(repeats: int, steps: int | None, names: list[str], cores: int, procs: int, json_path: Path | None,
-           device: Any, peak_tflops: float | None) -> dict[str, Any]:
+def _bench(repeats: int, steps: int | None, names: list[str], tickets: bool, cores: int, procs: int,
+           json_path: Path | None, device: Any, peak_tflops: float | None) -> dict[str, Any]:
     import torch
 
     from sparsebench.accel import native
@@ -367,6 +378,10 @@ def _bench(repeats: int, steps: int | None, names: list[str], cores: int, procs:
                                                         peak_tflops)
         else:
             report["regimes"][name] = _mlp1_cpu(REGIMES[name], repeats, steps, cores, procs, has_native)
+    if tickets:
+        from sparsebench.accel.bench_tickets import bench_tickets
+
+        report["tickets"] = bench_tickets(repeats, steps or TICKET_STEPS)
     _print(report)
     if json_path is not None:
         write_json(json_path, report)
@@ -542,13 +557,19 @@ def _print(report: dict[str, Any]) -> None:
         console.print(table)
         if "step_parts" in reg:
             console.print(_parts_table(reg))
-    if report["native"] is not True and "gpu" not in report:
+    if "tickets" in report:
+        from sparsebench.accel.bench_tickets import table
+
+        console.print(table(report["tickets"]))
+    if report["native"] is not True and report["regimes"] and "gpu" not in report:
         console.print(f"native rows left out: {report['native']}", markup=False)  # a compiler's message
     if "gpu" in report:
         console.print("x plain: against the faster plain loop (fp32 or bf16 autocast) of the same repeat. % matmul: "
                       "of the GPU's measured 8192^3 matmul rate (bf16 rows: bf16; others: fp32); % bf16 peak: of "
                       "--peak-tflops. FLOPs: 3 x forward matmul FLOPs per sample. Medians of per-repeat values, "
                       "all timed interleaved, each measurement between two torch.cuda.synchronize().")
+        return
+    if not report["regimes"]:
         return
     console.print("x plain: against the faster plain loop of the same repeat. % matmul: of the fp32 matmul on "
                   "as many cores as the row uses (rows without 'procs' or 'threads' use 1). FLOPs: 3 x forward "

@@ -212,9 +212,47 @@ def check_control(name: str) -> None:
             made += 1
             assert isinstance(result, Fitted)
             batch = task.sample(32, generator=g(4))
-            names = ("hidden_active", "predict_logits", "predict_candidates", "ideal_activation", "token_code")
+            names = ("hidden_active", "predict_logits", "predict_candidates", "ideal_activation", "token_code",
+                     "clause_codes")
             differs = [n for n in names if hasattr(fitted, n) and hasattr(result, n) and not _same(
                 getattr(fitted, n)() if n in NO_BATCH else getattr(fitted, n)(batch),
                 getattr(result, n)() if n in NO_BATCH else getattr(result, n)(batch))]
             assert differs or control.partial, f"control {name} of {mech_name} is the fit itself: it tests nothing"
     assert made, f"control {name} applies to no registered mechanism's fit on any construction"
+
+
+def check_detector(name: str) -> None:
+    """A detector names its kind and families, and scores the right space with the right shape, deterministically,
+    on a small dense run of every registered task it understands (a model that reads it, at init and perturbed)."""
+    from sparsebench.tickets.detectors import DetectionInput, make_detector
+    from sparsebench.tickets.masks import budget, top_mask
+    from sparsebench.training import seed_generator
+
+    det = make_detector(name)
+    assert det.kind in ("feature", "weight", "control", "reference"), f"kind {det.kind!r}"
+    assert det.families, "a detector names the task families it understands"
+    tasks = tasks_for(det)
+    assert tasks, f"no registered task of families {det.families}"
+    for task in tasks:
+        model_name = next(n for n in registry.models.names() if applies(registry.models.get(n), task) is None)
+        model = small_model(model_name, task)
+        init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        later = {k: v + 0.1 * torch.randn(v.shape, generator=g(1)) if v.is_floating_point() and "mask" not in k
+                 else v for k, v in init.items()}
+        W1 = init["blocks.0.mlp.W1"]
+        keep = budget(*W1.shape, 0.9)
+
+        def load(state: dict) -> Any:
+            m = small_model(model_name, task)
+            m.load_state_dict(state)
+            return m
+
+        inp = DetectionInput(task=task, step=10, budget=keep, init=init, at_step=later, final=later,
+                             w1_history={0: W1, 10: later["blocks.0.mlp.W1"]}, rho=0.2, near=1, load=load,
+                             data=lambda n: task.sample(n, generator=g(2)), generator=lambda s: seed_generator(0, s))
+        a, b = det.scores(inp), det.scores(inp)
+        want = (W1.shape[0], task.n_outputs) if a.space == "sites" else tuple(W1.shape)
+        assert a.space in ("sites", "weights") and tuple(a.values.shape) == want, (a.space, tuple(a.values.shape))
+        assert torch.isfinite(a.values).all() and torch.equal(a.values, b.values), "scores must be finite, repeatable"
+        if a.space == "weights":
+            assert top_mask(a.values, keep).sum() == keep

@@ -1,4 +1,4 @@
-"""Contract tests: every registered task, model, mechanism, probe and null (installed plugins included).
+"""Contract tests: every registered task, model, mechanism, probe, null and detector (installed plugins included).
 
 A new plugin is tested by these for free once it is installed: they only use the public interfaces
 (the checks, and why each one fails on a vacuous entry, are in `checks.py`).
@@ -12,7 +12,7 @@ from sparsebench import registry
 from sparsebench.build import make_task
 from sparsebench.errors import ConfigError
 
-from .checks import check_control, check_mechanism, check_model, check_null, check_probe, check_task
+from .checks import check_control, check_detector, check_mechanism, check_model, check_null, check_probe, check_task
 
 
 @pytest.mark.parametrize("name", registry.tasks.names())
@@ -49,3 +49,8 @@ def test_null_is_a_new_and_different_model(name):
 @pytest.mark.parametrize("name", registry.controls.names())
 def test_control_is_a_wrong_explanation(name):
     check_control(name)
+
+
+@pytest.mark.parametrize("name", registry.detectors.names())
+def test_detector_scores_its_space(name):
+    check_detector(name)

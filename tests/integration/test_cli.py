@@ -22,7 +22,8 @@ def cli(*args: str, cache: Path, cwd: Path | None = None, timeout: int = 300) ->
                           cwd=cwd, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", ["", "list", "train", "evaluate", "leaderboard", "validate", "report", "bench"])
+@pytest.mark.parametrize("command", ["", "list", "train", "evaluate", "tickets", "leaderboard", "validate", "report",
+                                     "bench"])
 def test_help_on_every_command(command, tmp_path):
     r = cli(*([command] if command else []), "--help", cache=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -39,7 +40,9 @@ def test_help_on_every_command(command, tmp_path):
     (["train", "--set", "task.colour=1"], "error: invalid task config: colour: unknown field; known fields: V, k, "
                                            "w_lo, w_hi"),
     (["train", "--set", "train.lr=-1"], "error: invalid train config: lr: must be a finite number > 0 (got -1.0)"),
-    (["train", "--model", "mlp2"], "error: unknown model 'mlp2'; did you mean 'mlp1'?"),
+    (["train", "--model", "mlp9"], "error: unknown model 'mlp9'; did you mean 'mlp2'?"),
+    (["train", "--model", "mlp2"], "error: model 'mlp2' cannot train on task 'topk-uniform': it understands task "
+                                   "families clauses, not 'topk'"),
     (["train", "--config", "missing.toml"], "error: config file not found: missing.toml"),
     (["train", "--workers", "0"], "error: --workers must be at least 1 (got 0)"),
 ])

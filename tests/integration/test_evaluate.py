@@ -75,7 +75,11 @@ def test_every_probe_score_sits_next_to_its_controls_and_nulls(tiny_results):
                 if score["controls"] or score["nulls"]:
                     assert isinstance(score["margin"], float) and score["rival"]
     bloom = next(r for r in explanations if r["mechanism"]["name"] == "bloom")
-    assert all(p["status"] == "ok" for p in bloom["probes"].values())
+    from sparsebench import registry
+
+    topk = {n for n in bloom["probes"] if "topk" in registry.probes.get(n).families}
+    assert all(bloom["probes"][n]["status"] == "ok" for n in topk)  # every top-k probe scores Bloom
+    assert all("not 'topk'" in p["reason"] for n, p in bloom["probes"].items() if n not in topk)  # the clause ones
     jl = next(r for r in explanations if r["mechanism"]["name"] == "jl")
     assert jl["probes"]["hidden-code"]["status"] == "not_applicable"
 
@@ -120,8 +124,8 @@ TINY_FLAGS = ["--seeds", "0", "--widths", "16", "--set", "task.V=100", "--set", 
     (["--mechanism", "blom"], "error: unknown mechanism 'blom'; did you mean 'bloom'?"),
     (["--probe", "hiden-code"], "error: unknown probe 'hiden-code'; did you mean 'hidden-code'?"),
     (["--seeds", "0,x"], "error: --seeds expects comma-separated integers (got '0,x')"),
-    (["no-such-suite"],
-     "error: unknown suite 'no-such-suite'; built-in suites: default, transformer, transformer-defaults"),
+    (["no-such-suite"], "error: unknown suite 'no-such-suite'; built-in suites: clauses, default, tickets, "
+                        "transformer, transformer-defaults"),
     (["--set", "mechanism.blom.alpha=3"], "error: invalid suite config: mechanism_config: configures 'blom', "
                                           "which is not among mechanisms (bloom, jl, softmax-bottleneck)"),
     (["--set", "runs=5"], "error: invalid suite config: runs: must be a list of tables ([[runs]]) (got 5)"),
@@ -173,7 +177,7 @@ def test_records_from_worker_processes_equal_the_in_process_ones(tiny_results, t
     assert_same_records(tiny_results, out)
 
 
-@pytest.mark.parametrize("name", ["default", "transformer"])
+@pytest.mark.parametrize("name", ["default", "transformer", "clauses"])
 def test_builtin_suites_load_and_validate(name):
     from sparsebench.evaluate import Plan
     from sparsebench.settings import load_suite

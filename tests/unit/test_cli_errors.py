@@ -157,3 +157,39 @@ def test_evaluate_prints_its_summary_once(cli, tmp_path):
     code, err, out = cli(*[a for a in TINY_EVAL if a != "--no-leaderboard"])
     assert code == 0, err
     assert out.count("Best at each width") == 1 and out.count("full boards:") == 1
+
+
+# ---- sparsebench tickets ------------------------------------------------------------------------------------
+
+TINY_TICKETS = ["tickets", "--no-progress", "--no-leaderboard", "--seeds", "0", "--set", "train.steps=40",
+                "--set", "train.warmup=4", "--set", "retrain.steps=20", "--set", "retrain.warmup=2",
+                "--set", "detection_steps=[10]", "--set", "detectors=['magnitude']", "--set", "cells=[{}]"]
+
+
+def tickets_written(tmp_path) -> bool:
+    return (tmp_path / "cache" / "tickets").exists() or bool(list(tmp_path.glob("results/ticket/*.json")))
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["--set", "retrain.batch_size=1000000000000"], "error: invalid retrain config: batch_size: 1000000000000 is "
+                                                     "too large: this run would need about "),
+    (["--set", "model_config.d_hidden=100000000000"], "error: invalid model config: d_hidden: 100000000000 is too "
+                                                      "large: this run would need about "),
+    (["--set", "eval_samples=1000000000000"], "error: invalid tickets config: eval_samples: 1000000000000 is too "
+                                              "large: this run would need about "),
+    (["--set", "rho=nan"], "error: invalid tickets config: rho: must be a finite number (got nan)"),
+    (["--set", "retrain.lr=inf"], "error: invalid retrain config: lr: must be a finite number (got inf)"),
+])
+def test_tickets_refuses_what_cannot_run_before_any_work(cli, tmp_path, sets, message):
+    code, err, _ = cli(*TINY_TICKETS, *sets)
+    assert code == 2 and len(err) == 1 and err[0].startswith(message), err
+    assert nothing_written(tmp_path) and not tickets_written(tmp_path)
+
+
+def test_tickets_with_a_read_only_results_folder_or_cache_fails_before_any_training(cli, tmp_path):
+    with read_only(tmp_path / "ro") as ro:
+        code, err, _ = cli(*TINY_TICKETS, "--out", str(ro / "results"))
+        code2, err2, _ = cli(*TINY_TICKETS, "--cache", str(ro))
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: cannot write to the results folder {ro}")
+    assert code2 == 2 and len(err2) == 1 and err2[0].startswith(f"error: cannot write to the model cache {ro}")
+    assert nothing_written(tmp_path) and not tickets_written(tmp_path)

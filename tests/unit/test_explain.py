@@ -79,7 +79,7 @@ def test_a_partial_control_that_changes_nothing_a_probe_reads_is_invisible_to_it
     rivals = Rivals(controls={"permuted-units": perm}, nulls={}, relabelling=set(), partial={"permuted-units"})
     cand = score_probe(Candidates(), model, fitted, rivals, task, chunks)
     assert "permuted-units" in cand.control_notes and not cand.scores["fp_mcc"].controls
-    assert math.isnan(cand.scores["fp_mcc"].margin)  # no rival with a number: no margin
+    assert cand.scores["fp_mcc"].margin is None  # no rival with a number: no margin (a record stores NaN as null)
     hc = score_probe(HiddenCode(), model, fitted, rivals, task, chunks)
     s = hc.scores["mcc"]
     assert s.controls["permuted-units"] < 0.2 and s.margin == pytest.approx(s.value - s.controls["permuted-units"])

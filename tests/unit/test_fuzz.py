@@ -62,19 +62,15 @@ def test_record_parser_only_ever_refuses_with_a_value_error():
     assert refused > CASES // 2 and accepted  # the generator exercises both sides
 
     # Whatever the schema accepts, the boards and every renderer take.
-    from sparsebench.leaderboard import boards, frames, render
+    from sparsebench.leaderboard import build, render
 
     pairs = [(f"{r.id}-{i}.json", r) for i, r in enumerate(accepted)]
-    directions = frames.metric_directions(pairs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", records.RecordWarning)  # mutated ids repeat: "more than one record"
-        sol = boards.solutions_board(frames.solutions_frame(pairs), directions)
-        exp = boards.explanations_board(frames.explanations_frame(pairs))
-    b = {"solutions": sol, "best": boards.best_at_width(sol), "explanations": exp, "directions": directions,
-         "ranking": boards.explanation_ranking(exp), "not_applicable": frames.not_applicable(pairs)}
+        b = build.boards_from(pairs)
     tables = render.board_tables(b)
     for text in (render.to_terminal(tables), render.to_markdown(tables), render.to_html(tables),
-                 render.to_csv(b["solutions"], b["explanations"], b["ranking"])):
+                 render.to_csv(b)):
         assert "\x1b" not in text
 
 

@@ -19,8 +19,10 @@ from sparsebench.training import TrainConfig
 
 
 def _config_classes():
-    out = [("train", TrainConfig), ("suite", Suite)]
-    for kind in ("tasks", "models", "mechanisms"):
+    from sparsebench.tickets.config import Cell, TicketSuite
+
+    out = [("train", TrainConfig), ("suite", Suite), ("tickets", TicketSuite), ("tickets.cells", Cell)]
+    for kind in ("tasks", "models", "mechanisms", "detectors"):
         for e in registry.REGISTRIES[kind]:
             out.append((f"{kind}:{e.name}", e.obj.Config))
     return out
@@ -41,14 +43,16 @@ FLOAT_FIELDS = [(name, cls, f.name) for name, cls in _config_classes() for f in 
 def test_every_built_in_float_field_is_covered():
     assert {("train", "lr"), ("train", "weight_decay"), ("tasks:topk-uniform", "w_hi"),
             ("tasks:topk-conditional", "beta"), ("models:mlp1", "init_scale"),
-            ("mechanisms:bloom", "alpha")} <= {(n, f) for n, _, f in FLOAT_FIELDS}
+            ("mechanisms:bloom", "alpha"), ("tasks:clause-dnf", "template_weights"), ("tickets", "rho"),
+            ("tickets.cells", "sparsities"), ("detectors:obs", "damping")} <= {(n, f) for n, _, f in FLOAT_FIELDS}
 
 
 @pytest.mark.parametrize("name,cls,field", FLOAT_FIELDS, ids=[f"{n}.{f}" for n, _, f in FLOAT_FIELDS])
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 10**400])
 def test_no_float_field_of_any_config_takes_nan_or_infinity(name, cls, field, value):
+    listed = typing.get_origin(typing.get_type_hints(cls)[field]) is tuple  # a list of floats: one bad item
     with pytest.raises(ConfigError) as e:
-        from_dict(cls, {field: value}, "x")
+        from_dict(cls, {field: [value] if listed else value}, "x")
     assert e.value.field == field and "must be a finite number" in str(e.value)
 
 

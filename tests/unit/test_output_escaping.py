@@ -35,14 +35,9 @@ def hostile_boards(tmp_path_factory):
     sols = [r.model_copy(update={"metrics": {**r.metrics, "weight_leak": -0.5}}) for r in sols]  # negative numbers
     exps = [_rename(r, names[i % len(names)]) for i, r in enumerate(exps)]
     folder = tmp_path_factory.mktemp("hostile")
-    pairs = [(folder / f"{r.id}.json", r) for r in sols + exps]
-    from sparsebench.leaderboard import boards, frames
+    from sparsebench.leaderboard.build import boards_from
 
-    directions = frames.metric_directions(pairs)
-    sol = boards.solutions_board(frames.solutions_frame(pairs), directions)
-    exp = boards.explanations_board(frames.explanations_frame(pairs))
-    return {"records": pairs, "directions": directions, "solutions": sol, "best": boards.best_at_width(sol),
-            "explanations": exp, "ranking": boards.explanation_ranking(exp), "not_applicable": []}
+    return boards_from([(folder / f"{r.id}.json", r) for r in sols + exps])  # names no file would pass
 
 
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -50,7 +45,7 @@ CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 def test_csv_text_cells_never_start_a_formula_but_numbers_stay_numbers(hostile_boards):
     b = hostile_boards
-    text = render.to_csv(b["solutions"], b["explanations"], b["ranking"])
+    text = render.to_csv(b)
     rows = list(csv.reader(io.StringIO(text)))
     header, body = rows[0], rows[1:]
     assert all(len(r) == len(header) for r in body)
@@ -149,6 +144,6 @@ def test_the_leaderboard_command_with_out_prints_only_its_line(tmp_path, capsys)
     from sparsebench.cli import leaderboard
 
     synthetic.write_records(tmp_path / "r", synthetic.demo_records(evil=False))
-    leaderboard([tmp_path / "r"], format="terminal", out=tmp_path / "b.txt")
+    leaderboard([tmp_path / "r"], format="terminal", out=tmp_path / "b.txt", min_auroc=0.9)
     assert capsys.readouterr().out == f"wrote {tmp_path / 'b.txt'}\n"
     assert "Solutions" in (tmp_path / "b.txt").read_text()

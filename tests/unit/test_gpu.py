@@ -128,3 +128,12 @@ def test_evaluate_writes_records_on_the_gpu(tmp_path, cuda):
     assert all(r["provenance"]["device"].startswith("cuda") for r in recs)
     bloom = [r for r in recs if r["kind"] == "explanation" and r["mechanism"]["name"] == "bloom"]
     assert len(bloom) == 4 and all(r["status"] == "ok" for r in bloom)
+
+
+def test_bench_refuses_its_cpu_only_parts_on_the_gpu():
+    from sparsebench.accel.bench import run_bench
+    from sparsebench.errors import UserError
+
+    for regime in ("small", "tickets"):  # CPU overhead and the CPU ticket retraining: nothing to time on a GPU
+        with pytest.raises(UserError, match="measures the CPU"):
+            run_bench(regime=regime, device="cuda")

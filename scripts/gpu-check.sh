@@ -99,7 +99,7 @@ stage() {
   return $rc
 }
 
-# 1. The CUDA tests: both families train with batched seeds in fp32 and bf16, no host sync per step, seeds
+# 1. The CUDA tests: mlp1 and the transformer train with batched seeds in fp32 and bf16, no host sync per step, seeds
 #    together equal seeds alone, bf16 close to fp32, every probe on a GPU-trained model, evaluate.
 stage "CUDA tests (pytest -m gpu)" tests.log 300 "$PY" -m pytest -m gpu -v -rs -p no:cacheprovider tests/unit/test_gpu.py
 { echo; echo '```'; grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|skipped" "$OUT/tests.log" | tail -30; echo '```'; } \

@@ -1,6 +1,6 @@
-"""The CUDA path: both model families train with batched seeds, in fp32 and with bf16 autocast, without a host
-synchronisation per step; the probes and `evaluate` run on the GPU. Marked `gpu`; skipped (with the reason)
-where there is no CUDA device. `scripts/gpu-check.sh` runs them on a GPU machine.
+"""The CUDA path: `mlp1` and the transformer train with batched seeds, in fp32 and with bf16 autocast, without
+a host synchronisation per step; the probes and `evaluate` run on the GPU. Marked `gpu`; skipped (with the
+reason) where there is no CUDA device. `scripts/gpu-check.sh` runs them on a GPU machine.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(),
                                  reason="needs CUDA: the GPU training, probe and evaluate paths")]
 
-FAMILIES = {  # small configs of both model families
+FAMILIES = {  # small configs of the two top-k model families (mlp1, the transformer)
     "mlp1": {"d_model": 16, "d_mlp": 16},
     "transformer": {"d_model": 16, "d_mlp": 16, "n_heads": 1, "d_head": 16, "init_scale": 0.5},
 }

@@ -15,9 +15,10 @@ strongest of both (docs/leaderboard.md). Built-ins:
 - `permuted-units`: the fit's code with its hidden units relabelled at random (`permuted_units`).
 - `resampled`: the fit's own predictions, each given to another sample of the batch: every
   statistic of the explanation kept, its input-specificity lost.
-- `reinit-W_E`, `reinit-W_in`, `reinit-W_out`, `reinit-W_U`: the mechanism refitted to a copy of the model whose
-  weight group is re-initialised (one at a time; the model randomisation test): an explanation
-  read off a model that no longer has what the fit should read.
+- `reinit-W_E`, `reinit-W_in`, `reinit-W_out`, `reinit-W_U`, `reinit-W_OV`: the mechanism refitted to a copy of
+  the model whose weight group is re-initialised in every layer (one group at a time; the model
+  randomisation test): an explanation read off a model that no longer has what the fit should read.
+  `W_OV` (the attention's value and output weights) exists for the transformer only.
 
 A control returns a `Fitted` or `NotApplicable` (e.g. `permuted-units` for a fit without a code).
 A *partial* control is wrong about one thing only (which units, which weights were read); when it
@@ -208,6 +209,8 @@ class Reinit(Control):
         name = getattr(model, "name", "")
         if not keys or not name:
             return NotApplicable(f"{type(model).__name__} names no weight group {self.group!r} to re-initialise")
+        layers = range(int(getattr(model, "n_layers", 1)))
+        keys = [k.format(layer=layer) for k in keys for layer in (layers if "{layer}" in k else [0])]
         fresh = make_model(name, to_dict(model.config), task, generator=generator)
         new = copy.deepcopy(model)
         target, source = new.state_dict(), fresh.state_dict()
@@ -235,3 +238,8 @@ class ReinitWOut(Reinit):
 class ReinitWU(Reinit):
     group = "W_U"
     description = "the mechanism refitted to the model with W_U re-initialised"
+
+
+class ReinitWOV(Reinit):
+    group = "W_OV"
+    description = "the mechanism refitted to the model with its attention's W_V and W_O re-initialised"

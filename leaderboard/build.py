@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from sparsebench import records
 from sparsebench.errors import UserError
 from sparsebench.leaderboard import boards, explanations, figures, findings, frames, render, tickets, validity
@@ -36,9 +38,12 @@ def boards_from(recs: list[tuple[Path, Any]], min_auroc: float = validity.MIN_AU
     exp_frame = frames.explanations_frame(recs)
     valid = validity.validity_board(exp_frame, min_auroc)
     flags = {r["probe"]: r["valid"] for _, r in valid.iterrows()}
+    exp_boards = explanations.build(exp_frame, flags)
+    found = pd.concat([findings.learned_code(exp_frame, exp_boards["explanations"]), findings.findings(sol_frame)],
+                      ignore_index=True)
     return {"records": recs, "directions": directions, "solutions": sol, "best": best,
-            **explanations.build(exp_frame, flags), "validity": valid, "min_auroc": min_auroc,
-            "own_construction": validity.own_construction(exp_frame), "findings": findings.findings(sol_frame),
+            **exp_boards, "validity": valid, "min_auroc": min_auroc,
+            "own_construction": validity.own_construction(exp_frame), "findings": found,
             "not_applicable": frames.not_applicable(recs), **tickets.build(recs)}
 
 

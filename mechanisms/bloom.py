@@ -18,9 +18,12 @@ h-subsets (drawn with the caller's generator); h = 0 means the Bloom optimum
 (C(m, h) < V, e.g. m = 16, k = 5, V = 1000), the smallest larger h that has enough
 (the false-positive rate is unimodal in h, so this is the best feasible h).
 
-Fit (to any model with `W_E`, `W_in`, `W_out`, `W_U`, `b_U`): the effective
-token-to-hidden map M = W_E @ W_in[0] (V x m) is split into two clusters (one global
-threshold); the MINORITY cluster is the hash. Trained models learn the complemented
+Fit (to any model with `W_E`, `W_in`, `W_out`, `W_U`, `b_U`), at one MLP layer l (`layer`,
+default the last one): the token-to-hidden map M (V x m) the model uses, `api.token_to_hidden`:
+the linear path from a token's embedding to layer l's MLP input, W_E @ W_in[l] for `mlp1` and
+W_E (I + W_OV[0]) ... (I + W_OV[l]) W_in[l] for a transformer (every token reaches the MLP through
+attention, the last one also directly: docs/science.md §3.1). M is split into two clusters (one
+global threshold); the MINORITY cluster is the hash. Trained models learn the complemented
 code (docs/science.md §4: the hash is the negative cluster and a unit fires when its bit
 is NOT in the union), so no sign is assumed: `sign` = +1 if the hash is the high
 cluster (a unit fires iff its bit is in U, as in the construction), -1 if it is the
@@ -37,13 +40,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsebench.api import Batch, Fitted, Mechanism, Task, last_position
+from sparsebench.api import Batch, Fitted, Mechanism, Task, last_position, token_to_hidden
 from sparsebench.config import check
 from sparsebench.errors import UserError
 from sparsebench.models.mlp import MLP, MLPConfig
 from sparsebench.stats import minimize_log_scalar, two_means
 
-PRE_HOOK, POST_HOOK = "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post"  # [batch, (pos,) d_mlp]
+PRE_HOOK, POST_HOOK = "blocks.{layer}.mlp.hook_pre", "blocks.{layer}.mlp.hook_post"  # [batch, (pos,) d_mlp]
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class BloomConfig:
     h: int = 0  # hash size (bits per token); 0 = task.optimal_hash_size(m), raised until C(m, h) >= V
     alpha: float = 20.0  # logit scale of the construction; 20 puts the next tier e^-20 below the top one
     fit_samples: int = 2048  # samples (drawn with the fit generator) to fit alpha and calibrate activations
+    layer: int = -1  # the MLP layer the fit reads (negative: from the last; -1 = the last, 0 for one layer)
 
     def __post_init__(self) -> None:
         check("mechanism", self.h >= 0, "h", f"must be >= 0 (0 = the Bloom optimum) (got {self.h})")
@@ -155,7 +159,7 @@ class Bloom(Mechanism):
     """Bloom filter: hidden units = union of hashes; logits = alpha (|H(t) ∩ U| - |H(t)|)."""
 
     Config = BloomConfig
-    version = 1
+    version = 2  # 2: the fit reads api.token_to_hidden at `layer` (a transformer's attention path included)
     families = ("topk",)
 
     def validate(self, task: Task, width: int) -> None:
@@ -171,7 +175,16 @@ class Bloom(Mechanism):
 
     def why_not(self, model: Any) -> str | None:
         missing = [a for a in ("W_E", "W_in", "W_out", "W_U") if not hasattr(model, a)]
-        return f"{type(model).__name__} has no {', '.join(missing)} for the fit to read" if missing else None
+        if missing:
+            return f"{type(model).__name__} has no {', '.join(missing)} for the fit to read"
+        n = int(getattr(model, "n_layers", 0))
+        if not -n <= self.config.layer < n:
+            return f"bloom reads MLP layer {self.config.layer}, but the model has {n} layer(s)"
+        return None
+
+    def layer_of(self, model: Any) -> int:
+        """The MLP layer the fit reads on `model` (`layer`, counted from the end when negative)."""
+        return self.config.layer % int(model.n_layers)
 
     def construct(self, task: Task, width: int, *, generator: torch.Generator) -> MLP:
         self.validate(task, width)
@@ -212,13 +225,17 @@ class Bloom(Mechanism):
     def fit(self, model: Any, task: Task, *, generator: torch.Generator) -> "BloomFit":
         if int(getattr(model, "n_layers", 0)) < 1:
             raise UserError("mechanism bloom needs a model with at least one MLP layer (n_layers >= 1)")
+        why = self.why_not(model)
+        if why:
+            raise UserError(why)
+        layer = self.layer_of(model)
         device = model.W_E.device
-        M = (model.W_E @ model.W_in[0]).detach().float().cpu()  # [V, m]
+        M = token_to_hidden(model, layer).detach().float().cpu()  # [V, m]
         code, high, r2 = _minority(M)  # [V, m] bool: the hash of each token
         sign = 1 if high else -1
-        N = (model.W_out[0] @ model.W_U).detach().float().cpu()  # [m, V]
+        N = (model.W_out[layer] @ model.W_U).detach().float().cpu()  # [m, V]
         out_code, _, r2_out = _minority(N)
-        fitted = BloomFit(model, code.to(device), out_code.T.contiguous().to(device), sign, r2, r2_out)
+        fitted = BloomFit(model, code.to(device), out_code.T.contiguous().to(device), sign, r2, r2_out, layer)
 
         batch = task.sample(self.config.fit_samples, generator=generator, device=device)
         logits = model(**batch.inputs)
@@ -237,13 +254,16 @@ class BloomFit(Fitted):
 
     why_not = "bloom needs a model with an MLP layer"
 
-    def __init__(self, model: Any, code: Tensor, out_code: Tensor, sign: int, r2: float, r2_out: float):
+    def __init__(self, model: Any, code: Tensor, out_code: Tensor, sign: int, r2: float, r2_out: float,
+                 layer: int = 0):
         self.model = model
         self.code = code  # [V, m] bool: H(t)
-        self.out_code = out_code  # [V, m] bool: minority mask of W_out[0] @ W_U, transposed
-        self.sign = sign  # +1: hash = high cluster of W_E @ W_in, unit fires iff in U; -1: fires iff NOT in U
-        self.r2 = r2  # two-means R^2 of W_E @ W_in (bimodality)
-        self.r2_out = r2_out  # two-means R^2 of W_out @ W_U
+        self.out_code = out_code  # [V, m] bool: minority mask of W_out[layer] @ W_U, transposed
+        self.sign = sign  # +1: hash = high cluster of the token-to-hidden map, unit fires iff in U; -1: iff NOT
+        self.r2 = r2  # two-means R^2 of the token-to-hidden map (bimodality)
+        self.r2_out = r2_out  # two-means R^2 of W_out[layer] @ W_U
+        self.layer = layer  # the MLP layer whose units the code names
+        self.hidden_hook = POST_HOOK.format(layer=layer)  # where those units are (the hidden-code probe reads it)
         self.alpha_fit = float("nan")  # logit scale minimising KL(model || prediction) on the fit batch
         self.kl_fit = float("nan")  # that KL
 
@@ -259,6 +279,7 @@ class BloomFit(Fitted):
             "kl_fit": self.kl_fit,
             "n_distinct_hashes": int(torch.unique(self.code.to(torch.uint8), dim=0).shape[0]),
             "n_empty_hashes": int((sizes == 0).sum()),
+            "layer": self.layer,
         }
 
     def token_code(self) -> Tensor:
@@ -275,7 +296,7 @@ class BloomFit(Fitted):
         """|H_out(t) \\ U| for every output token: how many of its output-side bits the union misses [batch, V].
 
         The readout is read off the output side (`out_code`, from W_out @ W_U), the union off the input side
-        (`code`, from W_E @ W_in): an explanation that got either side wrong predicts wrong outputs."""
+        (`code`, from the token-to-hidden map): an explanation that got either side wrong predicts wrong outputs."""
         return misses(self.out_code, self.union(batch))
 
     def hidden_active(self, batch: Batch) -> Tensor:
@@ -290,7 +311,7 @@ class BloomFit(Fitted):
 
     def _with_codes(self, code: Tensor, out_code: Tensor) -> "BloomFit":
         """This fit with other codes (for control explanations): same sign, scale and statistics."""
-        other = BloomFit(self.model, code, out_code, self.sign, self.r2, self.r2_out)
+        other = BloomFit(self.model, code, out_code, self.sign, self.r2, self.r2_out, self.layer)
         other.alpha_fit, other.kl_fit, other.mechanism = self.alpha_fit, float("nan"), self.mechanism
         return other
 
@@ -316,10 +337,11 @@ class BloomFit(Fitted):
         wrong: it tests exactly "the active units are the union of the hashes". On the
         construction it is exact (gate = U gives ReLU(x - 1), the overflow hook_post carries).
         """
+        pre_hook = PRE_HOOK.format(layer=self.layer)
         with torch.no_grad():
-            _, cache = self.model.run_with_cache(**batch.inputs, names_filter=[PRE_HOOK])
-        pre = last_position(cache[PRE_HOOK]).float()  # [batch, d_mlp]
-        return POST_HOOK, pre * self.hidden_active(batch).to(pre.device)
+            _, cache = self.model.run_with_cache(**batch.inputs, names_filter=[pre_hook])
+        pre = last_position(cache[pre_hook]).float()  # [batch, d_mlp]
+        return self.hidden_hook, pre * self.hidden_active(batch).to(pre.device)
 
 
 # ----- closed-form predictions for the construction ----------------------------------------------

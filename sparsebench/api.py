@@ -181,7 +181,8 @@ class Model(Configurable):
     # what the suite calls the model's width.
     width_fields: ClassVar[tuple[str, ...]]
     # Named weight groups (state-dict keys) that model-randomisation controls re-initialise one at a time,
-    # e.g. {"W_in": ("blocks.0.mlp.W_in",), ...}; empty: those controls do not apply to this model.
+    # e.g. {"W_in": ("blocks.{layer}.mlp.W_in",), ...} ("{layer}": in every layer); empty: those controls
+    # do not apply to this model.
     weight_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
@@ -200,6 +201,17 @@ class NotApplicable:
 def last_position(act: Tensor) -> Tensor:
     """Sequence models cache [batch, pos, ...]; set models cache [batch, ...]. Keep the readout position."""
     return act[:, -1] if act.dim() == 3 else act
+
+
+def token_to_hidden(model: Any, layer: int = 0) -> Tensor:
+    """The linear map from an input token's embedding to MLP layer `layer`'s input: [n_inputs, d_mlp].
+
+    A model that routes tokens through more than its residual stream says how
+    (`model.token_to_hidden(layer)`: a transformer adds its attention path, docs/science.md §3.1);
+    otherwise it is `W_E @ W_in[layer]` (for `mlp1`, exactly the map its first MLP reads).
+    """
+    own = getattr(model, "token_to_hidden", None)
+    return own(layer) if callable(own) else model.W_E @ model.W_in[layer]
 
 
 class Fitted(ABC):
@@ -233,7 +245,8 @@ class PredictsCandidates(Protocol):
 
 @runtime_checkable
 class PredictsHidden(Protocol):
-    """Which hidden units of layer 0 the explanation says are active."""
+    """Which hidden units of one MLP layer the explanation says are active (layer 0, unless the fit names
+    the hook of its units in an attribute `hidden_hook`, e.g. "blocks.1.mlp.hook_post")."""
 
     def hidden_active(self, batch: Batch) -> Tensor | None:
         """[batch, d_mlp] bool (None: not for this model)."""

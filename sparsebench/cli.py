@@ -351,18 +351,25 @@ def bench(
     repeats: int = typer.Option(5, help="Interleaved repeats; figures are medians over them."),
     steps: Optional[int] = typer.Option(None, help="Timed steps per measurement at N=1 (N instances run "
                                         "steps/N steps, the same samples, but at least 40 (small regime) or 2). "
-                                        "Default: 160 small, 32 default."),
-    regime: str = typer.Option("all", help="small (V=500, d=m=32, batch 256), default (V=2000, d=m=64, "
-                               "batch 1024), both, tickets (stacked sparse retraining of 4 and 16 masks against "
-                               "one mask at a time), or all."),
+                                        "Default: 160 small, 32 default, 16 transformer, 100 per mask tickets; "
+                                        "64 on a GPU."),
+    regime: str = typer.Option("all", help="small (mlp1, V=500, d=m=32, batch 256), default (mlp1, V=2000, "
+                               "d=m=64, batch 1024), transformer (1 layer, one head of 64, V=1000, d=m=64, batch "
+                               "1024), both (small and default), tickets (stacked sparse retraining of 4 and 16 "
+                               "masks against one mask at a time; CPU only), or all."),
     processes: int = typer.Option(0, help="Worker processes for the multi-process rows "
                                   "[default: one per core; 1 skips those rows]."),
+    device: str = typer.Option("cpu", "--device", help="'cpu', or 'cuda' / 'cuda:N': the plain loops and the "
+                               "trainer on the GPU (default and transformer regimes), fp32 and bf16 autocast."),
+    peak_tflops: Optional[float] = typer.Option(None, help="GPU only: the card's nominal dense bf16 TFLOP/s, for "
+                                                "the '% bf16 peak' column."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Save all figures to this JSON file."),
 ) -> None:
-    """Training throughput: plain PyTorch loop vs the sparsebench trainer, and % of the matmul FLOP rate."""
+    """Training throughput: plain loops (PyTorch; TransformerLens for the transformer) vs the sparsebench trainer."""
     from sparsebench.accel.bench import run_bench
 
-    run_bench(repeats=repeats, steps=steps, regime=regime, processes=processes, json_path=json_path)
+    run_bench(repeats=repeats, steps=steps, regime=regime, processes=processes, json_path=json_path, device=device,
+              peak_tflops=peak_tflops)
 
 
 def main() -> None:

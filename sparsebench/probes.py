@@ -10,7 +10,7 @@ and the explanations board counts the probe as explained only when the score rea
 
 Ranked probes (they test the explanation):
 - `hidden-code` (activations): Matthews correlation of "unit active" with the explanation's
-  predicted activity, pooled over units and samples (0 for any prediction that carries no
+  predicted activity (at the layer it names, `hidden_hook`; layer 0 by default), pooled over units and samples (0 for any prediction that carries no
   information, e.g. "every unit always active").
 - `candidates` (behaviour): the members of the target set are given, so only the false positives
   are scored: Matthews correlation, over non-member tokens, of the predicted false positives with
@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from sparsebench.api import (Batch, Direction, Fitted, HasTokenCode, NotApplicable, Patchable, PredictsCandidates,
-                             PredictsHidden, PredictsOutputs, Task, last_position)
+                             PredictsHidden, PredictsOutputs, Task, last_position, token_to_hidden)
 from sparsebench.config import check
 from sparsebench.errors import ConfigError
 
@@ -169,7 +169,8 @@ def model_hook_names(model: Any, batch: Batch) -> set[str]:
 # ----- model diagnostics (not ranked) --------------------------------------------------------------
 
 class Bimodality(Probe):
-    """Diagnostic: how well E @ W_in splits into two clusters (two-means R^2), and the fitted code's density."""
+    """Diagnostic: how well the token-to-hidden map splits into two clusters (two-means R^2), and the fitted
+    code's density. The map is `api.token_to_hidden` at the fit's layer (`W_E @ W_in[0]` for mlp1)."""
 
     level = "weights"
     ranked = False
@@ -184,9 +185,9 @@ class Bimodality(Probe):
         if not isinstance(fitted, HasTokenCode):
             return cannot(fitted, "binary token code")
         with torch.no_grad():
-            M = (model.W_E @ model.W_in[0]).float()
+            M = token_to_hidden(model, getattr(fitted, "layer", 0)).float()
         if bool((M == M.reshape(-1)[0]).all()):
-            return NotApplicable("E @ W_in is constant: it has no clusters")
+            return NotApplicable("the token-to-hidden map is constant: it has no clusters")
         return {"r2": float(two_means(M.flatten()).r2), "code_density": fitted.token_code().float().mean().item()}
 
 
@@ -229,9 +230,12 @@ class HiddenCode(Probe):
         predicted = fitted.hidden_active(batch) if isinstance(fitted, PredictsHidden) else None
         if predicted is None:
             return cannot(fitted, "hidden code")
+        hook = getattr(fitted, "hidden_hook", self.reads[0])  # the layer whose units the fit names
+        if hook not in model_hook_names(model, batch):
+            return NotApplicable(f"the model has no hook {hook!r} for the units the explanation names")
         with torch.no_grad():
-            _, cache = model.run_with_cache(**batch.inputs, names_filter=list(self.reads))
-        active = active_units(last_position(cache[self.reads[0]]))
+            _, cache = model.run_with_cache(**batch.inputs, names_filter=[hook])
+        active = active_units(last_position(cache[hook]))
         return mcc(predicted.to(active.device), active, "active units")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sparsebench import limits
+from sparsebench.api import token_to_hidden
 from sparsebench.build import make_mechanism
 from sparsebench.checkpoints import RunSpec, train_or_load
 from sparsebench.config import to_dict
@@ -29,9 +30,10 @@ from sparsebench.records import RecordWarning
 
 
 def model_anatomy(model: Any, task: Any, fitted: Any, n_samples: int, device: Any) -> dict[str, Any]:
-    """Arrays behind the report figures: E @ W_in, the hash code, top-k mass, tier data, and metrics."""
+    """Arrays behind the report figures: the token-to-hidden map the fit reads (E @ W_in for mlp1), the hash code,
+    top-k mass, tier data, and metrics."""
     with torch.no_grad():
-        M = (model.W_E @ model.W_in[0]).detach().float().cpu().numpy()
+        M = token_to_hidden(model, getattr(fitted, "layer", 0)).detach().float().cpu().numpy()
         code_t = fitted.token_code().bool()
         code = code_t.cpu().numpy()
         batch = task.held_out(n_samples, device=device)
@@ -64,13 +66,14 @@ def make_report(spec: RunSpec, seed: int, ctx: RunContext, out: Path, *, html: b
     summary = {k: (v if isinstance(v, (int, str)) else float(v)) for k, v in fitted.summary().items()}
     k = int(getattr(task.config, "k", 0)) or int(task.seq_len or 1)
     who = f"{spec.task} · {spec.model} · seed {seed}"
+    name = "E (I + W_OV) W_in" if hasattr(ck.model, "W_OV") else "E @ W_in"  # the map the fit read
     figs = [
-        ("hash_matrix.png", f"{who}: E @ W_in, tokens sorted by fitted hash (colour centred at 0).",
+        ("hash_matrix.png", f"{who}: {name}, tokens sorted by fitted hash (colour centred at 0).",
          figures.hash_matrix_figure(a["M"], a["code"], int(summary.get("sign", 0)) or None,
-                                    title=f"E @ W_in — {who}")),
-        ("entries_histogram.png", f"{who}: entries of E @ W_in by fitted hash membership "
+                                    title=f"{name} — {who}")),
+        ("entries_histogram.png", f"{who}: entries of {name} by fitted hash membership "
                                   f"(two-means R² = {summary.get('r2', float('nan')):.3f}).",
-         figures.entries_histogram_figure(a["M"], a["code"], title=f"entries of E @ W_in — {who}")),
+         figures.entries_histogram_figure(a["M"], a["code"], title=f"entries of {name} — {who}")),
         ("topk_mass.png", f"{who}: top-k mass over {n_samples} held-out samples (log counts).",
          figures.topk_mass_figure(a["mass"], k, title=f"top-k mass — {who}")),
         ("tiers.png", f"{who}: q_t against hash bits missing from the union (members separately).",

@@ -1,8 +1,9 @@
 """Training: online batches, AdamW with warm-up and a cosine schedule, many seeds at once.
 
 Every step draws a fresh batch (there is no data set): one `task.sample` per
-instance, stacked. Models that can stack (their class has `stacked`, e.g. `mlp1`)
-train all requested seeds in one batched module with a leading instance dim; the
+instance, stacked. Models that can stack (their class has `stacked`: `mlp1` ->
+`StackedMLP`, `transformer` -> `StackedTransformer`) train all requested seeds in one
+batched module with a leading instance dim; the
 loss is the sum over instances of each instance's batch mean, so each instance
 gets exactly the gradient it would get alone, and AdamW is elementwise: N seeds
 together equal N separate runs (tests/unit/test_training.py checks it). Each
@@ -121,8 +122,8 @@ def init_models(task: Task, model_name: str, model_cfg: dict[str, Any], seeds: l
 
 
 def stackable(model_name: str) -> bool:
-    """Whether seeds of this model train together in one batched module (its class has `stacked`)."""
-    return hasattr(model_class(model_name), "stacked")
+    """Whether seeds of this model train together in one batched module (its class has a `stacked`)."""
+    return getattr(model_class(model_name), "stacked", None) is not None
 
 
 class AutogradStep:
@@ -174,6 +175,10 @@ def optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[
     module.train()
     label = f"train {getattr(task, 'name', '')} x{len(seeds)}".strip()
     bar = tqdm(range(cfg.steps), desc=label, disable=not ctx.progress, leave=False, mininterval=0.5)
+    # On a GPU a step never waits for the device (tests/unit/test_gpu.py checks it): the tail loss accumulates
+    # on the device and the bar shows no loss (reading one would synchronise every 50 steps); the only wait is
+    # the divergence check, once per DIVERGENCE_CHECK steps.
+    show_loss = ctx.progress and ctx.device.type == "cpu"
     for i in bar:
         per_instance = step(step.sample(gens), cfg.lr * lr_factor(i, cfg))
         if i % DIVERGENCE_CHECK == DIVERGENCE_CHECK - 1 and not bool(torch.isfinite(per_instance).all()):
@@ -182,7 +187,7 @@ def optimise(module: torch.nn.Module, task: Task, cfg: TrainConfig, seeds: list[
                             f" is not finite at step {i + 1} (train.lr={cfg.lr:g}); lower train.lr")
         if i >= cfg.steps - tail:
             tail_sum += per_instance.reshape(-1)
-        if ctx.progress and i % 50 == 0:
+        if show_loss and i % 50 == 0:
             bar.set_postfix(loss=f"{per_instance.mean().item():.4f}")
         if on_step is not None:
             on_step(i + 1)

@@ -9,9 +9,9 @@ executor, three questions:
   Either a step with the plain step's interface (`training.AutogradStep`: `sample`, then a
   call) or None, and the trainer takes the plain one. Backends (`--backend`):
   * "torch": none; plain autograd and torch's AdamW everywhere.
-  * "fused" (`fused.py`): stacked `mlp1` on a sparse-KL task: the unembedding fused with
-    the loss, never building a [batch, V] tensor; the built-in top-k tasks' batches drawn
-    for all instances at once.
+  * "fused" (`fused.py`): stacked `mlp1` or `transformer` on a sparse-KL task: the
+    unembedding fused with the loss, never building a [batch, V] tensor; the built-in top-k
+    tasks' batches drawn for all instances at once.
   * "native" (`native.py`, `csrc/`): the same models and tasks, the whole step (forward,
     backward, AdamW) as one compiled call on x86-64 CPUs with AVX-512, and a compiled
     sampler; anything it does not cover falls back to "fused", then "torch".

@@ -28,8 +28,8 @@ optimiser are not counted, so the figure is a lower bound on the work done):
     forward per sample = 2 * (n_layers * 2 * d * m + d * V)
     training step      = 3 * forward * batch * instances   (backward = 2 x forward)
 
-`--regime tickets` (and the default, `all`) adds the ticket pipeline's stacked sparse
-retraining of 4 and 16 masks against one mask at a time (`bench_tickets.py`), timed
+`--regime tickets` (and the default, `all`, on the CPU) adds the ticket pipeline's stacked
+sparse retraining of 4 and 16 masks against one mask at a time (`bench_tickets.py`), timed
 interleaved in the same run.
 
 The plain loop is what a blog post would write: an `nn.Module` (Embedding, two
@@ -59,10 +59,14 @@ REGIMES: dict[str, dict[str, int]] = {
     "small": dict(V=500, k=5, d=32, m=32, batch=256, steps=160, min_steps=40),
     # the suite's default training size
     "default": dict(V=2000, k=5, d=64, m=64, batch=1024, steps=32, min_steps=2),
+    # the transformer suite's model: 1 layer, one head of 64, d_model = d_mlp = 64, V=1000, batch 1024
+    "transformer": dict(V=1000, k=5, d=64, m=64, heads=1, d_head=64, batch=1024, steps=16, min_steps=2),
 }
+# --regime: one regime, both (small and default), the tickets part (stacked sparse retraining: bench_tickets.py,
+# CPU only), or all (the three regimes and, on the CPU, the tickets part).
+REGIME_CHOICES = ("small", "default", "transformer", "both", "tickets", "all")
 INSTANCES = (1, 4, 16)
-# --regime: one mlp1 regime, both, the tickets part (stacked sparse retraining: bench_tickets.py), or all three.
-REGIME_CHOICES = ("small", "default", "both", "tickets", "all")
+CUDA_STEPS = 64  # timed steps per measurement at N=1 on a GPU (steps are short there)
 TICKET_STEPS = 100  # steps per mask in the tickets part (--steps overrides)
 
 
@@ -79,29 +83,56 @@ def forward_flops(V: int, d: int, m: int, n_layers: int = 1) -> int:
     return 2 * (n_layers * 2 * d * m + d * V)
 
 
-def matmul_rate(n: int = 2048, reps: int = 3, dtype: Any = None, threads: int = 1) -> float:
-    """FLOP/s of an n x n matmul on `threads` threads (fp32 unless `dtype`; best of `reps`, after a warm-up)."""
+def transformer_forward_flops(V: int, k: int, d: int, m: int, heads: int, d_head: int) -> int:
+    """Matmul FLOPs of one sample's forward pass through the 1-layer transformer, as much as its readout needs:
+    keys and values at all k positions, the query, attention, output projection and MLP at the last one."""
+    hd = heads * d_head
+    return 2 * (k * 2 * d * hd + d * hd + 2 * k * hd + hd * d + 2 * d * m + d * V)
+
+
+def regime_flops(r: dict[str, int]) -> int:
+    """Forward matmul FLOPs per sample of a regime's model."""
+    if "heads" in r:
+        return transformer_forward_flops(r["V"], r["k"], r["d"], r["m"], r["heads"], r["d_head"])
+    return forward_flops(r["V"], r["d"], r["m"])
+
+
+def matmul_rate(n: int = 2048, reps: int = 3, dtype: Any = None, threads: int = 1, device: Any = "cpu") -> float:
+    """FLOP/s of an n x n matmul on `threads` threads or on a GPU (fp32 unless `dtype`; best of `reps`, after a
+    warm-up)."""
     import torch
 
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    out = torch.empty(n, n, dtype=dtype)
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    out = torch.empty(n, n, dtype=dtype, device=device)
     with torch_threads(threads):
         torch.mm(a, b, out=out)
-        best = min(_timed(lambda: torch.mm(a, b, out=out)) for _ in range(reps))
+        best = min(_timed(lambda: torch.mm(a, b, out=out), device) for _ in range(reps))
     return 2 * n**3 / best
 
 
-def _timed(fn: Any) -> float:
+def _timed(fn: Any, device: Any = "cpu") -> float:
+    """Seconds `fn()` takes; on a GPU, until its queued work has finished."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     t = time.perf_counter()
     fn()
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t
 
 
-def plain_runner(task: Any, V: int, k: int, d: int, m: int, batch: int) -> Any:
+def plain_runner(task: Any, V: int, k: int, d: int, m: int, batch: int, device: Any = "cpu",
+                 precision: str = "fp32") -> Any:
     """A one-model loop the way a blog author writes it; returns run(steps)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
+
+    from sparsebench.training import autocast
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -117,16 +148,51 @@ def plain_runner(task: Any, V: int, k: int, d: int, m: int, batch: int) -> Any:
             return self.unembed(x)
 
     torch.manual_seed(0)
-    model = Net()
+    device = torch.device(device)
+    model = Net().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
 
     def run(steps: int) -> None:
         for _ in range(steps):
-            b = task.sample(batch, generator=gen)
+            b = task.sample(batch, generator=gen, device=device)
             tokens, weights = b.inputs["tokens"], b.inputs["weights"]
-            target = torch.zeros(batch, V).scatter_(1, tokens, 1.0 / k)
-            loss = F.kl_div(F.log_softmax(model(tokens, weights), dim=-1), target, reduction="batchmean")
+            target = torch.zeros(batch, V, device=device).scatter_(1, tokens, 1.0 / k)
+            with autocast(device, precision):
+                logits = model(tokens, weights)
+            loss = F.kl_div(F.log_softmax(logits.float(), dim=-1), target, reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    return run
+
+
+def transformer_config(r: dict[str, int]) -> dict[str, int]:
+    """The `transformer` model config of a regime."""
+    return {"d_model": r["d"], "d_mlp": r["m"], "n_heads": r["heads"], "d_head": r["d_head"]}
+
+
+def plain_transformer_runner(task: Any, r: dict[str, int], device: Any = "cpu", precision: str = "fp32") -> Any:
+    """A one-model TransformerLens loop: the `transformer` model (its TransformerLens bridge, hooks and all),
+    default AdamW, `task.loss` on its logits; returns run(steps)."""
+    import torch
+
+    from sparsebench.build import make_model
+    from sparsebench.training import autocast
+
+    device = torch.device(device)
+    model = make_model("transformer", transformer_config(r), task, generator=torch.Generator().manual_seed(0))
+    model = model.to(device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            b = task.sample(r["batch"], generator=gen, device=device)
+            with autocast(device, precision):
+                logits = model(**b.inputs)
+            loss = task.loss(logits.float(), b).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -135,15 +201,18 @@ def plain_runner(task: Any, V: int, k: int, d: int, m: int, batch: int) -> Any:
 
 
 def trainer_runner(task: Any, d: int, m: int, batch: int, n: int, precision: str = "fp32",
-                   first_seed: int = 0, backend: str = "auto") -> Any:
-    """The sparsebench trainer's loop on an N-instance StackedMLP; returns run(steps)."""
+                   first_seed: int = 0, backend: str = "auto", model: str = "mlp1",
+                   model_cfg: dict[str, int] | None = None, device: Any = "cpu") -> Any:
+    """The sparsebench trainer's loop on N stacked instances of `model` (StackedMLP, StackedTransformer);
+    returns run(steps)."""
     from sparsebench.context import RunContext
     from sparsebench.training import TrainConfig, init_models, optimise
 
     seeds = list(range(first_seed, first_seed + n))
-    models = init_models(task, "mlp1", {"d_model": d, "d_mlp": m}, seeds)
+    models = init_models(task, model, model_cfg or {"d_model": d, "d_mlp": m}, seeds)
     module = type(models[0]).stacked(models)
-    ctx = RunContext.create("cpu", progress=False, backend=backend)
+    ctx = RunContext.create(device, progress=False, backend=backend)
+    module = module.to(ctx.device)
 
     def run(steps: int) -> None:
         cfg = TrainConfig(steps=steps, batch_size=batch, warmup=0, precision=precision)  # type: ignore[arg-type]
@@ -242,9 +311,15 @@ class ProcessRunner:
 
 
 def run_bench(repeats: int = 5, steps: int | None = None, regime: str = "all", processes: int = 0,
-              json_path: Path | None = None) -> dict[str, Any]:
-    """Run the benchmark (see the module docstring), print its tables, and return (and save) the figures."""
+              json_path: Path | None = None, device: str = "cpu", peak_tflops: float | None = None) -> dict[str, Any]:
+    """Run the benchmark (see the module docstring), print its tables, and return (and save) the figures.
+
+    device "cuda" times the plain loops and the trainer on the GPU (the default and transformer regimes; no
+    thread, process or native rows) against the GPU's measured bf16 matmul rate, and against `peak_tflops`
+    (the card's nominal dense bf16 peak) when given."""
     import torch
+
+    from sparsebench.context import resolve_device
 
     if regime not in REGIME_CHOICES:
         raise UserError(f"--regime must be one of {', '.join(REGIME_CHOICES)} (got {regime!r})")
@@ -254,18 +329,29 @@ def run_bench(repeats: int = 5, steps: int | None = None, regime: str = "all", p
         raise UserError(f"--steps must be at least 1 (got {steps})")
     if processes < 0:
         raise UserError(f"--processes must be >= 0 (got {processes})")
+    if peak_tflops is not None and not peak_tflops > 0:
+        raise UserError(f"--peak-tflops must be > 0 (got {peak_tflops})")
     if json_path is not None and json_path.is_dir():
         raise UserError(f"--json {json_path} is a folder; give a file name")
     if json_path is not None:  # before minutes of measuring, not after
         from sparsebench.io import ensure_writable
 
         ensure_writable(json_path.parent, "the --json folder")
+    dev = resolve_device(device)
+    if dev.type == "cuda" and regime in ("small", "tickets"):  # the small regime measures CPU overhead
+        raise UserError(f"--regime {regime} measures the CPU; on a GPU use default, transformer, both or all")
+    names = {"both": ["small", "default"], "all": ["small", "default", "transformer"], "tickets": []}.get(
+        regime, [regime])
+    if dev.type == "cuda":
+        names = [n for n in names if n != "small"]
+    tickets = regime in ("tickets", "all") and dev.type == "cpu"
     cores = torch.get_num_threads()  # torch's default: one thread per core
     with torch_threads(1):
-        return _bench(repeats, steps, regime, cores, processes or cores, json_path)
+        return _bench(repeats, steps, names, tickets, cores, processes or cores, json_path, dev, peak_tflops)
 
 
 BF16_REF = f"bf16, {_threads(1)}"
+GPU_REF, GPU_FP32 = "bf16, GPU", "fp32, GPU"  # the GPU's measured matmul rates
 
 
 def _ref(threads: int) -> str:
@@ -273,85 +359,26 @@ def _ref(threads: int) -> str:
     return f"fp32, {_threads(threads)}"
 
 
-def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
-           json_path: Path | None) -> dict[str, Any]:
+def _bench(repeats: int, steps: int | None, names: list[str], tickets: bool, cores: int, procs: int,
+           json_path: Path | None, device: Any, peak_tflops: float | None) -> dict[str, Any]:
     import torch
 
     from sparsebench.accel import native
-    from sparsebench.build import make_task
     from sparsebench.io import write_json
 
-    names = {"both": ["small", "default"], "all": ["small", "default"], "tickets": []}.get(regime, [regime])
     has_native, why_not = native.available()
-    native_precisions = [p for p in ("fp32", "bf16") if has_native and native.available(bf16=p == "bf16")[0]]
-    report: dict[str, Any] = {"cores": cores, "processes": procs, "torch": torch.__version__,
+    report: dict[str, Any] = {"cores": cores, "processes": procs, "torch": torch.__version__, "device": str(device),
                               "repeats": repeats, "native": has_native or why_not, "regimes": {}}
-    n_max = INSTANCES[-1]
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+        report["peak_tflops"] = peak_tflops
     for name in names:
-        r = REGIMES[name]
-        task = make_task("topk-uniform", {"V": r["V"], "k": r["k"]})
-        n_steps = steps or r["steps"]
-        fwd = forward_flops(r["V"], r["d"], r["m"])
-        plain = plain_runner(task, r["V"], r["k"], r["d"], r["m"], r["batch"])
-        # Reference matmuls: fp32 on each thread count a row uses (processes use at most `cores`), bf16 for show.
-        refs = {_ref(t): t for t in sorted({1, cores, min(procs, cores)})}
-        # label -> (run, instances, steps, reference matmul)
-        plains = {f"plain, {_threads(t)}": t for t in sorted({cores, 1}, reverse=True)}
-        runners: dict[str, tuple[Any, int, int, str]] = {
-            label: (with_threads(plain, t), 1, n_steps, _ref(t)) for label, t in plains.items()}
-        for n in INSTANCES:
-            runners[f"sparsebench N={n}"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n), n,
-                                             trainer_steps(r, n_steps, n), _ref(1))
-        runners[f"sparsebench N={n_max} bf16"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n_max, "bf16"),
-                                                  n_max, trainer_steps(r, n_steps, n_max), _ref(1))
-        for precision in native_precisions:
-            runners[f"sparsebench N={n_max} native{' bf16' if precision == 'bf16' else ''}"] = (
-                trainer_runner(task, r["d"], r["m"], r["batch"], n_max, precision, backend="native"), n_max,
-                trainer_steps(r, n_steps, n_max), _ref(1))
-        # One worker's share of the N=16 step, split into parts (sparsebench/bench_parts.py). With more
-        # workers than cores they take turns: `waves` rounds of steps per step of N=16.
-        workers = min(procs, n_max)
-        share, waves = -(-n_max // workers), -(-workers // cores)
-        parts = StepParts(task, r["d"], r["m"], r["batch"], share, native=tuple(native_precisions))
-        part_runs: list[dict[str, float]] = []
-        pools: list[ProcessRunner] = []
-        try:
-            variants = [("fp32", "auto", ""), ("bf16", "auto", " bf16")] + [
-                (p, "native", " native bf16" if p == "bf16" else " native") for p in native_precisions]
-            for precision, backend, tag in variants if procs > 1 else ():
-                pools.append(ProcessRunner(r, n_max, procs, precision, backend))
-                runners[f"sparsebench N={n_max}{tag}, {procs} procs"] = (
-                    pools[-1], n_max, trainer_steps(r, n_steps, n_max), _ref(min(procs, cores)))
-            for run, _, s, _ in runners.values():  # warm-up: allocator, kernels, first-call costs
-                run(max(1, s // 4))
-            rows = {k: {"samples_s": [], "vs_plain": [], "of_matmul": []} for k in runners}
-            mm: dict[str, list[float]] = {**{k: [] for k in refs}, BF16_REF: []}
-            for _ in range(repeats):
-                for key, t in refs.items():
-                    mm[key].append(matmul_rate(threads=t))
-                mm[BF16_REF].append(matmul_rate(dtype=torch.bfloat16))
-                sps = {label: n * r["batch"] * s / _timed(lambda: run(s))
-                       for label, (run, n, s, _) in runners.items()}
-                best_plain = max(sps[label] for label in plains)
-                times = parts.time(trainer_steps(r, n_steps, n_max))
-                ceil_sps = n_max * r["batch"] / (waves * ceiling(times, parts.loss_flops(), mm[BF16_REF][-1]))
-                part_runs.append({**times, "ceiling_samples_s": ceil_sps, "ceiling_vs_plain": ceil_sps / best_plain})
-                for label, (_, _, _, ref) in runners.items():
-                    rows[label]["samples_s"].append(sps[label])
-                    rows[label]["vs_plain"].append(sps[label] / best_plain)
-                    rows[label]["of_matmul"].append(3 * fwd * sps[label] / mm[ref][-1])
-        finally:
-            for pool in pools:
-                pool.close()
-        med = {label: {k: statistics.median(v) for k, v in row.items()} for label, row in rows.items()}
-        report["regimes"][name] = {
-            "config": {**r, "steps": n_steps}, "forward_flops_per_sample": fwd,
-            "matmul_gflops": {k: statistics.median(v) / 1e9 for k, v in mm.items()},
-            "reference": {label: ref for label, (_, _, _, ref) in runners.items()},
-            "median": med, "raw": rows,
-            "step_parts": {"instances": share, "processes": workers, "waves": waves,
-                           "loss_flops": parts.loss_flops(), **summarise(part_runs), "raw": part_runs}}
-    if regime in ("tickets", "all"):
+        if device.type == "cuda" or name == "transformer":
+            report["regimes"][name] = _plain_vs_trainer(name, REGIMES[name], repeats, steps, cores, device,
+                                                        peak_tflops)
+        else:
+            report["regimes"][name] = _mlp1_cpu(REGIMES[name], repeats, steps, cores, procs, has_native)
+    if tickets:
         from sparsebench.accel.bench_tickets import bench_tickets
 
         report["tickets"] = bench_tickets(repeats, steps or TICKET_STEPS)
@@ -361,6 +388,149 @@ def _bench(repeats: int, steps: int | None, regime: str, cores: int, procs: int,
     return report
 
 
+def _interleave(runners: dict[str, tuple[Any, int, int, str]], plains: list[str], refs: dict[str, Any],
+                repeats: int, batch: int, fwd: int, device: Any, after: Any = None) -> tuple[dict, dict]:
+    """Time every runner (label -> (run, instances, steps, reference matmul)) once per repeat, one after the
+    other, with the reference matmul rates (name -> a call returning FLOP/s) measured in the same repeat.
+    Returns (rows: label -> samples_s / vs_plain / of_matmul per repeat, matmul rates per repeat).
+    `after(mm)` runs at the end of each repeat (the step parts of the mlp1 CPU regimes)."""
+    for run, _, s, _ in runners.values():  # warm-up: allocator, kernels, first-call costs
+        run(max(1, s // 4))
+    rows = {k: {"samples_s": [], "vs_plain": [], "of_matmul": []} for k in runners}
+    mm: dict[str, list[float]] = {k: [] for k in refs}
+    for _ in range(repeats):
+        for key, rate in refs.items():
+            mm[key].append(rate())
+        sps = {label: n * batch * s / _timed(lambda: run(s), device) for label, (run, n, s, _) in runners.items()}
+        best_plain = max(sps[label] for label in plains)
+        for label, (_, _, _, ref) in runners.items():
+            rows[label]["samples_s"].append(sps[label])
+            rows[label]["vs_plain"].append(sps[label] / best_plain)
+            rows[label]["of_matmul"].append(3 * fwd * sps[label] / mm[ref][-1])
+        if after is not None:
+            after(mm, best_plain)
+    return rows, mm
+
+
+def _plain_vs_trainer(name: str, r: dict[str, int], repeats: int, steps: int | None, cores: int, device: Any,
+                      peak_tflops: float | None) -> dict[str, Any]:
+    """One regime as plain one-model loops against the trainer at N = 1, 4, 16: the transformer regime on the
+    CPU, and every regime on a GPU."""
+    import torch
+
+    from sparsebench.build import make_task
+
+    task = make_task("topk-uniform", {"V": r["V"], "k": r["k"]})
+    cuda = device.type == "cuda"
+    n_steps = steps or (CUDA_STEPS if cuda else r["steps"])
+    fwd = regime_flops(r)
+    model = "transformer" if "heads" in r else "mlp1"
+    model_cfg = transformer_config(r) if model == "transformer" else {"d_model": r["d"], "d_mlp": r["m"]}
+
+    def plain(precision: str = "fp32") -> Any:
+        if model == "transformer":
+            return plain_transformer_runner(task, r, device, precision)
+        return plain_runner(task, r["V"], r["k"], r["d"], r["m"], r["batch"], device, precision)
+
+    def trainer(n: int, precision: str = "fp32", backend: str = "auto") -> Any:
+        return trainer_runner(task, r["d"], r["m"], r["batch"], n, precision, backend=backend, model=model,
+                              model_cfg=model_cfg, device=device)
+
+    runners: dict[str, tuple[Any, int, int, str]] = {}
+    if cuda:
+        refs = {GPU_REF: lambda: matmul_rate(8192, dtype=torch.bfloat16, device=device),
+                GPU_FP32: lambda: matmul_rate(8192, device=device)}
+        plains = ["plain", "plain bf16"]
+        runners["plain"] = (plain(), 1, n_steps, GPU_FP32)
+        runners["plain bf16"] = (plain("bf16"), 1, n_steps, GPU_REF)
+        for n in INSTANCES:
+            runners[f"sparsebench N={n}"] = (trainer(n), n, trainer_steps(r, n_steps, n), GPU_FP32)
+            runners[f"sparsebench N={n} bf16"] = (trainer(n, "bf16"), n, trainer_steps(r, n_steps, n), GPU_REF)
+    else:
+        refs = {_ref(t): (lambda t=t: matmul_rate(threads=t)) for t in sorted({1, cores})}
+        plains = [f"plain, {_threads(t)}" for t in sorted({cores, 1}, reverse=True)]
+        base = plain()
+        for label, t in zip(plains, sorted({cores, 1}, reverse=True)):
+            runners[label] = (with_threads(base, t), 1, n_steps, _ref(t))
+        for n in INSTANCES:
+            runners[f"sparsebench N={n}"] = (trainer(n), n, trainer_steps(r, n_steps, n), _ref(1))
+        n = INSTANCES[-1]  # the plain step (task.loss on full logits) on the same batched model
+        runners[f"sparsebench N={n}, plain step"] = (trainer(n, backend="torch"), n, trainer_steps(r, n_steps, n),
+                                                       _ref(1))
+    rows, mm = _interleave(runners, plains, refs, repeats, r["batch"], fwd, device)
+    med = {label: {k: statistics.median(v) for k, v in row.items()} for label, row in rows.items()}
+    out = {"config": {**r, "steps": n_steps, "model": model}, "forward_flops_per_sample": fwd,
+           "matmul_gflops": {k: statistics.median(v) / 1e9 for k, v in mm.items()},
+           "reference": {label: ref for label, (_, _, _, ref) in runners.items()}, "median": med, "raw": rows}
+    if cuda and peak_tflops:
+        out["of_peak"] = {label: 3 * fwd * m["samples_s"] / (peak_tflops * 1e12) for label, m in med.items()}
+    return out
+
+
+def _mlp1_cpu(r: dict[str, int], repeats: int, steps: int | None, cores: int, procs: int,
+              has_native: bool) -> dict[str, Any]:
+    """An mlp1 regime on the CPU: plain loops, the trainer (torch path, bf16, native, worker processes) and
+    the step's parts (bench_parts.py)."""
+    import torch
+
+    from sparsebench.accel import native
+    from sparsebench.build import make_task
+
+    native_precisions = [p for p in ("fp32", "bf16") if has_native and native.available(bf16=p == "bf16")[0]]
+    n_max = INSTANCES[-1]
+    task = make_task("topk-uniform", {"V": r["V"], "k": r["k"]})
+    n_steps = steps or r["steps"]
+    fwd = forward_flops(r["V"], r["d"], r["m"])
+    plain = plain_runner(task, r["V"], r["k"], r["d"], r["m"], r["batch"])
+    # Reference matmuls: fp32 on each thread count a row uses (processes use at most `cores`), bf16 for show.
+    refs = {_ref(t): (lambda t=t: matmul_rate(threads=t)) for t in sorted({1, cores, min(procs, cores)})}
+    refs[BF16_REF] = lambda: matmul_rate(dtype=torch.bfloat16)
+    # label -> (run, instances, steps, reference matmul)
+    plains = {f"plain, {_threads(t)}": t for t in sorted({cores, 1}, reverse=True)}
+    runners: dict[str, tuple[Any, int, int, str]] = {
+        label: (with_threads(plain, t), 1, n_steps, _ref(t)) for label, t in plains.items()}
+    for n in INSTANCES:
+        runners[f"sparsebench N={n}"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n), n,
+                                         trainer_steps(r, n_steps, n), _ref(1))
+    runners[f"sparsebench N={n_max} bf16"] = (trainer_runner(task, r["d"], r["m"], r["batch"], n_max, "bf16"),
+                                              n_max, trainer_steps(r, n_steps, n_max), _ref(1))
+    for precision in native_precisions:
+        runners[f"sparsebench N={n_max} native{' bf16' if precision == 'bf16' else ''}"] = (
+            trainer_runner(task, r["d"], r["m"], r["batch"], n_max, precision, backend="native"), n_max,
+            trainer_steps(r, n_steps, n_max), _ref(1))
+    # One worker's share of the N=16 step, split into parts (sparsebench/bench_parts.py). With more
+    # workers than cores they take turns: `waves` rounds of steps per step of N=16.
+    workers = min(procs, n_max)
+    share, waves = -(-n_max // workers), -(-workers // cores)
+    parts = StepParts(task, r["d"], r["m"], r["batch"], share, native=tuple(native_precisions))
+    part_runs: list[dict[str, float]] = []
+
+    def time_parts(mm: dict[str, list[float]], best_plain: float) -> None:
+        times = parts.time(trainer_steps(r, n_steps, n_max))
+        ceil_sps = n_max * r["batch"] / (waves * ceiling(times, parts.loss_flops(), mm[BF16_REF][-1]))
+        part_runs.append({**times, "ceiling_samples_s": ceil_sps, "ceiling_vs_plain": ceil_sps / best_plain})
+
+    pools: list[ProcessRunner] = []
+    try:
+        variants = [("fp32", "auto", ""), ("bf16", "auto", " bf16")] + [
+            (p, "native", " native bf16" if p == "bf16" else " native") for p in native_precisions]
+        for precision, backend, tag in variants if procs > 1 else ():
+            pools.append(ProcessRunner(r, n_max, procs, precision, backend))
+            runners[f"sparsebench N={n_max}{tag}, {procs} procs"] = (
+                pools[-1], n_max, trainer_steps(r, n_steps, n_max), _ref(min(procs, cores)))
+        rows, mm = _interleave(runners, list(plains), refs, repeats, r["batch"], fwd, "cpu", time_parts)
+    finally:
+        for pool in pools:
+            pool.close()
+    med = {label: {k: statistics.median(v) for k, v in row.items()} for label, row in rows.items()}
+    return {"config": {**r, "steps": n_steps, "model": "mlp1"}, "forward_flops_per_sample": fwd,
+            "matmul_gflops": {k: statistics.median(v) / 1e9 for k, v in mm.items()},
+            "reference": {label: ref for label, (_, _, _, ref) in runners.items()},
+            "median": med, "raw": rows,
+            "step_parts": {"instances": share, "processes": workers, "waves": waves,
+                           "loss_flops": parts.loss_flops(), **summarise(part_runs), "raw": part_runs}}
+
+
 def _print(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -368,31 +538,45 @@ def _print(report: dict[str, Any]) -> None:
     import sys
 
     console = Console(width=None if sys.stdout.isatty() else 120)  # files and pipes get whole rows
+    where = f"{report['gpu']} ({report['device']})" if "gpu" in report else "CPU"
     for name, reg in report["regimes"].items():
         c, g = reg["config"], reg["matmul_gflops"]
-        rates = ", ".join(f"{k} {v:.0f}" for k, v in g.items())
-        table = Table(title=f"{name}: V={c['V']} k={c['k']} d={c['d']} m={c['m']} batch={c['batch']}; "
-                            f"matmul GFLOP/s: {rates} (medians of {report['repeats']})")
-        for col in ("loop", "samples/s", "x plain", "GFLOP/s", "% matmul"):
+        rates = ", ".join(f"{k} {v:,.0f}" for k, v in g.items())
+        model = c.get("model", "mlp1") + (f" {c['heads']}x{c['d_head']} heads" if "heads" in c else "")
+        table = Table(title=f"{name} on {where}: {model}, V={c['V']} k={c['k']} d={c['d']} m={c['m']} "
+                            f"batch={c['batch']}; matmul GFLOP/s: {rates} (medians of {report['repeats']})")
+        peak = reg.get("of_peak")
+        cols = ("loop", "samples/s", "x plain", "GFLOP/s", "% matmul") + (("% bf16 peak",) if peak else ())
+        for col in cols:
             table.add_column(col, justify="left" if col == "loop" else "right", no_wrap=True)
         for label, m in reg["median"].items():
             gf = 3 * reg["forward_flops_per_sample"] * m["samples_s"] / 1e9
             table.add_row(label, f"{m['samples_s']:,.0f}", f"{m['vs_plain']:.2f}", f"{gf:.1f}",
-                          f"{100 * m['of_matmul']:.0f}%")
+                          f"{100 * m['of_matmul']:.{2 if 'gpu' in report else 0}f}%",
+                          *((f"{100 * peak[label]:.3f}%",) if peak else ()))
         console.print(table)
-        console.print(_parts_table(reg))
+        if "step_parts" in reg:
+            console.print(_parts_table(reg))
     if "tickets" in report:
         from sparsebench.accel.bench_tickets import table
 
         console.print(table(report["tickets"]))
-    if report["native"] is not True and report["regimes"]:
+    if report["native"] is not True and report["regimes"] and "gpu" not in report:
         console.print(f"native rows left out: {report['native']}", markup=False)  # a compiler's message
+    if "gpu" in report:
+        console.print("x plain: against the faster plain loop (fp32 or bf16 autocast) of the same repeat. % matmul: "
+                      "of the GPU's measured 8192^3 matmul rate (bf16 rows: bf16; others: fp32); % bf16 peak: of "
+                      "--peak-tflops. FLOPs: 3 x forward matmul FLOPs per sample. Medians of per-repeat values, "
+                      "all timed interleaved, each measurement between two torch.cuda.synchronize().")
+        return
     if not report["regimes"]:
         return
     console.print("x plain: against the faster plain loop of the same repeat. % matmul: of the fp32 matmul on "
                   "as many cores as the row uses (rows without 'procs' or 'threads' use 1). FLOPs: 3 x forward "
-                  "matmul FLOPs, forward = 2 (2 d m + d V) per sample. Medians of per-repeat values, all timed "
-                  "interleaved.")
+                  "matmul FLOPs: mlp1 2 (2 d m + d V) per sample; the transformer counts keys and values at all "
+                  "k positions and the rest at the last one. 'plain' for the transformer: its TransformerLens "
+                  "bridge, one model, task.loss, AdamW; 'plain step': the trainer's batched model with the plain "
+                  "autograd step (no fused loss). Medians of per-repeat values, all timed interleaved.")
 
 
 def _parts_table(reg: dict[str, Any]) -> Any:

@@ -26,11 +26,14 @@ for that sparse target. Tasks without it train through `task.loss` (the plain
 path, always correct).
 
 `FusedStep` is the training step the run context's door hands out for stacked
-`mlp1` on such a task (backend "fused", and "auto" on the CPU): the residual
-stream through `bag_residual` (an embedding bag with an index_add backward), the
-loss and its gradients through `unembed_kl`, then torch's AdamW; a built-in top-k
-task's batches are drawn for all instances at once (`sampling.torch_topk_sampler`,
-checked bitwise against the task's `sample`).
+`mlp1` and stacked `transformer` on such a task (backend "fused", and "auto" on
+the CPU): the residual stream (`mlp1`: through `bag_residual`, an embedding bag
+with an index_add backward; `transformer`: `accel/transformer.py`, the stacked
+model's own `residual` with its last block's one-query attention computed
+without keys or values), the loss and its gradients
+through `unembed_kl`, then torch's AdamW; a built-in top-k task's batches are
+drawn for all instances at once (`sampling.torch_topk_sampler`, checked bitwise
+against the task's `sample`).
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparsebench.accel import transformer
 from sparsebench.accel.sampling import CheckedSampler, torch_topk_sampler
 from sparsebench.api import Batch
 from sparsebench.models.mlp import StackedMLP
+from sparsebench.models.transformer_stacked import StackedTransformer
 from sparsebench.training import AutogradStep
 
 LOG2E = 1.4426950408889634  # log2(e)
@@ -60,8 +65,8 @@ def supports_fused(task: Any) -> bool:
 
 
 def supports(module: torch.nn.Module, task: Any) -> bool:
-    """Whether `FusedStep` computes this model on this task: stacked `mlp1` and a sparse-KL task."""
-    return isinstance(module, StackedMLP) and supports_fused(task)
+    """Whether `FusedStep` computes this model on this task: stacked `mlp1` or `transformer`, and a sparse-KL task."""
+    return isinstance(module, (StackedMLP, StackedTransformer)) and supports_fused(task)
 
 
 def sparse_kl(task: Any, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -120,7 +125,10 @@ class FusedStep(AutogradStep):
     def loss(self, batch: Batch) -> Tensor:
         index, probs = sparse_kl(self.task, batch)
         W_U, b_U = self.module.unembed_params()  # type: ignore[operator]
-        r = bag_residual(self.module, **batch.inputs)  # type: ignore[arg-type]
+        if isinstance(self.module, StackedMLP):
+            r = bag_residual(self.module, **batch.inputs)  # [inst, batch, d_model]
+        else:
+            r = transformer.residual(self.module, **batch.inputs)  # type: ignore[arg-type]
         mm_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None
         return unembed_kl(r, W_U, b_U, index, probs, mm_dtype=mm_dtype)
 

@@ -108,7 +108,8 @@ class MLP(HookedRootModule, Model):
     Config = MLPConfig
     families = ("topk",)
     width_fields = ("d_model", "d_mlp")
-    weight_groups = {"W_E": ("embed.W_E",), "W_in": ("blocks.0.mlp.W_in",), "W_out": ("blocks.0.mlp.W_out",), "W_U": ("unembed.W_U",)}
+    weight_groups = {"W_E": ("embed.W_E",), "W_in": ("blocks.{layer}.mlp.W_in",), "W_out": ("blocks.{layer}.mlp.W_out",),
+                     "W_U": ("unembed.W_U",)}
 
     def __init__(self, config: MLPConfig, task: Task | None = None, *, n_inputs: int | None = None,
                  n_outputs: int | None = None, generator: torch.Generator | None = None):
@@ -172,6 +173,11 @@ class MLP(HookedRootModule, Model):
     @property
     def b_U(self) -> Tensor:
         return self.unembed.b_U  # [n_outputs]
+
+    def token_to_hidden(self, layer: int) -> Tensor:
+        """The map from a token's embedding to layer `layer`'s MLP input through the residual stream
+        (earlier MLPs left out): W_E @ W_in[layer], [n_inputs, d_mlp] (docs/science.md §3.1)."""
+        return self.embed.W_E @ self.blocks[layer].mlp.W_in
 
     @classmethod
     def stacked(cls, models: list["MLP"]) -> "StackedMLP":

@@ -76,8 +76,10 @@ class Transformer(nn.Module, Model):
     Config = TransformerConfig
     families = ("topk",)
     width_fields = ("d_model", "d_mlp")
-    weight_groups = {"W_E": ("embed.weight",), "W_in": ("blocks.0.mlp.in.weight",), "W_out": ("blocks.0.mlp.out.weight",),
-                     "W_U": ("unembed.weight",)}
+    # "{layer}": every layer. W_OV is what the Bloom fit reads besides W_E and W_in (token_to_hidden).
+    weight_groups = {"W_E": ("embed.weight",), "W_in": ("blocks.{layer}.mlp.in.weight",),
+                     "W_out": ("blocks.{layer}.mlp.out.weight",), "W_U": ("unembed.weight",),
+                     "W_OV": ("blocks.{layer}.attn.v.weight", "blocks.{layer}.attn.o.weight")}
 
     def __init__(self, config: TransformerConfig, task: Task | None = None, *, n_inputs: int | None = None,
                  n_outputs: int | None = None, generator: torch.Generator | None = None):
@@ -224,3 +226,29 @@ class Transformer(nn.Module, Model):
     @property
     def b_U(self) -> Tensor:
         return self.bridge.unembed.original_component.bias  # [n_outputs]
+
+    @property
+    def W_OV(self) -> Tensor:
+        """Each layer's OV circuit summed over heads, sum_h W_V^h W_O^h: [n_layers, d_model, d_model]."""
+        return torch.einsum("lhde,lhem->ldm", self.bridge.W_V, self.bridge.W_O)
+
+    def token_to_hidden(self, layer: int) -> Tensor:
+        """The linear map from a token's embedding to layer `layer`'s MLP input, through the residual
+        stream's direct path and every attention layer up to it: W_E (I + W_OV[0]) ... (I + W_OV[layer])
+        W_in[layer], [n_inputs, d_mlp] (earlier MLPs and norms left out; docs/science.md §3.1).
+
+        With one layer, token s adds w_s (1[s last] W_E W_in + P_s W_E W_OV W_in) to the MLP input at
+        the readout position: every token goes through attention (weight P_s, about 1/k), only the last
+        also directly, so averaged over positions a token contributes (w/k) W_E (I + W_OV) W_in."""
+        M = self.W_E
+        W_OV = self.W_OV
+        for l in range(layer + 1):
+            M = M + M @ W_OV[l]
+        return M @ self.W_in[layer]
+
+    @classmethod
+    def stacked(cls, models: list["Transformer"]) -> Any:
+        """N models (one config) as one `StackedTransformer` [inst, ...], for batched training."""
+        from sparsebench.models.transformer_stacked import StackedTransformer
+
+        return StackedTransformer(models)

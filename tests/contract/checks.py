@@ -193,8 +193,10 @@ def tasks_for_any_model() -> list[Task]:
 
 
 def check_control(name: str) -> None:
-    """A control gives a wrong explanation, or says why not, for every mechanism's fit on its construction; a
-    control that is wrong about everything (not `partial`) must differ from the fit on some capability."""
+    """A control gives a wrong explanation, or says why not, for every mechanism's fit on its construction and
+    on a small model of every registered model class that reads the task (a model-randomisation control needs
+    a model with its weight group, e.g. the transformer's W_OV); a control that is wrong about everything (not
+    `partial`) must differ from the fit on some capability."""
     from sparsebench.explain import NO_BATCH, _same
 
     control = registry.controls.get(name)()
@@ -202,7 +204,10 @@ def check_control(name: str) -> None:
     made = 0
     for mech_name in registry.mechanisms.names():
         mech = make_mechanism(mech_name)
-        for task, model in constructions(mech_name):
+        targets = [(task, model) for task, built in constructions(mech_name)
+                   for model in (built, *(small_model(n, task) for n in registry.models.names()
+                                          if applies(registry.models.get(n), task) is None))]
+        for task, model in targets:
             fitted = mech.fit(model, task, generator=g(2))
             result = control.make(fitted, model, task, refit=lambda m: mech.fit(m, task, generator=g(2)),
                                   generator=g(3))

@@ -183,3 +183,33 @@ def test_ctrl_c_stops_every_worker_at_once(tmp_path):
     assert not list((tmp_path / "res").glob("*/*.json")), "no training job had finished"
     models = tmp_path / "cache" / "models"
     assert not (models.exists() and [p for p in models.iterdir() if not p.name.startswith(".")])
+
+
+def test_bench_transformer_row_against_the_transformer_lens_loop(tmp_path):
+    # The transformer regime: the batched trainer at N = 1, 4, 16 and a plain one-model TransformerLens loop,
+    # measured in the same run.
+    out = tmp_path / "bench.json"
+    r = cli("bench", "--regime", "transformer", "--repeats", "1", "--steps", "2", "--json", str(out),
+            cache=tmp_path, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    reg = json.loads(out.read_text())["regimes"]["transformer"]
+    med, ref = reg["median"], reg["reference"]
+    assert reg["config"]["model"] == "transformer" and "step_parts" not in reg
+    assert {"plain, 1 thread", "sparsebench N=1", "sparsebench N=4", "sparsebench N=16",
+            "sparsebench N=16, plain step"} <= set(med)
+    assert max(m["vs_plain"] for label, m in med.items() if label.startswith("plain")) == 1.0
+    assert reg["forward_flops_per_sample"] == 2 * (5 * 2 * 64 * 64 + 64 * 64 + 2 * 5 * 64 + 64 * 64 + 2 * 64 * 64
+                                                   + 64 * 1000)
+    for label, m in med.items():
+        assert m["samples_s"] > 0 and label in r.stdout
+        assert m["of_matmul"] == pytest.approx(3 * reg["forward_flops_per_sample"] * m["samples_s"]
+                                               / (reg["matmul_gflops"][ref[label]] * 1e9), rel=1e-9)
+
+
+def test_bench_refuses_a_missing_gpu_in_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = cli("bench", "--device", "cuda", "--repeats", "1", cache=tmp_path, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1

@@ -125,7 +125,7 @@ TINY_FLAGS = ["--seeds", "0", "--widths", "16", "--set", "task.V=100", "--set", 
     (["--probe", "hiden-code"], "error: unknown probe 'hiden-code'; did you mean 'hidden-code'?"),
     (["--seeds", "0,x"], "error: --seeds expects comma-separated integers (got '0,x')"),
     (["no-such-suite"], "error: unknown suite 'no-such-suite'; built-in suites: clauses, default, tickets, "
-                        "transformer"),
+                        "transformer, transformer-defaults"),
     (["--set", "mechanism.blom.alpha=3"], "error: invalid suite config: mechanism_config: configures 'blom', "
                                           "which is not among mechanisms (bloom, jl, softmax-bottleneck)"),
     (["--set", "runs=5"], "error: invalid suite config: runs: must be a list of tables ([[runs]]) (got 5)"),

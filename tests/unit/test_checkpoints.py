@@ -6,6 +6,7 @@ import torch
 
 from sparsebench.checkpoints import RunSpec, train_or_load
 from sparsebench.context import RunContext
+from sparsebench.models.mlp import MLP
 from sparsebench.training import TrainConfig
 
 TINY_TRAIN = TrainConfig(steps=5, warmup=1, batch_size=16)
@@ -41,10 +42,22 @@ def test_keys_hash_every_config_and_the_seed():
     assert a.key(0) == spec("mlp1", {"d_mlp": 8, "d_model": 8}).key(0)
 
 
-def test_unstackable_models_save_each_seed_as_it_finishes(tmp_path):
-    s = spec("transformer", {"d_model": 8, "d_mlp": 8, "n_heads": 2, "d_head": 4})
+class OneAtATime(MLP):
+    """mlp1 without a batched form: the trainer trains its seeds one at a time."""
+
+    stacked = None
+
+
+def test_unstackable_models_save_each_seed_as_it_finishes(tmp_path, monkeypatch):
+    from sparsebench import registry
+
+    fresh = registry.Registry("models")
+    fresh.register("one-at-a-time", OneAtATime)
+    monkeypatch.setattr(registry, "models", fresh)
+    monkeypatch.setitem(registry.REGISTRIES, "models", fresh)
+    s = spec("one-at-a-time", {"d_model": 8, "d_mlp": 8})
     cks = train_or_load(s, [0, 1], ctx(tmp_path))
     assert [c.info["trained_together"] for c in cks] == [1, 1]
     assert len(list((tmp_path / "models").iterdir())) == 2
-    workers = train_or_load(s, [2, 3], ctx(tmp_path, workers=2))
-    assert [c.info["processes"] for c in workers] == [1, 1]  # one seed at a time: nothing to split
+    again = train_or_load(s, [2, 3], ctx(tmp_path, workers=2))
+    assert [c.info["processes"] for c in again] == [1, 1]  # one seed at a time: nothing to split

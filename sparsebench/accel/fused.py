@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparsebench.accel import transformer
+from sparsebench.accel.transformer import residual as stacked_transformer_residual
 from sparsebench.accel.sampling import CheckedSampler, torch_topk_sampler
 from sparsebench.api import Batch
 from sparsebench.models.mlp import StackedMLP
@@ -128,7 +128,7 @@ class FusedStep(AutogradStep):
         if isinstance(self.module, StackedMLP):
             r = bag_residual(self.module, **batch.inputs)  # [inst, batch, d_model]
         else:
-            r = transformer.residual(self.module, **batch.inputs)  # type: ignore[arg-type]
+            r = stacked_transformer_residual(self.module, **batch.inputs)  # type: ignore[arg-type]
         mm_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None
         return unembed_kl(r, W_U, b_U, index, probs, mm_dtype=mm_dtype)
 

@@ -30,6 +30,7 @@ from transformer_lens.hook_points import HookPoint
 
 from sparsebench.api import Model, Task
 from sparsebench.config import check
+from sparsebench.models.stack import stack_parameters
 
 
 @dataclass(frozen=True)
@@ -191,12 +192,7 @@ class StackedMLP(nn.Module):
         super().__init__()
         self.config = models[0].config
         self.n_instances = len(models)
-        params = [dict(m.named_parameters()) for m in models]
-        # Parameter names mirror MLP's, with "." replaced (nn.Module names cannot contain dots).
-        self.params = nn.ParameterDict({
-            n.replace(".", "__"): nn.Parameter(torch.stack([p[n].detach() for p in params]),
-                                               requires_grad=first.requires_grad)
-            for n, first in params[0].items()})
+        self.params = stack_parameters([dict(m.named_parameters()) for m in models])  # names mirror MLP's
 
     def p(self, name: str) -> Tensor:
         return self.params[name.replace(".", "__")]

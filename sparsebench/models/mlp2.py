@@ -40,6 +40,7 @@ from transformer_lens.hook_points import HookPoint
 
 from sparsebench.api import Model, Task
 from sparsebench.config import check
+from sparsebench.models.stack import stack_parameters
 
 
 # State-dict names of the paper's matrices (what the ticket pipeline reads and writes in snapshots and masks).
@@ -230,11 +231,7 @@ class StackedMLP2(nn.Module):
         super().__init__()
         self.config = models[0].config
         self.n_instances = len(models)
-        params = [dict(m.named_parameters()) for m in models]
-        self.params = nn.ParameterDict({
-            n.replace(".", "__"): nn.Parameter(torch.stack([p[n].detach() for p in params]),
-                                               requires_grad=first.requires_grad)
-            for n, first in params[0].items()})
+        self.params = stack_parameters([dict(m.named_parameters()) for m in models])
         self.register_buffer("mask", torch.stack([m.mask for m in models]))  # [inst, H, d]
 
     @classmethod

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sparsebench.models.stack import stack_parameters
+
 if TYPE_CHECKING:
     from sparsebench.models.transformer import Transformer
 
@@ -90,9 +92,7 @@ class StackedTransformer(nn.Module):
         self.n_instances = len(models)
         states = [m.state_dict(keep_vars=True) for m in models]  # bridge keys -> the Parameters themselves
         self.keys = list(states[0])
-        self.params = nn.ParameterDict({
-            _key(k): nn.Parameter(torch.stack([s[k].detach() for s in states]), requires_grad=first.requires_grad)
-            for k, first in states[0].items()})
+        self.params = stack_parameters(states)
         self.act = ACTIVATIONS[c.act_fn]
         self.scale = math.sqrt(c.d_head)  # the native attention's score scale
         if c.positional == "rotary":

@@ -103,7 +103,8 @@ def fmt_mean(mean: float, std: float) -> str:
     return s
 
 
-def _num(x: Any) -> float | None:
+def as_number(x: Any) -> float | None:
+    """x as a float for sorting, None if it is no finite-or-infinite number (NaN, text, None)."""
     try:
         x = float(x)
     except (TypeError, ValueError):
@@ -136,9 +137,9 @@ def solution_tables(board, best, directions: dict[str, dict[str, str]]) -> list[
                    Cell(str(r["n_seeds"]), r["n_seeds"])]
             for m in metrics:
                 txt = fmt_mean(r[f"{m}_mean"], r[f"{m}_std"])
-                row.append(Cell(txt + (" ★" if r[f"{m}_best"] else ""), _num(r[f"{m}_mean"]), bool(r[f"{m}_best"])))
+                row.append(Cell(txt + (" ★" if r[f"{m}_best"] else ""), as_number(r[f"{m}_mean"]), bool(r[f"{m}_best"])))
             for c in theory:
-                row.append(Cell(fmt_num(r[c]), _num(r[c])))
+                row.append(Cell(fmt_num(r[c]), as_number(r[c])))
             trained = r["solver_type"] == "trained"
             t.add_row(row, task=label, model=r["solver"] if trained else "", mechanism="" if trained else r["solver"])
         tables.append(t)
@@ -246,7 +247,7 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
                 for _, r in rk.iterrows():
                     rank = "oracle" if r["oracle"] else ("–" if math.isnan(r["rank"]) else str(int(r["rank"])))
                     extra = f" (unvalidated: {r['unvalidated']})" if r["unvalidated"] else ""
-                    t.add_row([Cell(rank, _num(r["rank"])), Cell(r["mech_label"]), Cell(r["verdict"]),
+                    t.add_row([Cell(rank, as_number(r["rank"])), Cell(r["mech_label"]), Cell(r["verdict"]),
                                Cell(r["outcomes"] + extra),
                                Cell(f"{r['won']} / {r['tied']} / {r['lost']}", r["copeland"])],
                               **group, mechanism=r["mechanism"])
@@ -272,9 +273,9 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
                 t.add_row([
                     Cell(r["mech_label"]), Cell(r["probe"] or "(all)"), Cell(score), Cell(str(r["n"]), r["n"]),
                     Cell(fmt_ci(r.get("value_mean"), r.get("value_lo"), r.get("value_hi")) if ok else "n/a",
-                         _num(r.get("value_mean"))),
+                         as_number(r.get("value_mean"))),
                     Cell(fmt_ci(r.get("margin_mean"), r.get("margin_lo"), r.get("margin_hi")) if ok else "n/a",
-                         _num(r.get("margin_mean")), ok and r["outcome"] == "explains" and r["is_main"]),
+                         as_number(r.get("margin_mean")), ok and r["outcome"] == "explains" and r["is_main"]),
                     Cell(str(r.get("rival") or "") if ok else ""),
                     Cell(OUTCOME.get(r["outcome"], r["outcome"]) + (_bar(r) if ok else "") if r["is_main"] or not ok
                          else ""),
@@ -289,7 +290,7 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
                 for _, r in pp.iterrows():
                     res = {"a": f"{r['a']} ≻ {r['b']}", "b": f"{r['b']} ≻ {r['a']}"}.get(r["winner"], "tie")
                     t.add_row([Cell(r["probe"]), Cell(r["a"]), Cell(r["b"]), Cell(str(r["n"]), r["n"]),
-                               Cell(fmt_ci(r["diff"], r["lo"], r["hi"]), _num(r["diff"])), Cell(res)],
+                               Cell(fmt_ci(r["diff"], r["lo"], r["hi"]), as_number(r["diff"])), Cell(res)],
                               **group, mechanism=(r["a"], r["b"]))
                 tables.append(t)
     valid = b.get("validity")
@@ -303,7 +304,7 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
             status = ("diagnostic" if not r["ranked"] else "no construction records" if r["valid"] is None
                       else "valid" if r["valid"] else "INVALID: not counted")
             t.add_row([Cell(r["probe"]), Cell("yes" if r["ranked"] else "no"),
-                           Cell(fmt_num(r["auroc"], 3), _num(r["auroc"])), Cell(str(r["pairs"]), r["pairs"]),
+                           Cell(fmt_num(r["auroc"], 3), as_number(r["auroc"])), Cell(str(r["pairs"]), r["pairs"]),
                            Cell(r["truths"]), Cell(status)])
         tables.append(t)
     own = b.get("own_construction")
@@ -314,8 +315,8 @@ def explanation_tables(b: dict[str, Any]) -> list[Table]:
         for _, r in own.iterrows():
             beats = "n/a (no rival)" if isinstance(r["beats_all"], float) else ("yes" if r["beats_all"] else "NO")
             t.add_row([Cell(r["truth"]), Cell(r["probe"] + ("" if r["ranked"] else " (diagnostic)")),
-                       Cell(str(r["seeds"]), r["seeds"]), Cell(fmt_num(r["margin_mean"]), _num(r["margin_mean"])),
-                       Cell(fmt_num(r["margin_min"]), _num(r["margin_min"])), Cell(r["rival"]), Cell(beats)],
+                       Cell(str(r["seeds"]), r["seeds"]), Cell(fmt_num(r["margin_mean"]), as_number(r["margin_mean"])),
+                       Cell(fmt_num(r["margin_min"]), as_number(r["margin_min"])), Cell(r["rival"]), Cell(beats)],
                       mechanism=r["truth"])
         tables.append(t)
     return tables

@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from sparsebench.io import canonical_json
-from sparsebench.leaderboard.render import Cell, Image, Table, fmt_num
+from sparsebench.leaderboard.render import Cell, Image, Table, as_number, fmt_num
 from sparsebench.records import RecordWarning, TicketRecord
 from sparsebench.stats import mean_ci
 from sparsebench.tickets.claims import compare, evaluate_claims
@@ -190,7 +190,7 @@ def ticket_tables(b: dict[str, Any]) -> list[Table]:
                    Cell(r["kind"]), Cell(str(r["n"]), r["n"])]
             for m in SHOWN:
                 digits = 1 if m in ("exact_codes", "covered") else 3
-                row.append(Cell(_ci(r[f"{m}_mean"], r[f"{m}_lo"], r[f"{m}_hi"], digits), _num(r[f"{m}_mean"]),
+                row.append(Cell(_ci(r[f"{m}_mean"], r[f"{m}_lo"], r[f"{m}_hi"], digits), as_number(r[f"{m}_mean"]),
                                 best=rank == "1" and m == RANK_METRIC))
             row.append(Cell(r["beats"]))
             tab.rows.append(row)
@@ -208,9 +208,9 @@ def ticket_tables(b: dict[str, Any]) -> list[Table]:
                         "(every pair is in the CSV)")
         for _, r in shown.sort_values(["metric", "b", "mean"], ascending=[True, True, False], kind="stable").iterrows():
             tp.rows.append([Cell(LABELS[r["metric"]]), Cell(r["a"]), Cell(r["b"]),
-                            Cell(_ci(r["mean"], r["lo"], r["hi"]), _num(r["mean"])),
+                            Cell(_ci(r["mean"], r["lo"], r["hi"]), as_number(r["mean"])),
                             Cell(str(r["n"]), r["n"]), Cell(f"{r['wins']}-{r['losses']}"),
-                            Cell(fmt_num(r["sign_p"], 2), _num(r["sign_p"])), Cell(r["verdict"])])
+                            Cell(fmt_num(r["sign_p"], 2), as_number(r["sign_p"])), Cell(r["verdict"])])
         tables.append(tp)
     return tables
 
@@ -222,14 +222,6 @@ def claims_table(claims: list[Any]) -> Table:
     for c in claims:
         tab.rows.append([Cell(str(c.number), c.number), Cell(c.claim), Cell(c.status), Cell(c.summary)])
     return tab
-
-
-def _num(x: Any) -> float | None:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
 
 
 # ---------------------------------------------------------------------------- figures

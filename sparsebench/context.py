@@ -68,6 +68,8 @@ class RunContext:
         """The speed door for this context (built once per distinct context, then reused)."""
         return accel.accelerator(self)
 
-    def single(self) -> "RunContext":
-        """The same context for work inside one worker process: one process, no progress bars."""
-        return replace(self, workers=1, progress=False, executor="local")
+    def single(self, workers: int = 1) -> "RunContext":
+        """The same context for work inside one worker process: no progress bars, the local executor, and
+        `workers` processes of its own for a run's seeds (more than one when a run has fewer jobs than
+        workers: the spare processes train seeds instead of idling)."""
+        return replace(self, workers=workers, progress=False, executor="local")

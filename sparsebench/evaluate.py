@@ -431,7 +431,10 @@ def evaluate(suite: Suite, out: Path, ctx: RunContext | None = None, *, force: b
         if any(j.kind == "trained" and not _all_cached(plan, j, ctx) for j, _ in todo):
             ensure_writable(ctx.cache_root / "models", "the model cache", hint="--cache or SPARSEBENCH_CACHE")
         ensure_writable(out, "the results folder", hint="--out")
-    calls = [(plan, job, ctx.single() if ctx.workers > 1 or ctx.executor != "local" else ctx, skip)
+    # Each job runs in one single-threaded worker; with fewer jobs than workers (the transformer suite is one
+    # job), a job's seeds are split over the spare ones too (seed splits give the same weights: training.train).
+    spare = max(1, ctx.workers // len(todo)) if todo and ctx.executor == "local" else 1
+    calls = [(plan, job, ctx.single(spare) if ctx.workers > 1 or ctx.executor != "local" else ctx, skip)
              for job, skip in todo]
     # closing: an exception here (Ctrl-C while writing) stops the worker processes now, not at exit
     with closing(ctx.accel.map_jobs(run_job, calls, plan.registry_names())) as results:

@@ -201,10 +201,13 @@ def train(task: Task, model_name: str, model_cfg: dict[str, Any], cfg: TrainConf
 
     With `ctx.workers > 1` on the CPU, the run context may split the seeds of a stackable model
     over single-threaded worker processes (`ctx.accel.train_in_workers`), each training its share
-    as one batched module; each instance's arithmetic does not depend on its neighbours, so the
-    weights match a one-process run on one thread.
+    as one batched module. An instance's arithmetic does not depend on its neighbours' values, but a
+    batched matmul over another number of instances may round in the last bits differently (2 seeds
+    split 1 + 1 against 2 together: up to 2e-7 after 150 steps), so the weights match a one-process run
+    on one thread to float tolerance, not bitwise.
 
-    Bitwise reproducibility holds for the same machine, torch build, thread count and backend.
+    Bitwise reproducibility holds for the same machine, torch build, thread count, split of the seeds
+    over processes and backend.
     Other thread counts split a few matmul reductions differently (~1e-10 after one step), and
     over thousands of steps that becomes a different but statistically equivalent solution
     (docs/performance.md, "Determinism"); run.json records the threads, processes and backend.

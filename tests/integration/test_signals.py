@@ -19,7 +19,15 @@ COMMANDS = {
     "evaluate": ["evaluate", "--workers", "2", "--no-progress", "--no-leaderboard", "--task", "topk-uniform",
                  "--seeds", "0,1", "--widths", "16,24", "--mechanism", "bloom", *LONG],
     "train": ["train", "--workers", "2", "--no-progress", "--seed", "0", "--seed", "1", *LONG],
+    # one job for two workers: the job's worker trains its seeds in two workers of its own (evaluate.evaluate)
+    "evaluate-one-job": ["evaluate", "--workers", "2", "--no-progress", "--no-leaderboard", "--task", "topk-uniform",
+                         "--seeds", "0,1", "--widths", "16", "--set", "construct=false", "--mechanism", "bloom", *LONG],
 }
+SPAWNED = {"evaluate": 2, "train": 2, "evaluate-one-job": 3}  # worker processes in the driver's group, all levels
+
+
+def spawned(pgid: int) -> list[dict]:
+    return [p for p in group_processes(pgid) if "spawn_main" in p["cmd"]]
 
 
 def start(tmp_path: Path, args: list[str], code: str | None = None) -> subprocess.Popen:
@@ -50,9 +58,10 @@ def test_no_worker_outlives_a_terminated_or_killed_driver(tmp_path, command, sig
     # `timeout 10 sparsebench evaluate --workers 2` sends SIGTERM to the driver alone; an OOM killer SIGKILL.
     proc = start(tmp_path, COMMANDS[command])
     try:
-        assert wait_for(lambda: len(workers_of(proc.pid)) == 2 or proc.poll() is not None, 180), "no workers"
+        assert wait_for(lambda: len(spawned(proc.pid)) == SPAWNED[command] or proc.poll() is not None, 180), \
+            "no workers"
         assert proc.poll() is None, proc.communicate()
-        workers = [w["pid"] for w in workers_of(proc.pid)]
+        workers = [w["pid"] for w in spawned(proc.pid)]
         os.kill(proc.pid, sig)  # the driver only, not its process group
         proc.wait(timeout=60)
         assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL)

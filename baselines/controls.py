@@ -22,8 +22,9 @@ strongest of both (docs/leaderboard.md). Built-ins:
 
 A control returns a `Fitted` or `NotApplicable` (e.g. `permuted-units` for a fit without a code).
 A *partial* control is wrong about one thing only (which units, which weights were read); when it
-changes nothing a probe reads, that probe cannot see what it gets wrong, and it is recorded as
-invisible to that probe instead of as a tie (`explain.blind`). A tie with a control that is wrong
+changes nothing a probe reads (less than the probe's `blind_below`, 1% of a predicted set: a refit
+to other weights is never bitwise the fit), that probe cannot see what it gets wrong, and it is
+recorded as invisible to that probe instead of as a tie (`explain.blind`). A tie with a control that is wrong
 about everything (`answer-only`, `random-code`, `resampled`) stays a tie: the explanation adds
 nothing over it. A plugin adds a control as one class and one entry point in the group
 `sparsebench.controls`.

@@ -12,10 +12,14 @@ direction (+ is better), per chunk; its mean and t-interval over the chunks go i
 - a null that only relabels input tokens, for a probe that cannot see such a relabelling
   (`relabel_invariant`), and
 - a *partial* control (wrong about one thing only) that changes nothing the probe reads
-  (`Probe.reads_fit`): e.g. permuting the hidden units of a Bloom fit leaves its predicted
+  (`Probe.fit_reads`): e.g. permuting the hidden units of a Bloom fit leaves its predicted
   outputs as they were, so the behaviour probes cannot tell it from the fit, and only the probes
-  that read hidden units test it. A tie with a control that is wrong about everything (answer-only)
-  stays a tie: the explanation adds nothing over it.
+  that read hidden units test it. "Nothing" is "less than `ProbeConfig.blind_below`" (1% of a
+  predicted set; any change to a number counts): a refit to re-initialised weights that finds the
+  same code but for a few entries (the transformer's `reinit-W_OV`: 0.01-0.1% of its hidden code,
+  docs/transformer.md) is the fit read off other weights, not a wrong explanation, and the share
+  changed is written in the note. A tie with a control that is wrong about everything
+  (answer-only) stays a tie, however close: the explanation adds nothing over it.
 """
 
 from __future__ import annotations
@@ -32,9 +36,6 @@ from sparsebench.config import to_dict
 from sparsebench.probes import OWN_NULL, Probe
 from sparsebench.records import ModelInfo, ProbeResult, Score
 from sparsebench.stats import mean_ci
-
-NO_BATCH = ("token_code", "output_code", "clause_codes")  # capabilities that take no batch
-
 
 def good(value: float, direction: str) -> float:
     """A score turned so that larger is better ("higher", "lower", "zero": nearest 0)."""
@@ -56,18 +57,29 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def blind(probe: Probe, fitted: Fitted, control: Fitted, batch: Batch) -> bool:
-    """Whether `control` changes nothing `probe` reads of an explanation (on `batch`)."""
-    for name in probe.reads_fit:
-        f, c = getattr(fitted, name, None), getattr(control, name, None)
-        if f is None and c is None:
-            continue
-        if f is None or c is None:
-            return False
-        with torch.no_grad():
-            if not _same(f() if name in NO_BATCH else f(batch), c() if name in NO_BATCH else c(batch)):
-                return False
-    return bool(probe.reads_fit)
+def _changed(a: Any, b: Any) -> float:
+    """The share of `a` that `b` changes: for boolean tensors (sets), the entries in one and not the other over
+    the entries of both (1 - Dice: 0 the same set, 1 disjoint); anything else, 0 if the same and 1 if not."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype == b.dtype == torch.bool and a.shape == b.shape:
+        a, b = a.cpu(), b.cpu()
+        both = int(a.sum()) + int(b.sum())
+        return int((a ^ b).sum()) / both if both else 0.0
+    return 0.0 if _same(a, b) else 1.0
+
+
+def changed_share(probe: Probe, fitted: Fitted, control: Fitted, task: Task, batch: Batch) -> float:
+    """The largest share of anything `probe` reads of an explanation (`Probe.fit_reads`, on `batch`) that
+    `control` changes; 1 if the probe reads nothing of a fit (it cannot tell what is unchanged)."""
+    f, c = probe.fit_reads(fitted, task, batch), probe.fit_reads(control, task, batch)
+    shares = [0.0 if f[k] is None and c[k] is None else 1.0 if f[k] is None or c[k] is None else _changed(f[k], c[k])
+              for k in f]
+    return max(shares) if shares else 1.0
+
+
+def blind(probe: Probe, share: float) -> bool:
+    """Whether a partial control that changes `share` of what `probe` reads (`changed_share`) is invisible to it:
+    nothing changed, or less than the probe's `ProbeConfig.blind_below` (exactly nothing without that config)."""
+    return share == 0.0 or share < float(getattr(probe.config, "blind_below", 0.0))
 
 
 @dataclass
@@ -141,8 +153,10 @@ def score_probe(probe: Probe, model: Any, fitted: Fitted, rivals: Rivals, task: 
     for name, c in rivals.controls.items():
         if isinstance(c, NotApplicable):
             control_notes[name] = c.reason
-        elif name in rivals.partial and blind(probe, fitted, c, chunks[0]):
-            control_notes[name] = "changes nothing this probe reads: invisible to it, no number"
+        elif name in rivals.partial and blind(probe, share := changed_share(probe, fitted, c, task, chunks[0])):
+            control_notes[name] = ("changes nothing this probe reads: invisible to it, no number" if share == 0 else
+                                   f"changes {share:.2%} of what this probe reads (under blind_below "
+                                   f"{probe.config.blind_below:g}): invisible to it, no number")
         else:
             rival_results[name] = ("control", _chunked(probe, model, c, task, chunks))
     for name, n in rivals.nulls.items():

@@ -27,9 +27,10 @@ Model diagnostics (shown, never ranked: they read the model, not the claim): `bi
 its own probes, `code-recall` (ranked) and `code-count` (a diagnostic), are in `probes_clauses.py`.
 
 Each probe declares the task families it understands, the hooks it reads, the capabilities of a
-fitted explanation it reads (`reads_fit`: a control that changes none of them is invisible to
-it), its scores and their directions, and the bar of its main score (`sufficient`; a config
-field, `ProbeConfig.sufficient`, recorded with every score). `score` returns the scores, or
+fitted explanation it reads (`reads_fit`, read by `fit_reads`: a partial control that changes
+less of them than `ProbeConfig.blind_below` is invisible to it), its scores and their
+directions, and the bar of its main score (`sufficient`; a config field,
+`ProbeConfig.sufficient`, recorded with every score). `score` returns the scores, or
 `NotApplicable` with a one-line reason; it never makes up a number. Probes read activations at
 the readout position, so the same probe works on `mlp1` ([batch, d]) and on a transformer
 ([batch, pos, d]).
@@ -53,6 +54,7 @@ from sparsebench.config import check
 from sparsebench.errors import ConfigError
 
 MIN_ABLATION_GAP = 0.01  # nats: loss recovered is defined only if ablation costs at least this much
+NO_BATCH = ("token_code", "output_code", "clause_codes")  # fit capabilities that take no batch
 OWN_NULL = "@"  # a score key "name@ref" is the probe's own reference for score `name` (recorded as own_nulls)
 SIGNED = (-1.0, 1.0)  # the values a Matthews correlation or a clipped share of an effect can take
 SHARE = (0.0, 1.0)  # ... a precision, recall or F1
@@ -66,6 +68,16 @@ class ProbeConfig:
     # {score: level}: the bar of each named score (`Probe.sufficient`), overriding the probe's own; the probe's
     # other bars stay. Once the probe is made it holds every bar in force, and is recorded so.
     sufficient: dict[str, float] = field(default_factory=dict)
+    # A partial control (wrong about one thing only) that changes less than this share of what the probe reads
+    # of an explanation (`Probe.fit_reads`; for a set, the entries in one and not the other over the entries of
+    # both) is invisible to the probe: no number, a note. Our reading: 1%, under the resolution of the probes'
+    # scores (a score moves by about the share changed; their intervals over chunks are 0.01-0.03 wide);
+    # it exists because a refit from other weights is never bitwise the fit (docs/leaderboard.md). 0: exact only.
+    blind_below: float = 0.01
+
+    def __post_init__(self) -> None:
+        check("probe", isinstance(self.blind_below, (int, float)) and not isinstance(self.blind_below, bool)
+              and 0 <= self.blind_below < 1, "blind_below", f"must be a number in [0, 1) (got {self.blind_below!r})")
 
 
 class Probe(ABC):
@@ -122,6 +134,16 @@ class Probe(ABC):
     @abstractmethod
     def score(self, model: Any, fitted: Fitted, task: Task, batch: Batch) -> dict[str, float] | NotApplicable:
         ...
+
+    def fit_reads(self, fitted: Fitted, task: Task, batch: Batch) -> dict[str, Any]:
+        """What this probe reads of an explanation on `batch`: {capability: its value, or None if the fit lacks
+        it} for each of `reads_fit` (a probe that reads a derived quantity overrides this)."""
+        out = {}
+        for name in self.reads_fit:
+            f = getattr(fitted, name, None)
+            with torch.no_grad():
+                out[name] = None if f is None else (f() if name in NO_BATCH else f(batch))
+        return out
 
 
 def cannot(fitted: Fitted, what: str) -> NotApplicable:
@@ -263,14 +285,22 @@ class Candidates(Probe):
     sufficient = {"fp_mcc": 0.8}
     Config = ProbeConfig
 
-    def score(self, model, fitted, task, batch):
+    @staticmethod
+    def predicted(fitted: Fitted, task: Task, batch: Batch) -> Tensor | None:
+        """[batch, n_outputs] bool: the explanation's top tier (None if it predicts no outputs)."""
         if isinstance(fitted, PredictsCandidates):
-            predicted = fitted.predict_candidates(batch)
-        else:
-            logits = fitted.predict_logits(batch) if isinstance(fitted, PredictsOutputs) else None
-            if logits is None:
-                return cannot(fitted, "outputs")
-            predicted = task.top_tier(logits, batch)
+            return fitted.predict_candidates(batch)
+        logits = fitted.predict_logits(batch) if isinstance(fitted, PredictsOutputs) else None
+        return None if logits is None else task.top_tier(logits, batch)
+
+    def fit_reads(self, fitted, task, batch):
+        with torch.no_grad():
+            return {"top tier": self.predicted(fitted, task, batch)}
+
+    def score(self, model, fitted, task, batch):
+        predicted = self.predicted(fitted, task, batch)
+        if predicted is None:
+            return cannot(fitted, "outputs")
         with torch.no_grad():
             actual = task.top_tier(model(**batch.inputs), batch)
         predicted = predicted.to(actual.device)
@@ -326,6 +356,7 @@ class PatchConfig(ProbeConfig):
     reference: Literal["mean", "zero", "resample"] = "mean"  # the ablation that defines "nothing recovered"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check("probe", self.reference in ("mean", "zero", "resample"), "reference",
               f"must be mean, zero or resample (got {self.reference!r})")
 

@@ -197,7 +197,8 @@ def check_control(name: str) -> None:
     on a small model of every registered model class that reads the task (a model-randomisation control needs
     a model with its weight group, e.g. the transformer's W_OV); a control that is wrong about everything (not
     `partial`) must differ from the fit on some capability."""
-    from sparsebench.explain import NO_BATCH, _same
+    from sparsebench.explain import _same
+    from sparsebench.probes import NO_BATCH
 
     control = registry.controls.get(name)()
     assert isinstance(getattr(control, "description", None), str) and control.description

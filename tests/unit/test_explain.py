@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from sparsebench.api import Batch, NotApplicable
+from sparsebench.api import Batch, Fitted, NotApplicable
 from sparsebench.baselines.controls import AnswerOnly, PermutedUnits, RandomCode, Resampled, ResampledFit
 from sparsebench.build import make_mechanism, make_model, make_task
-from sparsebench.explain import Rivals, blind, good, score_probe
-from sparsebench.probes import Candidates, HiddenCode, Patch, PatchConfig, mcc
+from sparsebench.explain import Rivals, blind, changed_share, good, score_probe
+from sparsebench.probes import Candidates, HiddenCode, Patch, PatchConfig, ProbeConfig, mcc
 from sparsebench.stats import mean_ci, paired_diff_ci, t_quantile
 
 
@@ -74,8 +74,9 @@ def test_controls_are_wrong_in_the_way_they_say(task, built):
 def test_a_partial_control_that_changes_nothing_a_probe_reads_is_invisible_to_it(task, built):
     model, fitted, chunks = built
     perm = fitted.permuted_units(torch.randperm(32, generator=g(0)))
-    assert blind(Candidates(), fitted, perm, chunks[0])  # the outputs do not depend on unit names
-    assert not blind(HiddenCode(), fitted, perm, chunks[0])
+    assert changed_share(Candidates(), fitted, perm, task, chunks[0]) == 0  # outputs do not depend on unit names
+    assert blind(Candidates(), 0.0)
+    assert changed_share(HiddenCode(), fitted, perm, task, chunks[0]) > 0.5 and not blind(HiddenCode(), 0.6)
     rivals = Rivals(controls={"permuted-units": perm}, nulls={}, relabelling=set(), partial={"permuted-units"})
     cand = score_probe(Candidates(), model, fitted, rivals, task, chunks)
     assert "permuted-units" in cand.control_notes and not cand.scores["fp_mcc"].controls
@@ -84,6 +85,67 @@ def test_a_partial_control_that_changes_nothing_a_probe_reads_is_invisible_to_it
     s = hc.scores["mcc"]
     assert s.controls["permuted-units"] < 0.2 and s.margin == pytest.approx(s.value - s.controls["permuted-units"])
     assert s.rival == "permuted-units" and s.ci is not None and hc.chunks == 4
+
+
+class Flipped(Fitted):
+    """The fit with the first `n` entries of its predicted hidden code flipped: a stand-in for a refit to other
+    weights that finds the same code but for a few entries."""
+
+    mechanism = "flipped"
+
+    def __init__(self, fitted: Fitted, n: int):
+        self.fitted, self.n = fitted, n
+
+    def summary(self):
+        return {}
+
+    def hidden_active(self, batch):
+        h = self.fitted.hidden_active(batch).clone()
+        flat = h.view(-1)
+        flat[: self.n] = ~flat[: self.n]
+        return h
+
+
+def test_a_partial_control_that_changes_less_than_the_probe_can_see_is_invisible_to_it(task, built):
+    model, fitted, chunks = built
+    active = int(fitted.hidden_active(chunks[0]).sum())
+    few, many = Flipped(fitted, 3), Flipped(fitted, active // 10)
+    share = changed_share(HiddenCode(), fitted, few, task, chunks[0])
+    assert 0 < share < 0.01 and blind(HiddenCode(), share)  # the default blind_below: 1%
+    assert not blind(HiddenCode(ProbeConfig(blind_below=0)), share)  # 0: exactly nothing
+    assert not blind(HiddenCode(), changed_share(HiddenCode(), fitted, many, task, chunks[0]))  # ~10%: visible
+    rivals = Rivals(controls={"few": few, "many": many}, nulls={}, relabelling=set(), partial={"few", "many"})
+    r = score_probe(HiddenCode(), model, fitted, rivals, task, chunks)
+    assert "under blind_below 0.01" in r.control_notes["few"] and set(r.scores["mcc"].controls) == {"many"}
+    # Wrong about everything: a near-copy is a rival, however close (the explanation adds nothing over it).
+    full = score_probe(HiddenCode(), model, fitted, Rivals(controls={"few": few}, nulls={}, relabelling=set(),
+                                                           partial=set()), task, chunks)
+    assert not full.control_notes and full.scores["mcc"].rival == "few"
+    assert abs(full.scores["mcc"].margin) < 0.01
+
+
+def test_any_change_to_a_number_a_probe_reads_is_visible(task, built):
+    from sparsebench.explain import _changed
+
+    x = torch.randn(4, 5, generator=g(0))
+    y = x.clone()
+    y[0, 0] += 1e-6
+    assert _changed(x, x.clone()) == 0 and _changed(x, y) == 1.0
+    a = torch.zeros(10, dtype=torch.bool)
+    a[:4] = True
+    b = a.clone()
+    b[4] = True  # one entry more: 1 in one set only, 4 + 5 entries in both
+    assert _changed(a, b) == pytest.approx(1 / 9) and _changed(a, torch.zeros_like(a)) == 1.0
+
+
+def test_blind_below_is_checked():
+    from sparsebench.errors import ConfigError
+
+    for bad in (-0.1, 1.0, "x", True):
+        with pytest.raises(ConfigError, match="blind_below"):
+            ProbeConfig(blind_below=bad)
+    with pytest.raises(ConfigError, match="blind_below"):
+        PatchConfig(blind_below=2)
 
 
 def test_a_tie_with_a_control_wrong_about_everything_stays_a_tie(task, built):
@@ -102,7 +164,8 @@ def test_margin_turns_by_direction_and_picks_the_strongest_rival(task, built):
     kl = r.scores["kl_to_clean"]  # lower is better
     best = max(good(v, "lower") for v in kl.controls.values())
     assert kl.margin == pytest.approx(good(kl.value, "lower") - best, abs=1e-9)
-    assert r.config == {"reference": "mean", "sufficient": {"loss_recovered": 0.8}} and r.ranked
+    assert r.config == {"reference": "mean", "sufficient": {"loss_recovered": 0.8}, "blind_below": 0.01}
+    assert r.ranked
 
 
 @pytest.mark.parametrize("reference", ["mean", "zero", "resample"])
@@ -169,10 +232,10 @@ def test_a_suite_overrides_the_bar_and_every_score_records_the_one_in_force(task
     model, fitted, chunks = built
     rivals = Rivals(controls={"random-code": fitted.random_code(g(7))}, nulls={}, relabelling=set(), partial=set())
     default = score_probe(make_probe("candidates", None), model, fitted, rivals, task, chunks)
-    assert default.scores["fp_mcc"].sufficient == 0.8 and default.config == {"sufficient": {"fp_mcc": 0.8}}
+    assert default.scores["fp_mcc"].sufficient == 0.8 and default.config == {"sufficient": {"fp_mcc": 0.8}, "blind_below": 0.01}
     assert default.scores["fp_recall"].sufficient is None  # a score without a bar
     mine = score_probe(make_probe("candidates", {"sufficient": {"fp_mcc": 0.6}}), model, fitted, rivals, task, chunks)
-    assert mine.scores["fp_mcc"].sufficient == 0.6 and mine.config == {"sufficient": {"fp_mcc": 0.6}}
+    assert mine.scores["fp_mcc"].sufficient == 0.6 and mine.config == {"sufficient": {"fp_mcc": 0.6}, "blind_below": 0.01}
     patch = make_probe("patch", {"reference": "zero", "sufficient": {"kl_to_clean": 0.05}})
     assert patch.bars() == {"loss_recovered": 0.8, "kl_to_clean": 0.05}  # the probe's own bars stay
 

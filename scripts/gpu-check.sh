@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The GPU check, one prepared script: the CUDA tests, the transformer suite on the GPU (bf16 autocast, its 3
-# seeds batched, from an empty cache) and the GPU benchmark, within BUDGET seconds (default 450: under 8
-# minutes with start-up), into ONE report.
+# The GPU check, one prepared script: the CUDA tests, the transformer suite and the default suite on the GPU
+# (bf16 autocast, each run's seeds batched, from an empty cache) and the GPU benchmark, within BUDGET seconds
+# (default 480: under 9 minutes with start-up), into ONE report. A stage that runs out of its share of the
+# budget is stopped and reported as timed out (a suite's report says how many records it wrote by then).
 #
 #   scripts/gpu-check.sh [--dry-run] [OUT]
 #
 # OUT: the argument, else $OUT, else gpu-check/. It receives report.md, one log per stage, bench.json and the
-# suite's boards (board.md): six files. The suite's model cache and records go to a temporary folder, so
+# suites' boards (board.md, default-board.md): eight files. The suite's model cache and records go to a temporary folder, so
 # OUT holds only what is worth reading.
 # --dry-run: on a machine without a GPU, run the same stages on the CPU at toy size (the CUDA tests skip
-# with their reason, the suite trains 100 steps, the bench one repeat of 2 steps of the transformer
-# regime) to check the script and every command it calls.
+# with their reason, the transformer suite trains 100 steps, the default suite one seed at one width for 100
+# steps, the bench one repeat of 2 steps of the transformer regime) to check the script and every command
+# it calls.
 # Environment: PY (default .venv/bin/python, else python3; it must have sparsebench installed with its
 # dependencies: pip install -e '.[test]'), BUDGET (seconds for all stages), PEAK_TFLOPS (the card's nominal
 # dense bf16 TFLOP/s; found from the GPU's name for H100/H200/A100 otherwise), TX_STEPS (the transformer
@@ -26,7 +28,7 @@ OUT=${1:-${OUT:-gpu-check}}
 if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
-BUDGET=${BUDGET:-450}
+BUDGET=${BUDGET:-480}
 BENCH_REPEATS=${BENCH_REPEATS:-5}
 SB=("$PY" -m sparsebench)
 
@@ -39,13 +41,15 @@ case "$BUDGET$BENCH_REPEATS${TX_STEPS:-1}" in *[!0-9]*) die "BUDGET, BENCH_REPEA
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu
   TX_STEPS=${TX_STEPS:-100}
-  CPU_WORKER=(--workers 2)  # the suite's job in one single-threaded worker, as on any CPU (docs/transformer.md)
+  CPU_WORKER=(--workers 2)  # single-threaded workers, as on any CPU (docs/transformer.md)
+  DEFAULT_TOY=(--seeds 0 --widths 16 --set train.steps=100 --set train.warmup=10)
   BENCH=(bench --device cpu --regime transformer --repeats 1 --steps 2)
 else
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || die "no CUDA device visible to $PY; run this on a GPU machine (or with --dry-run to check the script)"
   DEVICE=cuda
   CPU_WORKER=()
+  DEFAULT_TOY=()
   GPU_NAME=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
   if [ -z "${PEAK_TFLOPS:-}" ]; then
     case "$GPU_NAME" in  # nominal dense bf16 tensor-core peaks (vendor data sheets, SXM parts)
@@ -101,12 +105,12 @@ stage() {
 
 # 1. The CUDA tests: mlp1 and the transformer train with batched seeds in fp32 and bf16, no host sync per step, seeds
 #    together equal seeds alone, bf16 close to fp32, every probe on a GPU-trained model, evaluate.
-stage "CUDA tests (pytest -m gpu)" tests.log 300 "$PY" -m pytest -m gpu -v -rs -p no:cacheprovider tests/unit/test_gpu.py
+stage "CUDA tests (pytest -m gpu)" tests.log 330 "$PY" -m pytest -m gpu -v -rs -p no:cacheprovider tests/unit/test_gpu.py
 { echo; echo '```'; grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|skipped" "$OUT/tests.log" | tail -30; echo '```'; } \
   >> "$REPORT"
 
 # 2. The transformer suite (the recipe, 3 seeds in one batched model) from an empty cache, bf16 autocast.
-stage "transformer suite on $DEVICE (bf16, empty cache)" suite.log 110 \
+stage "transformer suite on $DEVICE (bf16, empty cache)" suite.log 230 \
   "${SB[@]}" evaluate transformer --device "$DEVICE" --set train.precision=bf16 "${STEPS[@]}" "${CPU_WORKER[@]}" \
   --cache "$WORK/cache" --out "$WORK/results" --no-progress --no-leaderboard
 {
@@ -133,7 +137,21 @@ EOF
 { echo; echo "Did the transformer learn the code? (the findings board; all boards in \`board.md\`)"; echo;
   grep -A8 "findings, measured" "$OUT/board.md" 2>/dev/null || echo "(no findings board: see suite.log)"; } >> "$REPORT"
 
-# 3. The benchmark: plain one-model loops (fp32 and bf16 autocast) against the trainer at N = 1, 4, 16.
+# 3. The default suite (mlp1 on both top-k tasks, 3 seeds, the width sweep, every construction, mechanism and probe)
+#    from an empty cache, bf16 autocast. It gets what the transformer suite left, less the bench's share; if that
+#    runs out, the report says how far it got (records written of the suite's).
+stage "default suite on $DEVICE (bf16, empty cache)" default.log 110 \
+  "${SB[@]}" evaluate --device "$DEVICE" --set train.precision=bf16 "${DEFAULT_TOY[@]}" "${CPU_WORKER[@]}" \
+  --cache "$WORK/cache-default" --out "$WORK/default" --no-progress --no-leaderboard
+{
+  echo
+  echo "- records written: $(find "$WORK/default" -name '*.json' 2>/dev/null | wc -l)" \
+    "(the full default suite writes 234; the dry run's toy size fewer)"
+  tail -n 1 "$OUT/default.log" | sed 's/^/- last line: /'
+} >> "$REPORT"
+"${SB[@]}" leaderboard "$WORK/default" --format markdown --out "$OUT/default-board.md" > /dev/null 2>&1
+
+# 4. The benchmark: plain one-model loops (fp32 and bf16 autocast) against the trainer at N = 1, 4, 16.
 stage "bench on $DEVICE" bench.log 0 "${SB[@]}" "${BENCH[@]}" --json "$OUT/bench.json"
 { echo; echo '```'; cat "$OUT/bench.log"; echo '```'; } >> "$REPORT"
 

@@ -154,14 +154,20 @@ def builtin_suites() -> dict[str, Path]:
     return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
 
 
+def suite_path(name_or_path: str) -> Path:
+    """The TOML file of a built-in suite (any kind) by name, or `name_or_path` itself if it names a .toml file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        return path
+    suites = builtin_suites()
+    if name_or_path not in suites:
+        raise UserError(f"unknown suite {name_or_path!r}{_hint(name_or_path, sorted(suites), 'built-in suites')}")
+    return suites[name_or_path]
+
+
 def load_suite(name_or_path: str) -> Suite:
     """A built-in suite by name, or a TOML file by path."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        suites = builtin_suites()
-        if name_or_path not in suites:
-            raise UserError(f"unknown suite {name_or_path!r}{_hint(name_or_path, sorted(suites), 'built-in suites')}")
-        path = suites[name_or_path]
+    path = suite_path(name_or_path)
     data = load_toml(path)
     if data.get("kind") == "tickets":
         raise UserError(f"suite {name_or_path!r} is a tickets suite: run it with `sparsebench tickets {name_or_path}`")

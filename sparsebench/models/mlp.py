@@ -18,7 +18,6 @@ built from N `MLP`s) and `tests/unit/test_training.py` pins their forwards equal
 from __future__ import annotations
 
 from dataclasses import dataclass
-import copy
 from typing import Any, Literal
 
 import torch
@@ -30,7 +29,7 @@ from transformer_lens.hook_points import HookPoint
 
 from sparsebench.api import Model, Task
 from sparsebench.config import check
-from sparsebench.models.stack import stack_parameters
+from sparsebench.models.stack import param_key, stack_parameters, unstack_parameters
 
 
 @dataclass(frozen=True)
@@ -195,7 +194,7 @@ class StackedMLP(nn.Module):
         self.params = stack_parameters([dict(m.named_parameters()) for m in models])  # names mirror MLP's
 
     def p(self, name: str) -> Tensor:
-        return self.params[name.replace(".", "__")]
+        return self.params[param_key(name)]
 
     def residual(self, tokens: Tensor, weights: Tensor) -> Tensor:
         """tokens, weights: [inst, batch, set] -> final residual r1 [inst, batch, d_model] (before W_U)."""
@@ -224,11 +223,4 @@ class StackedMLP(nn.Module):
 
     def unstack(self, template: MLP) -> list[MLP]:
         """Split into N `MLP`s shaped like `template` (whose weights are overwritten in copies)."""
-        out = []
-        for i in range(self.n_instances):
-            m = copy.deepcopy(template)
-            with torch.no_grad():
-                for name, param in m.named_parameters():
-                    param.copy_(self.p(name)[i])
-            out.append(m)
-        return out
+        return unstack_parameters(template, self.p, self.n_instances)

@@ -26,7 +26,6 @@ its forward equal to the instances'.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,7 +39,7 @@ from transformer_lens.hook_points import HookPoint
 
 from sparsebench.api import Model, Task
 from sparsebench.config import check
-from sparsebench.models.stack import stack_parameters
+from sparsebench.models.stack import param_key, stack_parameters, unstack_parameters
 
 
 # State-dict names of the paper's matrices (what the ticket pipeline reads and writes in snapshots and masks).
@@ -241,13 +240,13 @@ class StackedMLP2(nn.Module):
         out.n_instances = len(states)
         with torch.no_grad():
             for name, param in template.named_parameters():
-                out.params[name.replace(".", "__")] = nn.Parameter(
+                out.params[param_key(name)] = nn.Parameter(
                     torch.stack([s[name].to(param.dtype) for s in states]), requires_grad=param.requires_grad)
             out.mask = torch.stack([s[MASK_KEY].to(template.mask.dtype) for s in states])
         return out
 
     def p(self, name: str) -> Tensor:
-        return self.params[name.replace(".", "__")]
+        return self.params[param_key(name)]
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [inst, batch, n] -> logits [inst, batch, K]."""
@@ -258,13 +257,9 @@ class StackedMLP2(nn.Module):
         return torch.baddbmm(self.p("unembed.b2").unsqueeze(1), h, self.p(W2_KEY).transpose(1, 2))
 
     def unstack(self, template: MLP2) -> list[MLP2]:
-        """Split into N `MLP2`s shaped like `template` (whose weights are overwritten in copies)."""
-        out = []
-        for i in range(self.n_instances):
-            m = copy.deepcopy(template)
-            with torch.no_grad():
-                for name, param in m.named_parameters():
-                    param.copy_(self.p(name)[i])
-                m.blocks[0].mlp.mask.copy_(self.mask[i])
-            out.append(m)
+        """Split into N `MLP2`s shaped like `template` (whose weights and mask are overwritten in copies)."""
+        out = unstack_parameters(template, self.p, self.n_instances)
+        with torch.no_grad():
+            for m, mask in zip(out, self.mask):
+                m.blocks[0].mlp.mask.copy_(mask)
         return out

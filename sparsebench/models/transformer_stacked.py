@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparsebench.models.stack import stack_parameters
+from sparsebench.models.stack import param_key, stack_parameters
 
 if TYPE_CHECKING:
     from sparsebench.models.transformer import Transformer
@@ -51,10 +51,6 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
 }
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")  # nn.Module names cannot contain dots
 
 
 def linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
@@ -102,7 +98,7 @@ class StackedTransformer(nn.Module):
 
     def p(self, name: str) -> Tensor:
         """The stacked weight under the bridge's state-dict key `name`: [inst, *its shape]."""
-        return self.params[_key(name)]
+        return self.params[param_key(name)]
 
     # ----- pieces ---------------------------------------------------------------------------------
 

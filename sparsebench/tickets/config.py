@@ -114,16 +114,9 @@ def suite_from_dict(data: dict[str, Any], default_name: str = "custom") -> Ticke
 
 def load_ticket_suite(name_or_path: str, sets: list[str] | None = None, seeds: tuple[int, ...] | None = None) -> TicketSuite:
     """A built-in tickets suite by name, or a TOML file; `--set field=value` / `train.F=` / `retrain.F=` edits."""
-    from pathlib import Path
+    from sparsebench.settings import apply_overrides, load_toml, suite_path
 
-    from sparsebench.settings import apply_overrides, builtin_suites, load_toml, _hint
-
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        suites = builtin_suites()
-        if name_or_path not in suites:
-            raise UserError(f"unknown suite {name_or_path!r}{_hint(name_or_path, sorted(suites), 'built-in suites')}")
-        path = suites[name_or_path]
+    path = suite_path(name_or_path)
     data = load_toml(path)
     if data.get("kind") != "tickets":
         raise UserError(f"suite {name_or_path!r} is not a tickets suite (no kind = \"tickets\"): "
